@@ -1,0 +1,236 @@
+//! The command line (clap derive). Parsing is separate from running so tests can check it.
+
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dp-probe",
+    version,
+    about = "Makes real TCP/UDP traffic for datapath tests",
+    after_help = "Exit status: 0 every attempt ok, 1 an attempt failed, 2 bad arguments, \
+                  3 could not join the cgroup, enter the netns or bind."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Bind every socket, print `ready`, then answer requests forever.
+    Serve(ServeArgs),
+    /// Connect (TCP) or send (UDP) to an address; one JSON object per attempt.
+    Connect(ConnectArgs),
+    /// Sequential connect+request+response+close; latency percentiles as JSON.
+    Bench(BenchArgs),
+}
+
+/// Where the probe runs: a cgroup to join (first) and a network namespace to enter.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Join this cgroup v2 directory first (writes our pid to PATH/cgroup.procs).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Then enter this network namespace (setns on the file; nothing is remounted).
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ServeArgs {
+    /// The name this backend reports in every answer.
+    #[arg(long, value_name = "NAME")]
+    pub id: String,
+    /// A TCP address to listen on (repeatable).
+    #[arg(long, value_name = "ADDR:PORT", required_unless_present = "udp")]
+    pub tcp: Vec<SocketAddrV4>,
+    /// A UDP address to answer on (repeatable).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub udp: Vec<SocketAddrV4>,
+    /// Enter this network namespace before binding.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ConnectArgs {
+    /// The address to reach (a service address or a backend).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: SocketAddrV4,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    pub proto: Proto,
+    /// The request; sent as one line (TCP) or one datagram (UDP).
+    #[arg(long, value_name = "TEXT", default_value = "ping", value_parser = parse_payload)]
+    pub payload: String,
+    /// Deadline for one whole attempt (connect, send and the answer), in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub timeout_ms: u64,
+    /// Bind the client socket to this address first (SO_REUSEADDR).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub bind: Option<SocketAddrV4>,
+    /// How many attempts, each on a new socket.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    #[command(flatten)]
+    pub place: Placement,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct BenchArgs {
+    /// The address to reach (TCP).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: SocketAddrV4,
+    /// How many sequential connections.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    #[arg(long, value_name = "TEXT", default_value = "ping", value_parser = parse_payload)]
+    pub payload: String,
+    /// Deadline for each connection, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub place: Placement,
+}
+
+/// A request must fit on one line: the TCP protocol is line based.
+fn parse_payload(s: &str) -> Result<String, String> {
+    if s.contains(['\n', '\r']) {
+        Err("the payload must be a single line (no \\n or \\r)".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("dp-probe").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn connect_defaults() {
+        let cli = parse(&["connect", "--to", "127.0.0.9:80"]).expect("valid arguments");
+        let Command::Connect(args) = cli.command else {
+            panic!("expected connect, got {:?}", cli.command)
+        };
+        assert_eq!(args.to, "127.0.0.9:80".parse().expect("address"));
+        assert_eq!(args.proto, Proto::Tcp);
+        assert_eq!(args.payload, "ping");
+        assert_eq!(args.timeout_ms, 2000);
+        assert_eq!(args.count, 1);
+        assert_eq!(args.bind, None);
+        assert_eq!(args.place, Placement::default());
+    }
+
+    #[test]
+    fn connect_everything() {
+        let cli = parse(&[
+            "connect",
+            "--to",
+            "127.0.0.9:53",
+            "--proto",
+            "udp",
+            "--payload",
+            "hi there",
+            "--timeout-ms",
+            "150",
+            "--netns",
+            "/run/netns/x",
+            "--cgroup",
+            "/sys/fs/cgroup/t",
+            "--bind",
+            "127.0.0.2:4000",
+            "--count",
+            "7",
+        ])
+        .expect("valid arguments");
+        let Command::Connect(args) = cli.command else {
+            panic!("expected connect, got {:?}", cli.command)
+        };
+        assert_eq!(args.proto, Proto::Udp);
+        assert_eq!(args.payload, "hi there");
+        assert_eq!(args.timeout_ms, 150);
+        assert_eq!(args.count, 7);
+        assert_eq!(args.bind, Some("127.0.0.2:4000".parse().expect("address")));
+        assert_eq!(args.place.netns, Some(PathBuf::from("/run/netns/x")));
+        assert_eq!(args.place.cgroup, Some(PathBuf::from("/sys/fs/cgroup/t")));
+    }
+
+    #[test]
+    fn serve_repeated_addresses() {
+        let cli = parse(&[
+            "serve",
+            "--id",
+            "b1",
+            "--tcp",
+            "127.0.0.5:80",
+            "--tcp",
+            "127.0.0.5:81",
+            "--udp",
+            "127.0.0.5:53",
+        ])
+        .expect("valid arguments");
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve, got {:?}", cli.command)
+        };
+        assert_eq!(args.id, "b1");
+        assert_eq!(args.tcp.len(), 2);
+        assert_eq!(args.udp.len(), 1);
+        assert_eq!(args.netns, None);
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        let cases: &[&[&str]] = &[
+            &["connect"],
+            &["connect", "--to", "localhost:80"],
+            &["connect", "--to", "[::1]:80"],
+            &["connect", "--to", "127.0.0.1:80", "--proto", "sctp"],
+            &["connect", "--to", "127.0.0.1:80", "--count", "0"],
+            &["connect", "--to", "127.0.0.1:80", "--timeout-ms", "0"],
+            &["connect", "--to", "127.0.0.1:80", "--payload", "a\nb"],
+            &["serve", "--id", "b1"],
+            &["serve", "--tcp", "127.0.0.1:80"],
+            &["bench", "--to", "127.0.0.1:80"],
+            &["frobnicate"],
+        ];
+        for case in cases {
+            let err = parse(case).expect_err(&format!("{case:?} should be rejected"));
+            assert_ne!(err.kind(), ErrorKind::DisplayHelp, "{case:?}");
+            assert_eq!(
+                err.exit_code(),
+                i32::from(crate::EXIT_USAGE),
+                "{case:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn serve_udp_only_is_enough() {
+        parse(&["serve", "--id", "u", "--udp", "127.0.0.1:5353"]).expect("udp alone is valid");
+    }
+}
