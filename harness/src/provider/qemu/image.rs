@@ -1,0 +1,111 @@
+//! The node image: built and cached by `images/build-node-image`, read from its directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::error::{tail, QemuError, Result};
+
+/// A built node image (see images/README.md).
+#[derive(Debug, Clone)]
+pub struct NodeImage {
+    pub dir: PathBuf,
+    pub vmlinux: PathBuf,
+    pub initramfs: PathBuf,
+    /// The guest's module tree, bind-mounted over /lib/modules/<release> in the guest.
+    pub modules: Option<PathBuf>,
+    /// `uname -r` of the guest.
+    pub kernel_release: String,
+    /// Where the kernel came from: `package=version` or a path.
+    pub kernel_source: String,
+}
+
+/// Where `build-node-image` lives: `$DP_HARNESS_IMAGES_DIR`, else the repository's images/.
+pub fn builder_script() -> PathBuf {
+    let dir = std::env::var_os("DP_HARNESS_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../images"));
+    dir.join("build-node-image")
+}
+
+impl NodeImage {
+    /// Builds the image (or finds it in the cache): Debian's kernel by default, or the
+    /// kernel at `kernel` (a .deb, a bzImage or a vmlinux) with its `modules` tree.
+    pub fn build(kernel: Option<&Path>, modules: Option<&Path>) -> Result<Self> {
+        let script = builder_script();
+        if !script.is_file() {
+            return Err(QemuError::ImageBuilderMissing { path: script });
+        }
+        let mut cmd = Command::new(&script);
+        if let Some(k) = kernel {
+            if !k.is_file() {
+                return Err(QemuError::KernelMissing { path: k.to_owned() });
+            }
+            cmd.arg("--kernel").arg(k);
+        }
+        if let Some(m) = modules {
+            cmd.arg("--modules").arg(m);
+        }
+        let out = cmd.output().map_err(|source| QemuError::Spawn {
+            command: script.display().to_string(),
+            source,
+        })?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(QemuError::ImageBuild {
+                script,
+                status: out.status.to_string(),
+                stderr_tail: tail(&stderr, 20),
+            });
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = stdout.lines().last().unwrap_or("").trim();
+        if dir.is_empty() {
+            return Err(QemuError::ImageBuild {
+                script,
+                status: "printed no image directory".to_owned(),
+                stderr_tail: tail(&stderr, 20),
+            });
+        }
+        Self::open(Path::new(dir))
+    }
+
+    /// Reads an image directory made by `build-node-image`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let need = |file: &'static str| -> Result<PathBuf> {
+            let p = dir.join(file);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(QemuError::ImageIncomplete {
+                    dir: dir.to_owned(),
+                    file,
+                })
+            }
+        };
+        let vmlinux = need("vmlinux")?;
+        let initramfs = need("initramfs.cpio.gz")?;
+        let manifest_path = need("manifest")?;
+        let manifest = std::fs::read_to_string(&manifest_path).map_err(|source| QemuError::Io {
+            what: "reading",
+            path: manifest_path,
+            source,
+        })?;
+        let field = |key: &str| {
+            manifest
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or("")
+                .to_owned()
+        };
+        let kernel_release = field("kernel_release");
+        let modules = dir.join("modules").join(&kernel_release);
+        Ok(Self {
+            dir: dir.to_owned(),
+            vmlinux,
+            initramfs,
+            modules: modules.is_dir().then_some(modules),
+            kernel_source: field("kernel_source"),
+            kernel_release,
+        })
+    }
+}

@@ -1,0 +1,750 @@
+//! The qemu provider: a disposable cluster of VMs, one kernel per node.
+//!
+//! Every node is a QEMU VM booting the cached node image (see images/README.md): the
+//! uncompressed kernel via PVH, an initramfs that mounts the host's root over virtio-9p
+//! read-only under a tmpfs overlay, and dropbear with a host key made for the run. KVM is
+//! used when a short probe boot proves it works, TCG otherwise.
+//!
+//! Per VM: the serial console goes to `<artifacts>/<node>.console` (kept), SSH goes
+//! through `-netdev user,restrict=on` with a forward on 127.0.0.1, and a second NIC is a
+//! tap on the run's bridge inside a network namespace made for the run (the cluster
+//! network, isolated from the host). Readiness is the console marker, then SSH.
+//!
+//! Every object carries the run's marker `dpq-<id>`: the netns name, the bridge and tap
+//! names, QEMU's `-name guest=dpq-<id>-<node>` and the state directory
+//! `<state root>/dpq-<id>`. Teardown kills QEMU by PID and removes the namespace and the
+//! state directory; [`clean_leftovers`] finds what runs that died left behind.
+
+pub mod accel;
+pub mod bench;
+pub mod cpio;
+pub mod error;
+pub mod image;
+pub mod net;
+pub mod ssh;
+pub mod vm;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use accel::{Accel, AccelChoice, AccelDecision};
+pub use error::{QemuError, Result};
+pub use image::NodeImage;
+pub use ssh::{RemoteOutput, SshSession};
+
+use error::tail_file;
+use net::ClusterNet;
+use ssh::SshTarget;
+use vm::VmSpec;
+
+/// Printed by the guest's init when dropbear listens.
+const READY_MARKER: &str = "DP-HARNESS-READY";
+/// Printed by the guest's init when it cannot go on.
+const FAILED_MARKER: &str = "DP-HARNESS-FAILED";
+/// Prefix of every object a run makes.
+pub const RUN_PREFIX: &str = "dpq-";
+/// Attempts at an SSH port before giving up (QEMU fails when the port was taken).
+const PORT_ATTEMPTS: u32 = 8;
+/// Lines of console attached to an error.
+const CONSOLE_TAIL: usize = 40;
+
+/// How to make a cluster.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// Node names, in order; node i gets cluster address `cluster_base + 11 + i` and pod
+    /// CIDR `10.244.<i+1>.0/24`.
+    pub nodes: Vec<String>,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// A kernel for the image (a .deb, bzImage or vmlinux); Debian's by default.
+    pub kernel: Option<PathBuf>,
+    /// The module tree for a `kernel` given as bzImage or vmlinux.
+    pub modules: Option<PathBuf>,
+    /// A prebuilt image directory; skips the builder.
+    pub image: Option<PathBuf>,
+    /// Where consoles and QEMU logs are written and kept.
+    pub artifacts_dir: PathBuf,
+    /// Time from QEMU's start to the ready marker, per VM.
+    pub boot_timeout: Duration,
+    /// Time from the marker to an established SSH ControlMaster.
+    pub ssh_timeout: Duration,
+    pub accel: AccelChoice,
+    /// The cluster network's /24 (inside the run's namespace and the VMs only).
+    pub cluster_base: Ipv4Addr,
+    pub qemu_binary: String,
+}
+
+impl QemuConfig {
+    /// Nodes `names`, 256 MiB and one vCPU each, artifacts in `artifacts_dir`.
+    pub fn new(names: &[&str], artifacts_dir: &Path) -> Self {
+        Self {
+            nodes: names.iter().map(|s| (*s).to_owned()).collect(),
+            memory_mib: 256,
+            cpus: 1,
+            kernel: None,
+            modules: None,
+            image: None,
+            artifacts_dir: artifacts_dir.to_owned(),
+            boot_timeout: Duration::from_secs(120),
+            ssh_timeout: Duration::from_secs(60),
+            accel: AccelChoice::from_env(),
+            cluster_base: Ipv4Addr::new(192, 168, 100, 0),
+            qemu_binary: "qemu-system-x86_64".to_owned(),
+        }
+    }
+}
+
+/// One VM of the cluster.
+pub struct VmNode {
+    pub name: String,
+    pub index: usize,
+    /// The node's address on the cluster network (its `eth0`).
+    pub cluster_ip: Ipv4Addr,
+    /// The pods' subnet of this node: `10.244.<index+1>.0/24`.
+    pub pod_cidr: String,
+    /// The host port forwarded to the guest's port 22 on 127.0.0.1.
+    pub ssh_port: u16,
+    /// Serial console, kept as an artifact.
+    pub console: PathBuf,
+    pub qemu_log: PathBuf,
+    pub tap: String,
+    /// QEMU start to the console's ready marker.
+    pub boot_time: Duration,
+    /// QEMU start to an established SSH session.
+    pub ready_time: Duration,
+    spec: VmSpec,
+    child: Option<Child>,
+    started: Instant,
+    ssh: Option<SshSession>,
+    ssh_target: Option<SshTarget>,
+    host_pubkey: String,
+}
+
+impl VmNode {
+    /// QEMU's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The node's SSH session.
+    pub fn ssh(&self) -> Result<&SshSession> {
+        self.ssh.as_ref().ok_or_else(|| QemuError::NoSuchNode {
+            node: format!("{} (not connected)", self.name),
+        })
+    }
+}
+
+/// A running cluster of VMs. Dropping it tears it down.
+pub struct QemuCluster {
+    pub run_id: String,
+    pub accel: AccelDecision,
+    pub image: NodeImage,
+    pub state_dir: PathBuf,
+    pub artifacts_dir: PathBuf,
+    nodes: Vec<VmNode>,
+    net: Option<ClusterNet>,
+    rt: Arc<tokio::runtime::Runtime>,
+    key: PathBuf,
+    known_hosts: PathBuf,
+    torn_down: bool,
+}
+
+/// Where runs keep their state (pid files, keys, initrds, SSH control sockets).
+pub fn state_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("DP_HARNESS_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/run/dp-harness/qemu")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join("dp-harness/qemu")
+    }
+}
+
+/// The user's cache directory for the harness.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("dp-harness")
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> QemuError {
+    let path = path.to_owned();
+    move |source| QemuError::Io { what, path, source }
+}
+
+/// A short id, unique enough among the runs on one machine.
+fn new_run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mix = (nanos as u64) ^ (u64::from(std::process::id()) << 32) ^ (nanos >> 64) as u64;
+    format!("{:08x}", (mix ^ (mix >> 29)) as u32)
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), to tell a live owner from a
+/// reused PID.
+fn proc_start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19).map(str::to_owned)
+}
+
+fn require_tool(tool: &str, hint: &'static str) -> Result<()> {
+    if accel::which(tool).is_none() {
+        return Err(QemuError::ToolMissing {
+            tool: tool.to_owned(),
+            hint,
+        });
+    }
+    Ok(())
+}
+
+impl QemuCluster {
+    /// Boots `config.nodes` in parallel and returns once every node printed its ready
+    /// marker and answers over SSH. On error, whatever was started is torn down (the
+    /// consoles stay in the artifacts directory).
+    pub fn boot(config: &QemuConfig) -> Result<Self> {
+        if accel::which(&config.qemu_binary).is_none() {
+            return Err(QemuError::QemuMissing {
+                binary: config.qemu_binary.clone(),
+            });
+        }
+        require_tool("ip", "install iproute2")?;
+        require_tool("ssh", "install openssh-client")?;
+        require_tool("ssh-keygen", "install openssh-client")?;
+        require_tool("dropbearkey", "install dropbear-bin (ci/setup does)")?;
+        let image = match &config.image {
+            Some(dir) => NodeImage::open(dir)?,
+            None => NodeImage::build(config.kernel.as_deref(), config.modules.as_deref())?,
+        };
+
+        let run_id = new_run_id();
+        let marker = format!("{RUN_PREFIX}{run_id}");
+        let state_dir = state_root().join(&marker);
+        std::fs::create_dir_all(&state_dir).map_err(io_err("creating", &state_dir))?;
+        std::fs::create_dir_all(&config.artifacts_dir)
+            .map_err(io_err("creating", &config.artifacts_dir))?;
+        let pid = std::process::id();
+        let owner = format!("{pid} {}\n", proc_start_time(pid).unwrap_or_default());
+        let owner_path = state_dir.join("owner");
+        std::fs::write(&owner_path, owner).map_err(io_err("writing", &owner_path))?;
+
+        let mut cluster = QemuCluster {
+            accel: AccelDecision {
+                accel: Accel::Tcg,
+                reason: String::new(),
+            },
+            image,
+            state_dir: state_dir.clone(),
+            artifacts_dir: config.artifacts_dir.clone(),
+            nodes: Vec::new(),
+            net: None,
+            rt: ssh::runtime()?,
+            key: state_dir.join("id_ed25519"),
+            known_hosts: state_dir.join("known_hosts"),
+            torn_down: false,
+            run_id,
+        };
+        cluster.accel = accel::decide(
+            config.accel,
+            &config.qemu_binary,
+            &cluster.image,
+            &state_dir,
+            &cache_dir(),
+        );
+        cluster.start(config, &marker)?;
+        cluster.wait_ready(config)?;
+        Ok(cluster)
+    }
+
+    /// Makes the keys, the network and the per-VM initrds, and starts every QEMU.
+    fn start(&mut self, config: &QemuConfig, marker: &str) -> Result<()> {
+        let sd = self.state_dir.clone();
+        net::run(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", marker, "-f"])
+                .arg(&self.key),
+        )?;
+        let client_pub = std::fs::read(sd.join("id_ed25519.pub"))
+            .map_err(io_err("reading", &sd.join("id_ed25519.pub")))?;
+        std::fs::write(&self.known_hosts, b"").map_err(io_err("writing", &self.known_hosts))?;
+
+        let id = &self.run_id;
+        self.net = Some(ClusterNet::create(marker, &format!("dpq{id}br"))?);
+        let base = config.cluster_base.octets();
+        let hosts: String = config
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{}.{}.{}.{} {n}\\n", base[0], base[1], base[2], 11 + i))
+            .collect();
+        let image_gz = std::fs::read(&self.image.initramfs)
+            .map_err(io_err("reading", &self.image.initramfs))?;
+
+        for (i, name) in config.nodes.iter().enumerate() {
+            let cluster_ip = Ipv4Addr::new(base[0], base[1], base[2], 11 + i as u8);
+            let hostkey = sd.join(format!("{name}.hostkey"));
+            net::run(
+                Command::new("dropbearkey")
+                    .args(["-t", "ed25519", "-f"])
+                    .arg(&hostkey),
+            )?;
+            let pubout = net::run(
+                Command::new("dropbearkey")
+                    .arg("-y")
+                    .arg("-f")
+                    .arg(&hostkey),
+            )?;
+            let host_pubkey = pubout
+                .lines()
+                .find(|l| l.starts_with("ssh-"))
+                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
+            let hostkey_bytes = std::fs::read(&hostkey).map_err(io_err("reading", &hostkey))?;
+
+            let mgmt_mac = format!("52:54:00:d0:{:02x}:{:02x}", i / 256, i % 256);
+            let cluster_mac = format!("52:54:00:d1:{:02x}:{:02x}", i / 256, i % 256);
+            let modules = self
+                .image
+                .modules
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let conf = [
+                ("DP_NODE", name.clone()),
+                ("DP_RUN", marker.to_owned()),
+                ("DP_MGMT_MAC", mgmt_mac.clone()),
+                ("DP_CLUSTER_MAC", cluster_mac.clone()),
+                ("DP_CLUSTER_IF", "eth0".to_owned()),
+                ("DP_CLUSTER_ADDR", format!("{cluster_ip}/24")),
+                ("DP_HOSTS", hosts.clone()),
+                ("DP_MODULES_DIR", modules),
+            ]
+            .iter()
+            .map(|(k, v)| format!("{k}={}\n", ssh::shell_quote(v)))
+            .collect::<String>();
+            let mut a = cpio::Newc::default();
+            a.dir("dp", 0o755)
+                .file("dp/config", 0o644, conf.as_bytes())
+                .file("dp/authorized_keys", 0o600, &client_pub)
+                .file("dp/hostkey", 0o600, &hostkey_bytes);
+            // The uncompressed per-VM cpio goes first: after the gzipped one, the
+            // kernel rejects it.
+            let mut initrd = a.finish();
+            initrd.extend_from_slice(&image_gz);
+            let initrd_path = sd.join(format!("{name}.initrd"));
+            std::fs::write(&initrd_path, initrd).map_err(io_err("writing", &initrd_path))?;
+
+            let tap = format!("dpq{id}n{i}");
+            let tap_fd = self.net.as_ref().map(|n| n.open_tap(&tap)).transpose()?;
+            let Some(tap_fd) = tap_fd else { continue };
+            let console = config.artifacts_dir.join(format!("{name}.console"));
+            let qemu_log = config.artifacts_dir.join(format!("{name}.qemu.log"));
+            let spec = VmSpec {
+                name: name.clone(),
+                guest_name: format!("{marker}-{name}"),
+                memory_mib: config.memory_mib,
+                cpus: config.cpus,
+                accel: self.accel.accel,
+                mgmt_mac,
+                cluster_mac,
+                initrd: initrd_path,
+                console: console.clone(),
+                qemu_log: qemu_log.clone(),
+                qmp: sd.join(format!("{name}.qmp")),
+                append: format!("console=ttyS0 quiet mitigations=off dp.run={marker}"),
+                tap: tap_fd,
+            };
+            let port = vm::free_port()?;
+            let started = Instant::now();
+            let child = vm::spawn(&config.qemu_binary, &self.image, &spec, port)?;
+            let pid_path = sd.join(format!("{name}.pid"));
+            std::fs::write(&pid_path, format!("{}\n", child.id()))
+                .map_err(io_err("writing", &pid_path))?;
+            self.nodes.push(VmNode {
+                name: name.clone(),
+                index: i,
+                cluster_ip,
+                pod_cidr: format!("10.244.{}.0/24", i + 1),
+                ssh_port: port,
+                console,
+                qemu_log,
+                tap,
+                boot_time: Duration::ZERO,
+                ready_time: Duration::ZERO,
+                spec,
+                child: Some(child),
+                started,
+                ssh: None,
+                ssh_target: None,
+                host_pubkey,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for every VM's marker (restarting a QEMU whose SSH port was taken), then
+    /// connects SSH to each, in parallel.
+    fn wait_ready(&mut self, config: &QemuConfig) -> Result<()> {
+        let mut connecting = Vec::new();
+        let mut pending: Vec<usize> = (0..self.nodes.len()).collect();
+        let mut attempts = vec![1u32; self.nodes.len()];
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for &i in &pending {
+                let node = &mut self.nodes[i];
+                let console = vm::read_text(&node.console);
+                let ready = format!("{READY_MARKER} node={} run=", node.name);
+                if console.contains(&ready) {
+                    node.boot_time = node.started.elapsed();
+                    let target = SshTarget {
+                        node: node.name.clone(),
+                        port: node.ssh_port,
+                        key: self.key.clone(),
+                        known_hosts: self.known_hosts.clone(),
+                        control_dir: self.state_dir.clone(),
+                    };
+                    node.ssh_target = Some(target.clone());
+                    self.write_known_hosts()?;
+                    let timeout = config.ssh_timeout;
+                    connecting.push((
+                        i,
+                        self.rt.spawn(async move { target.connect(timeout).await }),
+                    ));
+                    continue;
+                }
+                if let Some(line) = console.lines().find(|l| l.contains(FAILED_MARKER)) {
+                    return Err(QemuError::GuestFailed {
+                        node: node.name.clone(),
+                        reason: line.trim().to_owned(),
+                        console: node.console.clone(),
+                        console_tail: error::tail(&console, CONSOLE_TAIL),
+                    });
+                }
+                let exited = match node.child.as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => Some(status.to_string()),
+                    Some(Err(e)) => Some(format!("unknown: {e}")),
+                    _ => None,
+                };
+                if let Some(status) = exited {
+                    let log = vm::read_text(&node.qemu_log);
+                    if log.contains(vm::PORT_TAKEN) {
+                        if attempts[i] >= PORT_ATTEMPTS {
+                            return Err(QemuError::PortTaken {
+                                node: node.name.clone(),
+                                port: node.ssh_port,
+                                attempts: attempts[i],
+                            });
+                        }
+                        attempts[i] += 1;
+                        node.ssh_port = vm::free_port()?;
+                        node.started = Instant::now();
+                        node.child = Some(vm::spawn(
+                            &config.qemu_binary,
+                            &self.image,
+                            &node.spec,
+                            node.ssh_port,
+                        )?);
+                        still.push(i);
+                        continue;
+                    }
+                    node.child = None;
+                    return Err(QemuError::QemuExited {
+                        node: node.name.clone(),
+                        status,
+                        stderr_tail: error::tail(&log, 20),
+                        console: node.console.clone(),
+                        console_tail: error::tail(&console, CONSOLE_TAIL),
+                    });
+                }
+                if node.started.elapsed() > config.boot_timeout {
+                    return Err(QemuError::NotReady {
+                        node: node.name.clone(),
+                        timeout: config.boot_timeout,
+                        console: node.console.clone(),
+                        console_tail: tail_file(&node.console, CONSOLE_TAIL),
+                    });
+                }
+                still.push(i);
+            }
+            pending = still;
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        for (i, handle) in connecting {
+            let name = self.nodes[i].name.clone();
+            let port = self.nodes[i].ssh_port;
+            let session = self.rt.block_on(handle).unwrap_or_else(|_| {
+                Err(QemuError::SshConnectTimeout {
+                    node: name.clone(),
+                    port,
+                    timeout: config.ssh_timeout,
+                })
+            })?;
+            let node = &mut self.nodes[i];
+            node.ready_time = node.started.elapsed();
+            node.ssh = Some(SshSession::new(&name, session, self.rt.clone()));
+        }
+        Ok(())
+    }
+
+    /// Pins every node's host key to its current port.
+    fn write_known_hosts(&self) -> Result<()> {
+        let text: String = self
+            .nodes
+            .iter()
+            .map(|n| format!("[127.0.0.1]:{} {}\n", n.ssh_port, n.host_pubkey))
+            .collect();
+        std::fs::write(&self.known_hosts, text).map_err(io_err("writing", &self.known_hosts))
+    }
+
+    pub fn nodes(&self) -> &[VmNode] {
+        &self.nodes
+    }
+
+    pub fn node(&self, name: &str) -> Result<&VmNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| QemuError::NoSuchNode {
+                node: name.to_owned(),
+            })
+    }
+
+    /// The namespace holding the cluster bridge and taps.
+    pub fn netns(&self) -> Option<&str> {
+        self.net.as_ref().map(|n| n.netns.as_str())
+    }
+
+    /// Runs `argv` inside the cluster network's namespace (e.g. `tc qdisc ... dev <tap>`).
+    pub fn netns_exec(&self, argv: &[&str]) -> Result<String> {
+        match &self.net {
+            Some(n) => n.exec(argv),
+            None => Err(QemuError::NoSuchNode {
+                node: "cluster network".into(),
+            }),
+        }
+    }
+
+    /// Routes every node's pod CIDR through that node's cluster address on every other
+    /// node (native routing over the cluster network).
+    pub fn install_pod_routes(&self) -> Result<()> {
+        let routes: Vec<(String, Ipv4Addr)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.pod_cidr.clone(), n.cluster_ip))
+            .collect();
+        for node in &self.nodes {
+            let script: String = routes
+                .iter()
+                .filter(|(_, via)| *via != node.cluster_ip)
+                .map(|(cidr, via)| format!("ip route replace {cidr} via {via} dev eth0\n"))
+                .collect();
+            if !script.is_empty() {
+                node.ssh()?.check(&script, Duration::from_secs(30))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reboots `name` (the guest's kernel restarts; QEMU, its tap and port stay) and
+    /// waits until it is ready again and answers over SSH.
+    pub fn reboot(&mut self, name: &str, timeout: Duration) -> Result<Duration> {
+        let idx = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| QemuError::NoSuchNode {
+                node: name.to_owned(),
+            })?;
+        let ready = format!("{READY_MARKER} node={name} run=");
+        let before = vm::read_text(&self.nodes[idx].console)
+            .matches(&ready)
+            .count();
+        let started = Instant::now();
+        if let Some(s) = &self.nodes[idx].ssh {
+            // The connection dies with the kernel: no answer is expected.
+            let _ = s.run(
+                "(sleep 0.2; /run/dp/busybox reboot -f) >/dev/null 2>&1 &",
+                None,
+                Duration::from_secs(10),
+            );
+        }
+        if let Some(mut s) = self.nodes[idx].ssh.take() {
+            s.close();
+        }
+        loop {
+            let console = vm::read_text(&self.nodes[idx].console);
+            if console.matches(&ready).count() > before {
+                break;
+            }
+            if started.elapsed() > timeout {
+                return Err(QemuError::NotReady {
+                    node: name.to_owned(),
+                    timeout,
+                    console: self.nodes[idx].console.clone(),
+                    console_tail: error::tail(&console, CONSOLE_TAIL),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let target = self.nodes[idx]
+            .ssh_target
+            .clone()
+            .ok_or_else(|| QemuError::NoSuchNode {
+                node: name.to_owned(),
+            })?;
+        let left = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(10));
+        let session = self.rt.block_on(target.connect(left))?;
+        self.nodes[idx].ssh = Some(SshSession::new(name, session, self.rt.clone()));
+        Ok(started.elapsed())
+    }
+
+    /// Kills every QEMU by its PID, removes the namespace (bridge and taps with it) and
+    /// the state directory. Consoles stay in the artifacts directory. Idempotent.
+    pub fn teardown(&mut self) -> Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        for node in &mut self.nodes {
+            if let Some(mut s) = node.ssh.take() {
+                s.close();
+            }
+        }
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let mut first_err = None;
+        if let Some(mut net) = self.net.take() {
+            if let Err(e) = net.delete() {
+                first_err.get_or_insert(e);
+            }
+        }
+        // The taps' fds held here die with the nodes.
+        self.nodes.clear();
+        if let Err(e) = std::fs::remove_dir_all(&self.state_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                first_err.get_or_insert(QemuError::Io {
+                    what: "removing",
+                    path: self.state_dir.clone(),
+                    source: e,
+                });
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for QemuCluster {
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}
+
+/// What [`clean_leftovers`] removed.
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    pub processes: Vec<u32>,
+    pub netns: Vec<String>,
+    pub state_dirs: Vec<PathBuf>,
+}
+
+/// Removes what runs that died left behind: QEMU processes carrying a dead run's marker
+/// (killed by PID), `dpq-*` namespaces and state directories of runs whose owner is gone.
+/// Runs whose owner process still lives are left alone.
+pub fn clean_leftovers() -> Result<Cleaned> {
+    let mut cleaned = Cleaned::default();
+    let root = state_root();
+    let mut live = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(RUN_PREFIX) {
+                continue;
+            }
+            let owner = std::fs::read_to_string(e.path().join("owner")).unwrap_or_default();
+            let mut it = owner.split_whitespace();
+            let alive = match (it.next().and_then(|p| p.parse::<u32>().ok()), it.next()) {
+                (Some(pid), Some(start)) => proc_start_time(pid).as_deref() == Some(start),
+                _ => false,
+            };
+            if alive {
+                live.push(name);
+            }
+        }
+    }
+    // QEMU processes of dead runs, found by the marker in their command line.
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_qemu = args.first().is_some_and(|a| {
+                a.rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .starts_with("qemu-system")
+            });
+            let run = args
+                .iter()
+                .find_map(|a| a.strip_prefix("guest="))
+                .filter(|g| g.starts_with(RUN_PREFIX))
+                .map(|g| g.chars().take(RUN_PREFIX.len() + 8).collect::<String>());
+            if let (true, Some(run)) = (is_qemu, run) {
+                if !live.contains(&run) {
+                    // SAFETY: kill(2) on a PID we just read; a race with its exit is harmless.
+                    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                        cleaned.processes.push(pid);
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(RUN_PREFIX) && !live.contains(&name) {
+                net::delete_netns(&name)?;
+                cleaned.netns.push(name);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(RUN_PREFIX) && !live.contains(&name) {
+                std::fs::remove_dir_all(e.path()).map_err(io_err("removing", &e.path()))?;
+                cleaned.state_dirs.push(e.path());
+            }
+        }
+    }
+    Ok(cleaned)
+}

@@ -1,0 +1,276 @@
+//! SSH to a VM through the `openssh` crate (process-mux: one ControlMaster per node, 0.3 s
+//! per command), over the node's forward on 127.0.0.1. The harness is synchronous, so a
+//! session blocks on a small tokio runtime shared by the run's sessions.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::AsyncWriteExt;
+use tokio::runtime::Runtime;
+
+use super::error::{QemuError, Result};
+
+/// PATH for remote commands: dropbear's default omits the sbin directories.
+const REMOTE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Ends the stderr of every remote command: the command's exit status.
+const RC_TRAILER: &str = "__dp_harness_rc=";
+
+/// Splits the status trailer off a remote command's stderr; `None` when it is missing
+/// (the command or the shell was killed).
+fn split_status(mut stderr: Vec<u8>) -> (Vec<u8>, Option<i32>) {
+    let text = String::from_utf8_lossy(&stderr);
+    let Some(pos) = text.rfind(&format!("\n{RC_TRAILER}")) else {
+        return (stderr, None);
+    };
+    let status = text[pos + 1 + RC_TRAILER.len()..].trim().parse().ok();
+    stderr.truncate(pos);
+    (stderr, status)
+}
+
+/// What a remote command did.
+#[derive(Debug, Clone)]
+pub struct RemoteOutput {
+    /// The exit status; `None` when the command was killed by a signal.
+    pub status: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub duration: Duration,
+}
+
+impl RemoteOutput {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// The runtime that the run's SSH sessions block on.
+pub fn runtime() -> Result<Arc<Runtime>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("dp-harness-ssh")
+        .enable_all()
+        .build()
+        .map(Arc::new)
+        .map_err(QemuError::Runtime)
+}
+
+/// How to reach one node.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    pub node: String,
+    pub port: u16,
+    pub key: std::path::PathBuf,
+    pub known_hosts: std::path::PathBuf,
+    pub control_dir: std::path::PathBuf,
+}
+
+impl SshTarget {
+    fn builder(&self, connect_timeout: Duration) -> SessionBuilder {
+        let mut b = SessionBuilder::default();
+        b.user("root".to_owned())
+            .port(self.port)
+            .keyfile(&self.key)
+            .config_file("/dev/null")
+            .user_known_hosts_file(&self.known_hosts)
+            .known_hosts_check(KnownHosts::Strict)
+            .control_directory(&self.control_dir)
+            .connect_timeout(connect_timeout.max(Duration::from_secs(1)))
+            .server_alive_interval(Duration::from_secs(5));
+        b
+    }
+
+    /// Connects (starts the ControlMaster), retrying until `timeout`: slirp accepts the
+    /// TCP connection before the guest is up, so an early try can fail or hang.
+    pub async fn connect(&self, timeout: Duration) -> Result<Session> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt = self.builder(left.min(Duration::from_secs(10)));
+            match tokio::time::timeout(left, attempt.connect("127.0.0.1")).await {
+                Ok(Ok(session)) => return Ok(session),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(match last {
+            Some(source) => QemuError::SshConnect {
+                node: self.node.clone(),
+                port: self.port,
+                source,
+            },
+            None => QemuError::SshConnectTimeout {
+                node: self.node.clone(),
+                port: self.port,
+                timeout,
+            },
+        })
+    }
+}
+
+/// A live SSH session to one node.
+pub struct SshSession {
+    node: String,
+    session: Option<Session>,
+    rt: Arc<Runtime>,
+}
+
+impl SshSession {
+    pub fn new(node: &str, session: Session, rt: Arc<Runtime>) -> Self {
+        Self {
+            node: node.to_owned(),
+            session: Some(session),
+            rt,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Runs `script` with bash on the node, `stdin` fed to it, within `timeout` (enforced
+    /// on both ends: the remote `timeout` kills the command, the local one stops waiting).
+    pub fn run(
+        &self,
+        script: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<RemoteOutput> {
+        let session = self.session.as_ref().ok_or_else(|| QemuError::SshTimeout {
+            node: self.node.clone(),
+            command: script.to_owned(),
+            timeout: Duration::ZERO,
+        })?;
+        let secs = timeout.as_secs().max(1);
+        let err = |source| QemuError::Ssh {
+            node: self.node.clone(),
+            command: script.to_owned(),
+            source,
+        };
+        let started = Instant::now();
+        let fut = async {
+            // The wrapper reports the script's status on stderr and exits 0, because the
+            // crate turns a remote exit status of 127 into an error without the output.
+            let wrapper = format!(
+                "export PATH={REMOTE_PATH}; timeout -k 2 {secs} bash -c \"$1\"; \
+                 rc=$?; printf '\\n{RC_TRAILER}%d\\n' \"$rc\" >&2; exit 0"
+            );
+            let mut cmd = session.command("bash");
+            cmd.arg("-c")
+                .arg(wrapper)
+                .arg("dp-remote")
+                .arg(script)
+                .stdin(if stdin.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = cmd.spawn().await.map_err(err)?;
+            if let Some(data) = stdin {
+                if let Some(mut w) = child.stdin().take() {
+                    // A command that does not read its stdin closes it early: not our error.
+                    let _ = w.write_all(data).await;
+                    let _ = w.shutdown().await;
+                }
+            }
+            let out = child.wait_with_output().await.map_err(err)?;
+            let (stderr, status) = split_status(out.stderr);
+            Ok(RemoteOutput {
+                status,
+                stdout: out.stdout,
+                stderr,
+                duration: started.elapsed(),
+            })
+        };
+        let result = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout + Duration::from_secs(5), fut).await });
+        match result {
+            // `timeout` exits 124 when it had to stop the command.
+            Ok(Ok(out)) if out.status == Some(124) && out.duration >= timeout => {
+                Err(QemuError::SshTimeout {
+                    node: self.node.clone(),
+                    command: script.to_owned(),
+                    timeout,
+                })
+            }
+            Ok(r) => r,
+            Err(_) => Err(QemuError::SshTimeout {
+                node: self.node.clone(),
+                command: script.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Runs `script` and fails unless it exits 0.
+    pub fn check(&self, script: &str, timeout: Duration) -> Result<RemoteOutput> {
+        let out = self.run(script, None, timeout)?;
+        if !out.success() {
+            return Err(QemuError::RemoteFailed {
+                node: self.node.clone(),
+                command: script.to_owned(),
+                status: out
+                    .status
+                    .map_or_else(|| "killed".to_owned(), |c| c.to_string()),
+                stderr: out.stderr_str().trim().to_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` to `path` on the node (through `cat`, no sftp needed).
+    pub fn write_file(&self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
+        let p = shell_quote(&path.to_string_lossy());
+        let script =
+            format!("cat > {p}.dp-tmp && chmod {mode:o} {p}.dp-tmp && mv -f {p}.dp-tmp {p}");
+        let out = self.run(&script, Some(data), Duration::from_secs(60))?;
+        if !out.success() {
+            return Err(QemuError::RemoteFailed {
+                node: self.node.clone(),
+                command: script,
+                status: format!("{:?}", out.status),
+                stderr: out.stderr_str().trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `path` on the node.
+    pub fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
+        let script = format!("cat {}", shell_quote(&path.to_string_lossy()));
+        Ok(self.check(&script, Duration::from_secs(60))?.stdout)
+    }
+
+    /// Ends the ControlMaster.
+    pub fn close(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), s.close()).await });
+        }
+    }
+}
+
+impl Drop for SshSession {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Quotes a string for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

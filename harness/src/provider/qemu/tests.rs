@@ -1,0 +1,189 @@
+//! Integration tests of the qemu provider: real QEMU, real ssh. They need root (the
+//! network namespace and taps) and qemu-system-x86_64, and say so when they skip.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{accel, clean_leftovers, QemuCluster, QemuConfig, QemuError};
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (network namespace and taps)".into());
+    }
+    if accel::which("qemu-system-x86_64").is_none() {
+        return Some("qemu-system-x86_64 not installed (ci/setup installs it)".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun".into());
+    }
+    None
+}
+
+fn artifacts(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dp-harness-qemu-test-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // A zombie is dead for our purpose; a reaped child has no /proc entry at all.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn two_vms_talk_over_ssh_and_the_cluster_network_then_leave_nothing() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let art = artifacts("two-vms");
+    let config = QemuConfig::new(&["vm-a", "vm-b"], &art);
+    let mut cluster = QemuCluster::boot(&config).expect("boot two VMs");
+    eprintln!(
+        "accelerator {} ({}), kernel {}",
+        cluster.accel.accel.name(),
+        cluster.accel.reason,
+        cluster.image.kernel_release
+    );
+
+    for node in cluster.nodes() {
+        let out = node
+            .ssh()
+            .expect("ssh session")
+            .run("uname -r; hostname", None, Duration::from_secs(30))
+            .expect("a command over ssh");
+        assert!(out.success(), "{}: {}", node.name, out.stderr_str());
+        let text = out.stdout_str();
+        assert!(text.contains(&cluster.image.kernel_release), "{text}");
+        assert!(text.contains(&node.name), "{text}");
+    }
+    let a = &cluster.nodes()[0];
+    let b = &cluster.nodes()[1];
+    let ping = a
+        .ssh()
+        .expect("ssh session")
+        .run(
+            &format!("ping -c 2 -W 3 {}", b.cluster_ip),
+            None,
+            Duration::from_secs(30),
+        )
+        .expect("ping over ssh");
+    assert!(ping.success(), "ping vm-a -> vm-b: {}", ping.stdout_str());
+
+    // A missing command reports its status, not an error.
+    let missing = a
+        .ssh()
+        .expect("ssh session")
+        .run("no-such-command-here", None, Duration::from_secs(30))
+        .expect("run");
+    assert_eq!(missing.status, Some(127));
+
+    // Files go both ways without sftp.
+    let path = Path::new("/tmp/dp-harness-test-file");
+    a.ssh()
+        .expect("ssh session")
+        .write_file(path, b"hello\n", 0o600)
+        .expect("write a file");
+    assert_eq!(
+        a.ssh().expect("ssh").read_file(path).expect("read it back"),
+        b"hello\n"
+    );
+
+    let pids: Vec<u32> = cluster.nodes().iter().filter_map(|n| n.pid()).collect();
+    let netns = cluster.netns().expect("a netns").to_owned();
+    let state = cluster.state_dir.clone();
+    let consoles: Vec<PathBuf> = cluster.nodes().iter().map(|n| n.console.clone()).collect();
+    assert_eq!(pids.len(), 2);
+    cluster.teardown().expect("teardown");
+
+    for pid in pids {
+        assert!(!pid_alive(pid), "QEMU {pid} still runs");
+    }
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "netns {netns} remains"
+    );
+    let links = std::process::Command::new("ip")
+        .args(["-br", "link"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(
+        !links.contains(&format!("dpq{}", cluster.run_id)),
+        "a tap or bridge of the run is left in the root namespace: {links}"
+    );
+    assert!(!state.exists(), "state dir {} remains", state.display());
+    for c in consoles {
+        assert!(c.exists(), "console {} should be kept", c.display());
+    }
+}
+
+#[test]
+fn a_vm_that_is_never_ready_fails_with_its_console_and_leaves_nothing() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let art = artifacts("never-ready");
+    let mut config = QemuConfig::new(&["slow"], &art);
+    config.boot_timeout = Duration::from_secs(1);
+    let err = match QemuCluster::boot(&config) {
+        Ok(_) => panic!("a 1 s boot timeout should fail"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, QemuError::NotReady { ref node, .. } if node == "slow"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("slow.console"), "{err}");
+    let left = clean_leftovers().expect("clean");
+    assert!(left.processes.is_empty(), "left: {left:?}");
+    assert!(left.netns.is_empty(), "left: {left:?}");
+}
+
+#[test]
+fn missing_qemu_and_missing_kernel_are_named() {
+    let mut config = QemuConfig::new(&["n"], &artifacts("missing"));
+    config.qemu_binary = "/nonexistent/qemu-system-x86_64".into();
+    let err = QemuCluster::boot(&config).err().expect("no qemu");
+    assert!(
+        err.to_string()
+            .contains("/nonexistent/qemu-system-x86_64 not found"),
+        "{err}"
+    );
+
+    let err = super::NodeImage::build(Some(Path::new("/nonexistent/vmlinuz")), None)
+        .expect_err("no kernel");
+    assert!(
+        matches!(
+            err,
+            QemuError::KernelMissing { .. } | QemuError::ImageBuilderMissing { .. }
+        ),
+        "{err}"
+    );
+}
+
+/// The boot benchmark: `cargo test -p harness qemu_boot_benchmark -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark, not a test: boots 1 and 3 VMs several times"]
+fn qemu_boot_benchmark() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let rounds = std::env::var("DP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let art = artifacts("bench");
+    for vms in [1, 3] {
+        let stats = super::bench::boot_to_ready(vms, rounds, &art).expect("benchmark boot");
+        println!("{stats}");
+    }
+}
