@@ -1,0 +1,41 @@
+//! datapathd: the datapath's node agent. See datapath/README.md for the contract.
+
+mod cgroup;
+mod cleanup;
+mod cli;
+mod ebpf_object;
+mod failpoint;
+mod hooks;
+mod layout;
+mod loader;
+mod maps;
+mod mutant;
+mod prereq;
+mod programming;
+mod run;
+mod services;
+mod status;
+mod sys;
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("datapathd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

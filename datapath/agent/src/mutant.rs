@@ -1,0 +1,81 @@
+//! Deliberately broken variants of the agent, selected with `--mutant NAME`: each
+//! reintroduces one production incident so the harness can prove it detects it.
+
+use std::{fmt, str::FromStr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutant {
+    /// Incident A: legacy `BPF_PROG_ATTACH` with `BPF_F_ALLOW_MULTI`, fresh unpinned maps on
+    /// every start, no sweep of what an earlier run left attached.
+    StaleCgroupProg,
+}
+
+impl Mutant {
+    pub const ALL: [Mutant; 1] = [Mutant::StaleCgroupProg];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::StaleCgroupProg => "stale-cgroup-prog",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Mutant::StaleCgroupProg => {
+                "incident A: legacy multi attach, fresh unpinned maps on every start, no sweep"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Mutant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown mutant `{name}`; valid mutants: {}", valid())]
+pub struct UnknownMutant {
+    pub name: String,
+}
+
+fn valid() -> String {
+    Mutant::ALL
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl FromStr for Mutant {
+    type Err = UnknownMutant;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mutant::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| UnknownMutant {
+                name: s.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_and_names_valid_ones_for_unknown() {
+        assert_eq!(
+            "stale-cgroup-prog".parse::<Mutant>().ok(),
+            Some(Mutant::StaleCgroupProg)
+        );
+        let err = "stale"
+            .parse::<Mutant>()
+            .expect_err("unknown mutant must fail");
+        assert_eq!(
+            err.to_string(),
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog"
+        );
+    }
+}

@@ -1,0 +1,516 @@
+//! Map programming: turn a desired state into ordered map writes.
+//!
+//! The current state is always read back from the maps, never remembered, so a restarted
+//! agent keeps the service and backend ids of the previous run. Writes go in an order that
+//! keeps every intermediate state valid for a program reading concurrently:
+//! backends, then slots, then the service value (which publishes the new slot count),
+//! then deletions (services, slots beyond the new count, unreferenced backends).
+//! Ids freed in one reconcile are not reused in the same reconcile.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use datapath_common::{Backend, ServiceKey, ServiceValue, SlotKey, PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    maps::{DpMaps, MapError, Sizes},
+    services::{DesiredState, Protocol},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("desired state needs {needed} entries in {map} during the update, but it holds {capacity}; restart with a larger --{flag}")]
+    Capacity {
+        map: &'static str,
+        flag: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+    #[error("no free {what} id left")]
+    IdsExhausted { what: &'static str },
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
+pub fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    }
+}
+
+pub fn proto_name(n: u8) -> &'static str {
+    match n {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        _ => "unknown",
+    }
+}
+
+/// Address in the maps' representation (network byte order in a u32, as
+/// `bpf_sock_addr.user_ip4`).
+pub fn addr_to_map(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+pub fn addr_from_map(a: u32) -> Ipv4Addr {
+    Ipv4Addr::from(a.to_ne_bytes())
+}
+
+pub fn port_to_map(p: u16) -> u16 {
+    p.to_be()
+}
+
+pub fn port_from_map(p: u16) -> u16 {
+    u16::from_be(p)
+}
+
+pub fn service_key(addr: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        addr: addr_to_map(addr),
+        port: port_to_map(port),
+        proto,
+        pad: 0,
+    }
+}
+
+pub fn backend_value(b: SocketAddrV4, proto: u8) -> Backend {
+    Backend {
+        addr: addr_to_map(*b.ip()),
+        port: port_to_map(b.port()),
+        proto,
+        pad: 0,
+    }
+}
+
+/// One service as the maps should hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub key: ServiceKey,
+    /// Distinct backends, in the order given.
+    pub backends: Vec<Backend>,
+}
+
+pub fn wanted_from(desired: &DesiredState) -> Vec<Wanted> {
+    let mut by_key: BTreeMap<ServiceKey, Vec<Backend>> = BTreeMap::new();
+    for s in &desired.services {
+        let proto = proto_number(s.proto);
+        let entry = by_key
+            .entry(service_key(s.addr, s.port, proto))
+            .or_default();
+        for b in &s.backends {
+            let v = backend_value(*b, proto);
+            if !entry.contains(&v) {
+                entry.push(v);
+            }
+        }
+    }
+    by_key
+        .into_iter()
+        .map(|(key, backends)| Wanted { key, backends })
+        .collect()
+}
+
+/// What the maps hold now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Current {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub slots: BTreeMap<SlotKey, u32>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+impl Current {
+    pub fn read(maps: &DpMaps) -> Result<Self, MapError> {
+        Ok(Current {
+            services: maps.services.entries()?.into_iter().collect(),
+            slots: maps.slots.entries()?.into_iter().collect(),
+            backends: maps.backends.entries()?.into_iter().collect(),
+        })
+    }
+}
+
+/// Ordered writes and deletes that take the maps from `Current` to the wanted state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub backend_writes: Vec<(u32, Backend)>,
+    pub slot_writes: Vec<(SlotKey, u32)>,
+    pub service_writes: Vec<(ServiceKey, ServiceValue)>,
+    pub service_deletes: Vec<ServiceKey>,
+    pub slot_deletes: Vec<SlotKey>,
+    pub backend_deletes: Vec<u32>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.backend_writes.is_empty()
+            && self.slot_writes.is_empty()
+            && self.service_writes.is_empty()
+            && self.service_deletes.is_empty()
+            && self.slot_deletes.is_empty()
+            && self.backend_deletes.is_empty()
+    }
+}
+
+/// Smallest ids not in `used`, handed out in order.
+struct IdAllocator<'a> {
+    used: &'a BTreeSet<u32>,
+    next: u32,
+    what: &'static str,
+}
+
+impl IdAllocator<'_> {
+    fn take(&mut self) -> Result<u32, ProgramError> {
+        while self.used.contains(&self.next) {
+            self.next = self
+                .next
+                .checked_add(1)
+                .ok_or(ProgramError::IdsExhausted { what: self.what })?;
+        }
+        let id = self.next;
+        self.next = self
+            .next
+            .checked_add(1)
+            .ok_or(ProgramError::IdsExhausted { what: self.what })?;
+        Ok(id)
+    }
+}
+
+pub fn plan(current: &Current, wanted: &[Wanted], sizes: Sizes) -> Result<Plan, ProgramError> {
+    let mut plan = Plan::default();
+
+    // Backend ids: keep the id of a backend already in the map (the lowest, should a
+    // crash have left duplicates), allocate new ones past every id in use.
+    let mut backend_ids: BTreeMap<Backend, u32> = BTreeMap::new();
+    for (&id, &b) in &current.backends {
+        backend_ids.entry(b).or_insert(id);
+    }
+    let used_backend_ids: BTreeSet<u32> = current.backends.keys().copied().collect();
+    let mut backend_alloc = IdAllocator {
+        used: &used_backend_ids,
+        next: 1,
+        what: "backend",
+    };
+    let mut referenced: BTreeSet<u32> = BTreeSet::new();
+    for w in wanted {
+        for b in &w.backends {
+            let id = match backend_ids.get(b) {
+                Some(&id) => id,
+                None => {
+                    let id = backend_alloc.take()?;
+                    backend_ids.insert(*b, id);
+                    plan.backend_writes.push((id, *b));
+                    id
+                }
+            };
+            referenced.insert(id);
+        }
+    }
+
+    // Service ids: the same, keyed by (address, port, protocol).
+    let used_service_ids: BTreeSet<u32> = current.services.values().map(|v| v.service_id).collect();
+    let mut service_alloc = IdAllocator {
+        used: &used_service_ids,
+        next: 1,
+        what: "service",
+    };
+    let mut wanted_slots: BTreeSet<SlotKey> = BTreeSet::new();
+    for w in wanted {
+        let service_id = match current.services.get(&w.key) {
+            Some(v) => v.service_id,
+            None => service_alloc.take()?,
+        };
+        for (slot, b) in w.backends.iter().enumerate() {
+            let key = SlotKey {
+                service_id,
+                slot: slot as u32,
+            };
+            let id = backend_ids[b];
+            wanted_slots.insert(key);
+            if current.slots.get(&key) != Some(&id) {
+                plan.slot_writes.push((key, id));
+            }
+        }
+        let value = ServiceValue {
+            backend_count: w.backends.len() as u32,
+            service_id,
+        };
+        if current.services.get(&w.key) != Some(&value) {
+            plan.service_writes.push((w.key, value));
+        }
+    }
+
+    let wanted_keys: BTreeSet<ServiceKey> = wanted.iter().map(|w| w.key).collect();
+    plan.service_deletes = current
+        .services
+        .keys()
+        .filter(|k| !wanted_keys.contains(k))
+        .copied()
+        .collect();
+    plan.slot_deletes = current
+        .slots
+        .keys()
+        .filter(|k| !wanted_slots.contains(k))
+        .copied()
+        .collect();
+    plan.backend_deletes = current
+        .backends
+        .keys()
+        .filter(|id| !referenced.contains(id))
+        .copied()
+        .collect();
+
+    // Writes land before deletes, so the peak is the union of old and new entries.
+    let peaks = [
+        (
+            "dp_services",
+            "max-services",
+            current.services.len()
+                + plan
+                    .service_writes
+                    .iter()
+                    .filter(|(k, _)| !current.services.contains_key(k))
+                    .count(),
+            sizes.services,
+        ),
+        (
+            "dp_slots",
+            "max-slots",
+            current.slots.len()
+                + plan
+                    .slot_writes
+                    .iter()
+                    .filter(|(k, _)| !current.slots.contains_key(k))
+                    .count(),
+            sizes.slots,
+        ),
+        (
+            "dp_backends",
+            "max-backends",
+            current.backends.len() + plan.backend_writes.len(),
+            sizes.backends,
+        ),
+    ];
+    for (map, flag, needed, capacity) in peaks {
+        if needed > capacity as usize {
+            return Err(ProgramError::Capacity {
+                map,
+                flag,
+                needed,
+                capacity,
+            });
+        }
+    }
+    Ok(plan)
+}
+
+/// Apply a plan in its order.
+pub fn apply(maps: &DpMaps, plan: &Plan) -> Result<(), MapError> {
+    for (id, b) in &plan.backend_writes {
+        maps.backends.put(id, b)?;
+    }
+    for (k, id) in &plan.slot_writes {
+        maps.slots.put(k, id)?;
+    }
+    for (k, v) in &plan.service_writes {
+        maps.services.put(k, v)?;
+    }
+    for k in &plan.service_deletes {
+        maps.services.delete(k)?;
+    }
+    for k in &plan.slot_deletes {
+        maps.slots.delete(k)?;
+    }
+    for id in &plan.backend_deletes {
+        maps.backends.delete(id)?;
+    }
+    Ok(())
+}
+
+/// Read, plan, apply. Returns the plan that was applied.
+pub fn reconcile(
+    maps: &DpMaps,
+    desired: &DesiredState,
+    sizes: Sizes,
+) -> Result<Plan, ProgramError> {
+    let current = Current::read(maps)?;
+    let plan = plan(&current, &wanted_from(desired), sizes)?;
+    apply(maps, &plan)?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(last: u8, port: u16, backends: &[(u8, u16)]) -> Wanted {
+        Wanted {
+            key: service_key(Ipv4Addr::new(127, 10, 0, last), port, PROTO_TCP),
+            backends: backends
+                .iter()
+                .map(|&(b, p)| {
+                    backend_value(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, b), p), PROTO_TCP)
+                })
+                .collect(),
+        }
+    }
+
+    /// Apply a plan to an in-memory copy, as the kernel maps would end up.
+    fn applied(mut c: Current, p: &Plan) -> Current {
+        for (id, b) in &p.backend_writes {
+            c.backends.insert(*id, *b);
+        }
+        for (k, id) in &p.slot_writes {
+            c.slots.insert(*k, *id);
+        }
+        for (k, v) in &p.service_writes {
+            c.services.insert(*k, *v);
+        }
+        for k in &p.service_deletes {
+            c.services.remove(k);
+        }
+        for k in &p.slot_deletes {
+            c.slots.remove(k);
+        }
+        for id in &p.backend_deletes {
+            c.backends.remove(id);
+        }
+        c
+    }
+
+    fn resolve(c: &Current, w: &Wanted) -> Vec<Backend> {
+        let v = c.services[&w.key];
+        (0..v.backend_count)
+            .map(|slot| {
+                c.backends[&c.slots[&SlotKey {
+                    service_id: v.service_id,
+                    slot,
+                }]]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_fill_allocates_from_one_and_is_idempotent() {
+        let wanted = vec![
+            svc(1, 80, &[(2, 8080), (3, 8080)]),
+            svc(2, 53, &[(2, 8080)]),
+        ];
+        let p = plan(&Current::default(), &wanted, Sizes::default()).expect("plan");
+        assert_eq!(
+            p.backend_writes
+                .iter()
+                .map(|(id, _)| *id)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            p.service_writes
+                .iter()
+                .map(|(_, v)| v.service_id)
+                .collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let c = applied(Current::default(), &p);
+        for w in &wanted {
+            assert_eq!(resolve(&c, w), w.backends);
+        }
+        let again = plan(&c, &wanted, Sizes::default()).expect("plan");
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn ids_stay_stable_across_changes_and_freed_ids_are_not_reused_at_once() {
+        let v1 = vec![svc(1, 80, &[(2, 8080)]), svc(2, 80, &[(3, 8080)])];
+        let c1 = applied(
+            Current::default(),
+            &plan(&Current::default(), &v1, Sizes::default()).expect("plan"),
+        );
+        // Service 1 is removed, service 3 added, service 2 scales 1 -> 3.
+        let v2 = vec![
+            svc(2, 80, &[(3, 8080), (4, 8080), (5, 8080)]),
+            svc(3, 80, &[(6, 8080)]),
+        ];
+        let p2 = plan(&c1, &v2, Sizes::default()).expect("plan");
+        let c2 = applied(c1.clone(), &p2);
+        let id_of = |c: &Current, w: &Wanted| c.services[&w.key].service_id;
+        assert_eq!(
+            id_of(&c2, &v2[0]),
+            id_of(&c1, &v1[1]),
+            "service 2 keeps its id"
+        );
+        assert_eq!(
+            id_of(&c2, &v2[1]),
+            3,
+            "the id freed in this reconcile is not reused"
+        );
+        assert_eq!(
+            c2.backends.get(&2),
+            Some(&v1[1].backends[0]),
+            "backend 127.0.0.3 keeps id 2"
+        );
+        assert!(
+            !c2.backends.contains_key(&1),
+            "unreferenced backend deleted"
+        );
+        for w in &v2 {
+            assert_eq!(resolve(&c2, w), w.backends);
+        }
+        assert_eq!(c2.slots.len(), 4);
+    }
+
+    #[test]
+    fn scale_to_zero_keeps_the_service_with_count_zero() {
+        let v1 = vec![svc(1, 80, &[(2, 8080), (3, 8080)])];
+        let c1 = applied(
+            Current::default(),
+            &plan(&Current::default(), &v1, Sizes::default()).expect("plan"),
+        );
+        let v0 = vec![svc(1, 80, &[])];
+        let p0 = plan(&c1, &v0, Sizes::default()).expect("plan");
+        let c0 = applied(c1, &p0);
+        assert_eq!(c0.services[&v0[0].key].backend_count, 0);
+        assert!(c0.slots.is_empty() && c0.backends.is_empty());
+    }
+
+    #[test]
+    fn scale_down_publishes_the_count_before_deleting_slots() {
+        let v3 = vec![svc(1, 80, &[(2, 8080), (3, 8080), (4, 8080)])];
+        let c3 = applied(
+            Current::default(),
+            &plan(&Current::default(), &v3, Sizes::default()).expect("plan"),
+        );
+        let v1 = vec![svc(1, 80, &[(4, 8080)])];
+        let p = plan(&c3, &v1, Sizes::default()).expect("plan");
+        assert_eq!(p.service_writes.len(), 1);
+        assert_eq!(p.slot_deletes.len(), 2);
+        let c1 = applied(c3, &p);
+        assert_eq!(resolve(&c1, &v1[0]), v1[0].backends);
+    }
+
+    #[test]
+    fn capacity_is_checked_at_the_peak() {
+        let sizes = Sizes {
+            services: 1,
+            ..Sizes::default()
+        };
+        let v1 = vec![svc(1, 80, &[(2, 8080)])];
+        let c1 = applied(
+            Current::default(),
+            &plan(&Current::default(), &v1, sizes).expect("plan"),
+        );
+        let v2 = vec![svc(2, 80, &[(2, 8080)])];
+        let err = plan(&c1, &v2, sizes).expect_err("two services coexist during the update");
+        assert!(err.to_string().contains("--max-services"), "{err}");
+    }
+
+    #[test]
+    fn map_byte_order_is_network_order() {
+        let k = service_key(Ipv4Addr::new(127, 10, 0, 1), 80, PROTO_TCP);
+        assert_eq!(k.addr.to_ne_bytes(), [127, 10, 0, 1]);
+        assert_eq!(k.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(addr_from_map(k.addr), Ipv4Addr::new(127, 10, 0, 1));
+        assert_eq!(port_from_map(k.port), 80);
+    }
+}

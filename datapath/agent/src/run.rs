@@ -1,0 +1,167 @@
+//! `datapathd run`: check prerequisites, start (load, attach), fill the maps, then watch
+//! the services directory and reconcile until SIGTERM/SIGINT. On exit the pinned links
+//! and maps stay in place, so the datapath keeps working and the next start takes it
+//! over; `datapathd cleanup` removes them.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use crate::{
+    cgroup::Cgroup,
+    ebpf_object,
+    failpoint::{Failpoint, Failpoints},
+    layout::Layout,
+    loader::{self, StartOptions},
+    maps::{DpMaps, Sizes},
+    mutant::Mutant,
+    prereq, programming,
+    services::{self, DirWatcher, LoadReport},
+};
+
+/// How often the services directory is polled (inotify does not see changes over 9p).
+const POLL: Duration = Duration::from_millis(200);
+/// Reconcile at least this often even without a change (repairs edits made behind our back).
+const RESYNC: Duration = Duration::from_secs(30);
+/// After a failed reconcile, wait this long before retrying an unchanged directory.
+const RETRY: Duration = Duration::from_secs(5);
+
+pub struct RunOptions {
+    pub cgroup: PathBuf,
+    pub services: PathBuf,
+    pub bpffs: PathBuf,
+    pub mutant: Option<Mutant>,
+    pub failpoint: Option<Failpoint>,
+    pub sizes: Sizes,
+}
+
+pub fn run(opts: RunOptions) -> Result<()> {
+    prereq::require_root()?;
+    prereq::check_kernel()?;
+    prereq::check_cgroup(&opts.cgroup)?;
+    if opts.mutant.is_none() {
+        prereq::check_bpffs(&opts.bpffs)?;
+    }
+    if !opts.services.is_dir() {
+        bail!(
+            "services directory {} does not exist or is not a directory",
+            opts.services.display()
+        );
+    }
+    if let Some(m) = opts.mutant {
+        warn!(mutant = %m, "running a deliberately broken datapath: {}", m.description());
+    }
+
+    let cgroup = Cgroup::open(&opts.cgroup)?;
+    let layout = Layout::new(&opts.bpffs);
+    let failpoints = Failpoints::new(opts.failpoint);
+    info!(cgroup = %cgroup.path.display(), cgroup_id = cgroup.id, bpffs = %layout.root().display(), "starting");
+
+    // Watch before the first read, so a change made during start-up is not missed.
+    let mut watcher = DirWatcher::new(opts.services.clone());
+    let started = loader::start(
+        ebpf_object::OBJECT,
+        &StartOptions {
+            layout: &layout,
+            cgroup: &cgroup,
+            sizes: opts.sizes,
+            mutant: opts.mutant,
+            failpoints,
+        },
+    )
+    .context("starting the datapath")?;
+
+    let report = services::load_dir(&opts.services)
+        .with_context(|| format!("reading services from {}", opts.services.display()))?;
+    log_problems(&report);
+    failpoints.hit(Failpoint::BeforeFirstFill);
+    let plan = programming::reconcile(&started.maps, &report.state, opts.sizes)
+        .context("programming the maps")?;
+    info!(
+        services = report.state.services.len(),
+        writes = plan.service_writes.len(),
+        "maps programmed"
+    );
+    failpoints.hit(Failpoint::AfterFirstFill);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(watch(&opts, &started.maps, &mut watcher))?;
+    info!("exiting; pinned links and maps stay in place (`datapathd cleanup` removes them)");
+    Ok(())
+}
+
+fn log_problems(report: &LoadReport) {
+    for p in &report.problems {
+        warn!("service file problem: {p}");
+    }
+}
+
+async fn watch(opts: &RunOptions, maps: &DpMaps, watcher: &mut DirWatcher) -> Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    // Callers wait for this line instead of sleeping.
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "datapathd: ready").context("writing to stdout")?;
+    stdout.flush().context("writing to stdout")?;
+
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sync = Instant::now();
+    let mut failed_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM"); return Ok(()); }
+            _ = sigint.recv() => { info!("SIGINT"); return Ok(()); }
+            _ = tick.tick() => {}
+        }
+        let changed = match watcher.changed() {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cannot poll {}: {e}", opts.services.display());
+                false
+            }
+        };
+        let retry = failed_at.is_some_and(|t| t.elapsed() >= RETRY);
+        if !(changed || retry || last_sync.elapsed() >= RESYNC) {
+            continue;
+        }
+        last_sync = Instant::now();
+        match reconcile_once(opts, maps) {
+            Ok(()) => failed_at = None,
+            Err(e) => {
+                error!("reconcile failed (the maps keep their previous state): {e:#}");
+                failed_at = Some(Instant::now());
+            }
+        }
+    }
+}
+
+fn reconcile_once(opts: &RunOptions, maps: &DpMaps) -> Result<()> {
+    let report = services::load_dir(&opts.services)
+        .with_context(|| format!("reading services from {}", opts.services.display()))?;
+    log_problems(&report);
+    let plan = programming::reconcile(maps, &report.state, opts.sizes)?;
+    if !plan.is_empty() {
+        info!(
+            services = report.state.services.len(),
+            backend_writes = plan.backend_writes.len(),
+            slot_writes = plan.slot_writes.len(),
+            service_writes = plan.service_writes.len(),
+            service_deletes = plan.service_deletes.len(),
+            slot_deletes = plan.slot_deletes.len(),
+            backend_deletes = plan.backend_deletes.len(),
+            "reconciled"
+        );
+    }
+    Ok(())
+}

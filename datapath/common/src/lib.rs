@@ -1,0 +1,152 @@
+//! Map keys and values shared by the datapath's eBPF programs and its agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding fields, so that the byte layout the
+//! kernel hashes (map keys) is fully defined: implicit padding would be uninitialised on
+//! one side and make equal keys hash differently. Addresses and ports are stored exactly
+//! as `struct bpf_sock_addr` carries them, in network byte order, so the eBPF side never
+//! converts.
+//!
+//! Changing any type here changes the pinned maps' layout: bump [`LAYOUT_VERSION`], and
+//! the agent will replace (not reuse) pinned maps written by an older layout.
+#![no_std]
+
+/// Version of the map layout below. The agent stores it in [`MAP_META`] and reuses pinned
+/// maps only when it matches (a pinned map of the same sizes but another layout would
+/// otherwise be reused silently).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// IANA protocol numbers, as `bpf_sock_addr.protocol` reports them.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Prefix of every kernel object (program, map) that belongs to the datapath. The agent
+/// uses it to recognise its own programs on a cgroup.
+pub const OBJECT_PREFIX: &str = "dp_";
+
+/// Map names (kernel names are at most 15 characters).
+pub const MAP_SERVICES: &str = "dp_services";
+pub const MAP_SLOTS: &str = "dp_slots";
+pub const MAP_BACKENDS: &str = "dp_backends";
+pub const MAP_REVNAT: &str = "dp_revnat";
+pub const MAP_META: &str = "dp_meta";
+
+/// Program names (the eBPF functions' symbols, which the kernel keeps as program names).
+pub const PROG_CONNECT4: &str = "dp_connect4";
+pub const PROG_SENDMSG4: &str = "dp_sendmsg4";
+pub const PROG_RECVMSG4: &str = "dp_recvmsg4";
+pub const PROG_GETPEERNAME4: &str = "dp_getpeername4";
+
+/// The only key of [`MAP_META`] (an array of one element).
+pub const META_KEY: u32 = 0;
+
+/// Key of `dp_services`: a service's virtual address, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// IPv4 address, network byte order (as `bpf_sock_addr.user_ip4`).
+    pub addr: u32,
+    /// Port, network byte order (the low 16 bits of `bpf_sock_addr.user_port`).
+    pub port: u16,
+    /// IP protocol number: [`PROTO_TCP`] or [`PROTO_UDP`]; a byte is enough.
+    pub proto: u8,
+    /// Explicit padding to 8 bytes; always 0.
+    pub pad: u8,
+}
+
+/// Value of `dp_services`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    /// Number of valid slots (`0..backend_count`) in `dp_slots` for this service; 0 means
+    /// "no backend: refuse the connection".
+    pub backend_count: u32,
+    /// Stable id of the service, the first half of its `dp_slots` keys.
+    pub service_id: u32,
+}
+
+/// Key of `dp_slots`: the `slot`-th backend of service `service_id`. Value: a backend id
+/// (`u32`), the key of `dp_backends`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+/// Value of `dp_backends` (key: backend id, `u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// IP protocol number (same as its service's).
+    pub proto: u8,
+    /// Explicit padding to 8 bytes; always 0.
+    pub pad: u8,
+}
+
+/// Key of `dp_revnat` (an LRU hash): which service a socket reached a backend through.
+/// Keyed by socket cookie *and* backend, so that recvmsg4/getpeername4 rewrite only the
+/// backend this socket was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNatKey {
+    /// Socket cookie (`bpf_get_socket_cookie`), 64 bits wide in the kernel.
+    pub cookie: u64,
+    /// Backend IPv4 address, network byte order.
+    pub addr: u32,
+    /// Backend port, network byte order.
+    pub port: u16,
+    /// Explicit padding to 16 bytes (the u64 aligns the struct to 8); always 0.
+    pub pad: u16,
+}
+
+/// Value of `dp_revnat`: the service address the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RevNatValue {
+    /// Service IPv4 address, network byte order.
+    pub addr: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// Explicit padding to 8 bytes; always 0.
+    pub pad: u16,
+}
+
+/// Value of `dp_meta[0]`: describes the layout of the maps pinned next to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Meta {
+    /// [`LAYOUT_VERSION`] of the agent that created the maps.
+    pub layout_version: u32,
+    /// Reserved for future flags; always 0. Keeps the struct 8 bytes wide.
+    pub reserved: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY: all of these are #[repr(C)], contain only integers and have no implicit
+    // padding (see the explicit `pad` fields), so every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RevNatKey {}
+    unsafe impl aya::Pod for RevNatValue {}
+    unsafe impl aya::Pod for Meta {}
+}
+
+// Compile-time checks that the sizes are what the comments say (no implicit padding).
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 8);
+    assert!(core::mem::size_of::<ServiceValue>() == 8);
+    assert!(core::mem::size_of::<SlotKey>() == 8);
+    assert!(core::mem::size_of::<Backend>() == 8);
+    assert!(core::mem::size_of::<RevNatKey>() == 16);
+    assert!(core::mem::size_of::<RevNatValue>() == 8);
+    assert!(core::mem::size_of::<Meta>() == 8);
+};
