@@ -21,6 +21,7 @@ pub mod cpio;
 pub mod error;
 pub mod image;
 pub mod net;
+pub mod pod;
 pub mod ssh;
 pub mod vm;
 
@@ -560,6 +561,16 @@ impl QemuCluster {
             }
         }
         Ok(())
+    }
+
+    /// Creates pod `pod` on node `node` with the `host`-th address of the node's pod
+    /// CIDR (10.244.<node+1>.<host>), and returns that address.
+    pub fn add_pod(&self, node: &str, pod: &str, host: u8) -> Result<Ipv4Addr> {
+        let n = self.node(node)?;
+        let ip = Ipv4Addr::new(10, 244, n.index as u8 + 1, host);
+        n.ssh()?
+            .check(&pod::create_script(pod, ip), Duration::from_secs(30))?;
+        Ok(ip)
     }
 
     /// Reboots `name` (the guest's kernel restarts; QEMU, its tap and port stay) and

@@ -76,6 +76,26 @@ fn two_vms_talk_over_ssh_and_the_cluster_network_then_leave_nothing() {
         .expect("ping over ssh");
     assert!(ping.success(), "ping vm-a -> vm-b: {}", ping.stdout_str());
 
+    // Pods on two nodes reach each other over the cluster network (native routing).
+    cluster.install_pod_routes().expect("pod routes");
+    let pa = cluster.add_pod("vm-a", "pod-a", 10).expect("pod on vm-a");
+    let pb = cluster.add_pod("vm-b", "pod-b", 10).expect("pod on vm-b");
+    let ping = a
+        .ssh()
+        .expect("ssh session")
+        .run(
+            &format!("ip netns exec pod-a ping -c 2 -W 3 {pb}"),
+            None,
+            Duration::from_secs(30),
+        )
+        .expect("pod ping over ssh");
+    assert!(
+        ping.success(),
+        "pod-a ({pa}) -> pod-b ({pb}): {} {}",
+        ping.stdout_str(),
+        ping.stderr_str()
+    );
+
     // A missing command reports its status, not an error.
     let missing = a
         .ssh()
