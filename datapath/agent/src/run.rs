@@ -42,6 +42,9 @@ pub struct RunOptions {
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
+    if ebpf_object::OBJECT.is_empty() {
+        return Err(loader::LoadError::EmptyObject.into());
+    }
     prereq::require_root()?;
     prereq::check_kernel()?;
     prereq::check_cgroup(&opts.cgroup)?;
