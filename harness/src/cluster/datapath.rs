@@ -1,0 +1,1 @@
+//! Deploying and restarting `datapathd` on a node.

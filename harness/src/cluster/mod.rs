@@ -1,0 +1,97 @@
+//! The cluster under test: nodes (with where the datapath lives on each), pods (a network
+//! namespace and a cgroup on a node), and services (virtual address and port -> backend
+//! pods). A provider's `up` returns a [`Cluster`]; the run deploys the datapath and the
+//! workload onto it.
+
+pub mod datapath;
+pub mod service;
+pub mod workload;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::node::Node;
+
+/// What to bring up: node names and pods per node, as the suite says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Topology {
+    pub nodes: Vec<String>,
+    pub pods: Vec<PodSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PodSpec {
+    pub name: String,
+    pub node: String,
+}
+
+/// The binaries the run deploys, as paths on the host (built by cargo).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub datapathd: PathBuf,
+    pub dp_probe: PathBuf,
+}
+
+/// One node and the places on it that the datapath and the workload use. All paths are
+/// paths *on the node*.
+#[derive(Clone)]
+pub struct ClusterNode {
+    pub node: Arc<dyn Node>,
+    /// The cgroup v2 directory the node's datapathd attaches to (`--cgroup`); the pods'
+    /// workload processes are placed under it, so the node's socket LB applies to them.
+    pub cgroup: PathBuf,
+    /// The node's own bpffs directory (`--bpffs`).
+    pub bpffs: PathBuf,
+    /// The services directory datapathd watches (`--services`).
+    pub services_dir: PathBuf,
+    /// A scratch directory for logs and files of this run.
+    pub work_dir: PathBuf,
+    /// `datapathd` and `dp-probe` as the node runs them.
+    pub datapathd: PathBuf,
+    pub dp_probe: PathBuf,
+}
+
+impl ClusterNode {
+    pub fn name(&self) -> &str {
+        self.node.name()
+    }
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("name", &self.node.name())
+            .field("cgroup", &self.cgroup)
+            .field("bpffs", &self.bpffs)
+            .finish()
+    }
+}
+
+/// A pod: a network namespace on a node, with an address reachable from every other pod.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    /// Its network namespace as a path on the node (`dp-probe --netns`).
+    pub netns: PathBuf,
+    /// The cgroup its processes join (`dp-probe --cgroup`), under the node's cgroup.
+    pub cgroup: PathBuf,
+}
+
+/// What a provider brought up.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub nodes: Vec<ClusterNode>,
+    pub pods: Vec<Pod>,
+}
+
+impl Cluster {
+    pub fn node(&self, name: &str) -> Option<&ClusterNode> {
+        self.nodes.iter().find(|n| n.name() == name)
+    }
+    pub fn pod(&self, name: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+}

@@ -1,0 +1,1 @@
+//! Services as the datapath reads them: Kubernetes Service + EndpointSlice YAML.

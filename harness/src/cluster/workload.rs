@@ -1,0 +1,1 @@
+//! The workload: `dp-probe serve` backends in pods.

@@ -1,0 +1,234 @@
+//! A node that is a network namespace on the host: commands run through
+//! `nsenter --net=PATH` (which execs, so the pid we hold is the program's; unlike
+//! `ip netns exec` it does not remount /sys, so the cgroup2 mount stays visible). Files
+//! are the host's files: the node shares the host's mount namespace.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Exit, Node, NodeError, Output, Process, SpawnSpec};
+
+pub struct NetnsNode {
+    name: String,
+    netns: PathBuf,
+}
+
+impl NetnsNode {
+    /// A node whose commands run in the network namespace bound at `netns`
+    /// (`/run/netns/NAME`).
+    pub fn new(name: &str, netns: &Path) -> NetnsNode {
+        NetnsNode {
+            name: name.to_string(),
+            netns: netns.to_path_buf(),
+        }
+    }
+
+    pub fn netns(&self) -> &Path {
+        &self.netns
+    }
+
+    fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .args(argv);
+        // Own process group: a Ctrl-C at the terminal reaches the harness only, which
+        // then stops its children itself, in order.
+        cmd.process_group(0);
+        cmd
+    }
+
+    fn file_err(&self, what: &'static str, path: &Path, source: std::io::Error) -> NodeError {
+        NodeError::File {
+            node: self.name.clone(),
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Reads a pipe to its end on a thread.
+fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Sends `sig` to `pid` only.
+pub(crate) fn kill_pid(pid: u32, sig: i32) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) on one pid (never 0 or negative: those address groups).
+    if pid <= 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    let rc = unsafe { libc::kill(pid, sig) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Node for NetnsNode {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn run(&self, argv: &[&str], timeout: Duration) -> Result<Output, NodeError> {
+        let start = Instant::now();
+        let mut child = self
+            .command(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| NodeError::Spawn {
+                node: self.name.clone(),
+                command: argv.join(" "),
+                source,
+            })?;
+        let out = drain(child.stdout.take());
+        let err = drain(child.stderr.take());
+        let deadline = start + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = kill_pid(child.id(), libc::SIGKILL);
+                    let _ = child.wait();
+                    let _ = out.join();
+                    let _ = err.join();
+                    return Err(NodeError::Timeout {
+                        node: self.name.clone(),
+                        command: argv.join(" "),
+                        after: timeout,
+                    });
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(source) => {
+                    return Err(NodeError::Spawn {
+                        node: self.name.clone(),
+                        command: argv.join(" "),
+                        source,
+                    })
+                }
+            }
+        };
+        Ok(Output {
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+            exit: Exit::from_std(status),
+            duration: start.elapsed(),
+        })
+    }
+
+    fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn Process>, NodeError> {
+        let argv: Vec<&str> = spec.argv.iter().map(String::as_str).collect();
+        let open = |p: &Path| {
+            if let Some(dir) = p.parent() {
+                fs::create_dir_all(dir).map_err(|e| self.file_err("cannot create", dir, e))?;
+            }
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| self.file_err("cannot open", p, e))
+        };
+        let stdout = open(&spec.stdout)?;
+        let stderr = open(&spec.stderr)?;
+        let mut cmd = self.command(&argv);
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().map_err(|source| NodeError::Spawn {
+            node: self.name.clone(),
+            command: spec.argv.join(" "),
+            source,
+        })?;
+        Ok(Box::new(LocalProcess {
+            node: self.name.clone(),
+            child,
+            exit: None,
+        }))
+    }
+
+    fn read_file(&self, path: &Path) -> Result<Vec<u8>, NodeError> {
+        fs::read(path).map_err(|e| self.file_err("cannot read", path, e))
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), NodeError> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| self.file_err("cannot create", dir, e))?;
+        }
+        // Write beside and rename: a watcher never sees half a file.
+        let tmp = path.with_extension("tmp~");
+        fs::write(&tmp, data).map_err(|e| self.file_err("cannot write", &tmp, e))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+            .map_err(|e| self.file_err("cannot chmod", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| self.file_err("cannot rename to", path, e))
+    }
+}
+
+/// A child process of the harness.
+pub struct LocalProcess {
+    node: String,
+    child: Child,
+    exit: Option<Exit>,
+}
+
+impl Process for LocalProcess {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(&mut self, signal: i32) -> Result<(), NodeError> {
+        if self.exit.is_some() {
+            return Ok(());
+        }
+        // Reap first if it already ended: never signal a pid that may have been reused.
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        kill_pid(self.child.id(), signal).map_err(|source| NodeError::Signal {
+            node: self.node.clone(),
+            pid: self.child.id(),
+            source,
+        })
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Exit>, NodeError> {
+        if let Some(e) = self.exit {
+            return Ok(Some(e));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => {
+                    self.exit = Some(Exit::from_std(s));
+                    return Ok(self.exit);
+                }
+                Ok(None) if Instant::now() >= deadline => return Ok(None),
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(source) => {
+                    return Err(NodeError::Signal {
+                        node: self.node.clone(),
+                        pid: self.child.id(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Providers bring a cluster up and take it down: one trait, one file per implementation.
+//!
+//! - `netns` (netns.rs): every node is a network namespace with its own cgroup subtree and
+//!   bpffs directory on the host kernel. Fast; shares one kernel, so it states which
+//!   invariants it cannot judge for real ([`Provider::limitations`]).
+//! - `qemu` (qemu/): disposable VMs, one kernel per node.
+//!
+//! Contract for implementations:
+//! - Everything `up` creates carries the run's marker (see [`RunId`]) and is recorded in a
+//!   state file *before* it is created, so `down` (and `harness clean` after a crash)
+//!   removes exactly what this run made, also when `up` failed or was interrupted half-way.
+//! - `down` is idempotent: a second call, or a call after a failed `up`, is fine.
+//! - `up` polls [`UpRequest::cancel`] between steps and returns
+//!   [`ProviderError::Interrupted`] when it is set.
+//! - Processes are killed by pid, never by name.
+
+pub mod netns;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+
+use crate::cluster::{Binaries, Cluster, Topology};
+use crate::signal::Cancel;
+
+/// The provider used when `--provider` is not given. The single place to change it.
+pub const DEFAULT_PROVIDER: &str = "netns";
+
+/// Every provider name `--provider` accepts.
+pub const PROVIDERS: &[&str] = &["netns", "qemu"];
+
+/// The marker of one run: a short lowercase id that goes into the names of everything the
+/// run creates (interface names are at most 15 bytes, so it stays short) and into the
+/// state file that lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RunId(pub String);
+
+impl RunId {
+    /// A fresh id: 6 hex digits from the clock and the pid.
+    pub fn fresh() -> RunId {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mix = (nanos as u64) ^ (u64::from(std::process::id()) << 20);
+        let mix = mix ^ (mix >> 29);
+        RunId(format!("{:06x}", mix & 0xff_ffff))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything `up` needs.
+pub struct UpRequest<'a> {
+    pub run_id: &'a RunId,
+    pub topology: &'a Topology,
+    /// Host paths of the binaries to make available on the nodes.
+    pub binaries: &'a Binaries,
+    /// The run's directory on the host (reports/<run>/); providers may keep logs there.
+    pub run_dir: &'a Path,
+    pub cancel: &'a Cancel,
+}
+
+/// What a provider can say about the cluster it made, for reports.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Facts {
+    pub provider: String,
+    /// `uname -r` of the nodes' kernel.
+    pub kernel: String,
+    /// "none", "kvm", "tcg", ...
+    pub accelerator: String,
+    /// True when all nodes run on one kernel (netns): per-kernel objects are shared.
+    pub shared_kernel: bool,
+}
+
+/// An invariant this provider cannot judge for real, and why. The run reports such an
+/// invariant's verdict as it is but annotates it with the reason.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Limitation {
+    pub invariant: &'static str,
+    pub reason: String,
+}
+
+/// What `clean_leftovers` removed, one line per object.
+#[derive(Debug, Clone, Default)]
+pub struct Cleaned {
+    pub removed: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("provider {provider}: {tool} not found: {hint}")]
+    MissingTool {
+        provider: &'static str,
+        tool: String,
+        hint: String,
+    },
+    #[error("provider {provider}: {what}")]
+    Prerequisite {
+        provider: &'static str,
+        what: String,
+    },
+    #[error("provider {provider}: {what}")]
+    Node {
+        provider: &'static str,
+        what: String,
+        #[source]
+        source: crate::node::NodeError,
+    },
+    #[error("provider {provider}: {what} {path}")]
+    Io {
+        provider: &'static str,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("provider {provider}: {what}")]
+    Other {
+        provider: &'static str,
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("provider {provider}: interrupted")]
+    Interrupted { provider: &'static str },
+}
+
+/// A way to get a cluster. `Send` so a run can hand it to a cleanup path.
+pub trait Provider: Send {
+    /// Its `--provider` name.
+    fn name(&self) -> &'static str;
+
+    /// Brings up nodes and pods (network, cgroups, bpffs directories; not the datapath).
+    fn up(&mut self, req: &UpRequest<'_>) -> Result<Cluster, ProviderError>;
+
+    /// Removes everything this provider made for the run. Idempotent.
+    fn down(&mut self) -> Result<(), ProviderError>;
+
+    /// Kernel, accelerator, ... (valid after `up`; best effort before).
+    fn facts(&self) -> Facts;
+
+    /// Invariants this provider cannot judge for real.
+    fn limitations(&self) -> Vec<Limitation>;
+
+    /// Finds what earlier runs of this provider left (by their marker and state files)
+    /// and removes it. For `harness clean`; must not touch objects of a live run.
+    fn clean_leftovers(&self) -> Result<Cleaned, ProviderError>;
+}
+
+/// Builds the provider named `name`.
+pub fn by_name(name: &str) -> Option<Box<dyn Provider>> {
+    match name {
+        "netns" => Some(Box::new(netns::NetnsProvider::new())),
+        _ => None,
+    }
+}
