@@ -130,6 +130,12 @@ pub enum QemuError {
         stderr: String,
     },
 
+    #[error("node {node}: no SSH session (not connected, rebooting or torn down)")]
+    NotConnected { node: String },
+
+    #[error("interrupted while booting")]
+    Interrupted,
+
     #[error("no node named {node} in this cluster")]
     NoSuchNode { node: String },
 

@@ -22,6 +22,7 @@ pub mod error;
 pub mod image;
 pub mod net;
 pub mod pod;
+pub mod provider;
 pub mod ssh;
 pub mod vm;
 
@@ -37,7 +38,8 @@ use std::time::{Duration, Instant};
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use error::{QemuError, Result};
 pub use image::NodeImage;
-pub use ssh::{RemoteOutput, SshSession};
+pub use provider::QemuProvider;
+pub use ssh::{RemoteOutput, SshSession, SshSlot};
 
 use error::tail_file;
 use net::ClusterNet;
@@ -79,6 +81,9 @@ pub struct QemuConfig {
     /// The cluster network's /24 (inside the run's namespace and the VMs only).
     pub cluster_base: Ipv4Addr,
     pub qemu_binary: String,
+    /// The run's id (the harness's); a fresh one when `None`. Objects are named
+    /// `dpq-<id>`, so keep it short (interface names have 15 bytes).
+    pub run_id: Option<String>,
 }
 
 impl QemuConfig {
@@ -97,6 +102,7 @@ impl QemuConfig {
             accel: AccelChoice::from_env(),
             cluster_base: Ipv4Addr::new(192, 168, 100, 0),
             qemu_binary: "qemu-system-x86_64".to_owned(),
+            run_id: None,
         }
     }
 }
@@ -122,7 +128,7 @@ pub struct VmNode {
     spec: VmSpec,
     child: Option<Child>,
     started: Instant,
-    ssh: Option<SshSession>,
+    ssh: Arc<SshSlot>,
     ssh_target: Option<SshTarget>,
     host_pubkey: String,
 }
@@ -133,11 +139,14 @@ impl VmNode {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The node's SSH session.
-    pub fn ssh(&self) -> Result<&SshSession> {
-        self.ssh.as_ref().ok_or_else(|| QemuError::NoSuchNode {
-            node: format!("{} (not connected)", self.name),
-        })
+    /// The node's current SSH session.
+    pub fn ssh(&self) -> Result<Arc<SshSession>> {
+        self.ssh.get(&self.name)
+    }
+
+    /// Where the node's session lives, also after a reboot replaces it.
+    pub fn ssh_slot(&self) -> Arc<SshSlot> {
+        Arc::clone(&self.ssh)
     }
 }
 
@@ -219,6 +228,12 @@ impl QemuCluster {
     /// marker and answers over SSH. On error, whatever was started is torn down (the
     /// consoles stay in the artifacts directory).
     pub fn boot(config: &QemuConfig) -> Result<Self> {
+        Self::boot_cancellable(config, &|| false)
+    }
+
+    /// [`QemuCluster::boot`], giving up with [`QemuError::Interrupted`] (and tearing down)
+    /// as soon as `cancelled` returns true.
+    pub fn boot_cancellable(config: &QemuConfig, cancelled: &dyn Fn() -> bool) -> Result<Self> {
         if accel::which(&config.qemu_binary).is_none() {
             return Err(QemuError::QemuMissing {
                 binary: config.qemu_binary.clone(),
@@ -233,7 +248,7 @@ impl QemuCluster {
             None => NodeImage::build(config.kernel.as_deref(), config.modules.as_deref())?,
         };
 
-        let run_id = new_run_id();
+        let run_id = config.run_id.clone().unwrap_or_else(new_run_id);
         let marker = format!("{RUN_PREFIX}{run_id}");
         let state_dir = state_root().join(&marker);
         std::fs::create_dir_all(&state_dir).map_err(io_err("creating", &state_dir))?;
@@ -267,8 +282,11 @@ impl QemuCluster {
             &state_dir,
             &cache_dir(),
         );
+        if cancelled() {
+            return Err(QemuError::Interrupted);
+        }
         cluster.start(config, &marker)?;
-        cluster.wait_ready(config)?;
+        cluster.wait_ready(config, cancelled)?;
         Ok(cluster)
     }
 
@@ -390,7 +408,7 @@ impl QemuCluster {
                 spec,
                 child: Some(child),
                 started,
-                ssh: None,
+                ssh: Arc::default(),
                 ssh_target: None,
                 host_pubkey,
             });
@@ -400,11 +418,14 @@ impl QemuCluster {
 
     /// Waits for every VM's marker (restarting a QEMU whose SSH port was taken), then
     /// connects SSH to each, in parallel.
-    fn wait_ready(&mut self, config: &QemuConfig) -> Result<()> {
+    fn wait_ready(&mut self, config: &QemuConfig, cancelled: &dyn Fn() -> bool) -> Result<()> {
         let mut connecting = Vec::new();
         let mut pending: Vec<usize> = (0..self.nodes.len()).collect();
         let mut attempts = vec![1u32; self.nodes.len()];
         while !pending.is_empty() {
+            if cancelled() {
+                return Err(QemuError::Interrupted);
+            }
             let mut still = Vec::new();
             for &i in &pending {
                 let node = &mut self.nodes[i];
@@ -499,7 +520,11 @@ impl QemuCluster {
             })?;
             let node = &mut self.nodes[i];
             node.ready_time = node.started.elapsed();
-            node.ssh = Some(SshSession::new(&name, session, self.rt.clone()));
+            node.ssh.set(Some(Arc::new(SshSession::new(
+                &name,
+                session,
+                self.rt.clone(),
+            ))));
         }
         Ok(())
     }
@@ -564,12 +589,15 @@ impl QemuCluster {
     }
 
     /// Creates pod `pod` on node `node` with the `host`-th address of the node's pod
-    /// CIDR (10.244.<node+1>.<host>), and returns that address.
-    pub fn add_pod(&self, node: &str, pod: &str, host: u8) -> Result<Ipv4Addr> {
+    /// CIDR (10.244.<node+1>.<host>) and cgroup `cgroup` (a path on the node), and
+    /// returns that address.
+    pub fn add_pod(&self, node: &str, pod: &str, host: u8, cgroup: &Path) -> Result<Ipv4Addr> {
         let n = self.node(node)?;
         let ip = Ipv4Addr::new(10, 244, n.index as u8 + 1, host);
-        n.ssh()?
-            .check(&pod::create_script(pod, ip), Duration::from_secs(30))?;
+        n.ssh()?.check(
+            &pod::create_script(pod, ip, cgroup),
+            Duration::from_secs(30),
+        )?;
         Ok(ip)
     }
 
@@ -588,7 +616,7 @@ impl QemuCluster {
             .matches(&ready)
             .count();
         let started = Instant::now();
-        if let Some(s) = &self.nodes[idx].ssh {
+        if let Ok(s) = self.nodes[idx].ssh() {
             // The connection dies with the kernel: no answer is expected.
             let _ = s.run(
                 "(sleep 0.2; /run/dp/busybox reboot -f) >/dev/null 2>&1 &",
@@ -596,7 +624,7 @@ impl QemuCluster {
                 Duration::from_secs(10),
             );
         }
-        if let Some(mut s) = self.nodes[idx].ssh.take() {
+        if let Some(s) = self.nodes[idx].ssh.set(None) {
             s.close();
         }
         loop {
@@ -624,7 +652,11 @@ impl QemuCluster {
             .saturating_sub(started.elapsed())
             .max(Duration::from_secs(10));
         let session = self.rt.block_on(target.connect(left))?;
-        self.nodes[idx].ssh = Some(SshSession::new(name, session, self.rt.clone()));
+        self.nodes[idx].ssh.set(Some(Arc::new(SshSession::new(
+            name,
+            session,
+            self.rt.clone(),
+        ))));
         Ok(started.elapsed())
     }
 
@@ -636,7 +668,7 @@ impl QemuCluster {
         }
         self.torn_down = true;
         for node in &mut self.nodes {
-            if let Some(mut s) = node.ssh.take() {
+            if let Some(s) = node.ssh.set(None) {
                 s.close();
             }
         }
@@ -724,11 +756,12 @@ pub fn clean_leftovers() -> Result<Cleaned> {
                     .unwrap_or("")
                     .starts_with("qemu-system")
             });
+            // guest=dpq-<id>-<node>: the run's marker is up to the second '-'.
             let run = args
                 .iter()
                 .find_map(|a| a.strip_prefix("guest="))
-                .filter(|g| g.starts_with(RUN_PREFIX))
-                .map(|g| g.chars().take(RUN_PREFIX.len() + 8).collect::<String>());
+                .and_then(|g| g.strip_prefix(RUN_PREFIX))
+                .map(|rest| format!("{RUN_PREFIX}{}", rest.split('-').next().unwrap_or("")));
             if let (true, Some(run)) = (is_qemu, run) {
                 if !live.contains(&run) {
                     // SAFETY: kill(2) on a PID we just read; a race with its exit is harmless.

@@ -6,6 +6,7 @@
 //! the cluster network (see `QemuCluster::install_pod_routes`).
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 /// The node-side veth of a pod: `lxc` + the pod name, cut to the 15 bytes Linux allows.
 pub fn host_veth(pod: &str) -> String {
@@ -14,9 +15,11 @@ pub fn host_veth(pod: &str) -> String {
     name
 }
 
-/// A shell script (run as root on the node) that creates pod `pod` with address `ip`.
-pub fn create_script(pod: &str, ip: Ipv4Addr) -> String {
+/// A shell script (run as root on the node) that creates pod `pod` with address `ip`
+/// and cgroup directory `cgroup`.
+pub fn create_script(pod: &str, ip: Ipv4Addr, cgroup: &Path) -> String {
     let veth = host_veth(pod);
+    let cgroup = super::ssh::shell_quote(&cgroup.to_string_lossy());
     format!(
         "set -e
 ip netns add {pod}
@@ -29,14 +32,13 @@ ip -n {pod} route add default via 169.254.1.1 dev eth0
 ip link set {veth} up
 ip addr add 169.254.1.1/32 dev {veth} scope link
 ip route replace {ip}/32 dev {veth}
-mkdir -p /sys/fs/cgroup/pods/{pod}
+mkdir -p {cgroup}
 "
     )
 }
 
 /// A shell script that removes pod `pod` (its veth goes with the namespace).
-pub fn delete_script(pod: &str) -> String {
-    format!(
-        "ip netns delete {pod} 2>/dev/null; rmdir /sys/fs/cgroup/pods/{pod} 2>/dev/null; true\n"
-    )
+pub fn delete_script(pod: &str, cgroup: &Path) -> String {
+    let cgroup = super::ssh::shell_quote(&cgroup.to_string_lossy());
+    format!("ip netns delete {pod} 2>/dev/null; rmdir {cgroup} 2>/dev/null; true\n")
 }

@@ -3,7 +3,7 @@
 //! session blocks on a small tokio runtime shared by the run's sessions.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
@@ -118,18 +118,48 @@ impl SshTarget {
     }
 }
 
-/// A live SSH session to one node.
+/// A live SSH session to one node. Commands share it (a read lock each); closing it
+/// waits for them.
 pub struct SshSession {
     node: String,
-    session: Option<Session>,
+    session: RwLock<Option<Session>>,
     rt: Arc<Runtime>,
+}
+
+/// The current session of a node, replaced when the node reboots; shared by the provider
+/// and the node handles it gives out.
+#[derive(Default)]
+pub struct SshSlot(RwLock<Option<Arc<SshSession>>>);
+
+impl SshSlot {
+    /// The current session, or an error naming the node when there is none (not yet
+    /// connected, rebooting, or torn down).
+    pub fn get(&self, node: &str) -> Result<Arc<SshSession>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| QemuError::NotConnected {
+                node: node.to_owned(),
+            })
+    }
+
+    pub fn set(&self, session: Option<Arc<SshSession>>) -> Option<Arc<SshSession>> {
+        std::mem::replace(
+            &mut *self
+                .0
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            session,
+        )
+    }
 }
 
 impl SshSession {
     pub fn new(node: &str, session: Session, rt: Arc<Runtime>) -> Self {
         Self {
             node: node.to_owned(),
-            session: Some(session),
+            session: RwLock::new(Some(session)),
             rt,
         }
     }
@@ -146,10 +176,12 @@ impl SshSession {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<RemoteOutput> {
-        let session = self.session.as_ref().ok_or_else(|| QemuError::SshTimeout {
+        let guard = self
+            .session
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let session = guard.as_ref().ok_or_else(|| QemuError::NotConnected {
             node: self.node.clone(),
-            command: script.to_owned(),
-            timeout: Duration::ZERO,
         })?;
         let secs = timeout.as_secs().max(1);
         let err = |source| QemuError::Ssh {
@@ -234,8 +266,10 @@ impl SshSession {
     /// Writes `data` to `path` on the node (through `cat`, no sftp needed).
     pub fn write_file(&self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
         let p = shell_quote(&path.to_string_lossy());
-        let script =
-            format!("cat > {p}.dp-tmp && chmod {mode:o} {p}.dp-tmp && mv -f {p}.dp-tmp {p}");
+        let script = format!(
+            "mkdir -p \"$(dirname {p})\" && cat > {p}.dp-tmp && chmod {mode:o} {p}.dp-tmp \
+             && mv -f {p}.dp-tmp {p}"
+        );
         let out = self.run(&script, Some(data), Duration::from_secs(60))?;
         if !out.success() {
             return Err(QemuError::RemoteFailed {
@@ -254,9 +288,14 @@ impl SshSession {
         Ok(self.check(&script, Duration::from_secs(60))?.stdout)
     }
 
-    /// Ends the ControlMaster.
-    pub fn close(&mut self) {
-        if let Some(s) = self.session.take() {
+    /// Ends the ControlMaster (after the commands in flight).
+    pub fn close(&self) {
+        let taken = self
+            .session
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(s) = taken {
             let _ = self
                 .rt
                 .block_on(async { tokio::time::timeout(Duration::from_secs(5), s.close()).await });

@@ -78,8 +78,12 @@ fn two_vms_talk_over_ssh_and_the_cluster_network_then_leave_nothing() {
 
     // Pods on two nodes reach each other over the cluster network (native routing).
     cluster.install_pod_routes().expect("pod routes");
-    let pa = cluster.add_pod("vm-a", "pod-a", 10).expect("pod on vm-a");
-    let pb = cluster.add_pod("vm-b", "pod-b", 10).expect("pod on vm-b");
+    let pa = cluster
+        .add_pod("vm-a", "pod-a", 10, Path::new("/sys/fs/cgroup/pods/pod-a"))
+        .expect("pod on vm-a");
+    let pb = cluster
+        .add_pod("vm-b", "pod-b", 10, Path::new("/sys/fs/cgroup/pods/pod-b"))
+        .expect("pod on vm-b");
     let ping = a
         .ssh()
         .expect("ssh session")
@@ -206,4 +210,114 @@ fn qemu_boot_benchmark() {
         let stats = super::bench::boot_to_ready(vms, rounds, &art).expect("benchmark boot");
         println!("{stats}");
     }
+}
+
+#[test]
+fn the_provider_brings_up_vm_nodes_with_pods_and_takes_them_down() {
+    use crate::cluster::{Binaries, PodSpec, Topology};
+    use crate::node::{Exit, SpawnSpec};
+    use crate::provider::{Provider, RunId, UpRequest};
+    use crate::signal::Cancel;
+
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let run_dir = artifacts("provider");
+    let topology = Topology {
+        nodes: vec!["node-a".into(), "node-b".into()],
+        pods: vec![
+            PodSpec {
+                name: "client".into(),
+                node: "node-a".into(),
+            },
+            PodSpec {
+                name: "server".into(),
+                node: "node-b".into(),
+            },
+        ],
+    };
+    // Any host binaries do: the guest sees the host's root.
+    let binaries = Binaries {
+        datapathd: PathBuf::from("/usr/bin/true"),
+        dp_probe: PathBuf::from("/usr/bin/ping"),
+    };
+    let run_id = RunId::fresh();
+    let cancel = Cancel::new();
+    let req = UpRequest {
+        run_id: &run_id,
+        topology: &topology,
+        binaries: &binaries,
+        run_dir: &run_dir,
+        cancel: &cancel,
+    };
+    let mut provider = super::QemuProvider::new();
+    let cluster = provider.up(&req).expect("up");
+    let facts = provider.facts();
+    assert_eq!(facts.provider, "qemu");
+    assert!(
+        !facts.kernel.is_empty() && !facts.accelerator.is_empty(),
+        "{facts:?}"
+    );
+    eprintln!("facts: {facts:?}");
+
+    let a = cluster.node("node-a").expect("node-a");
+    let out = a
+        .node
+        .run(&["uname", "-r"], Duration::from_secs(30))
+        .expect("uname");
+    assert_eq!(out.stdout_str().trim(), facts.kernel);
+    let server = cluster.pod("server").expect("server pod");
+    let ping = a
+        .node
+        .run(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                "client",
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "3",
+                &server.ip.to_string(),
+            ],
+            Duration::from_secs(30),
+        )
+        .expect("pod to pod ping");
+    assert!(ping.success(), "client -> server: {}", ping.stdout_str());
+
+    // A long-running process: started, found by pid, killed, its signal reported.
+    let mut proc = a
+        .node
+        .spawn(&SpawnSpec {
+            argv: vec!["sleep".into(), "300".into()],
+            stdout: a.work_dir.join("sleep.out"),
+            stderr: a.work_dir.join("sleep.err"),
+            env: vec![("X".into(), "1".into())],
+        })
+        .expect("spawn");
+    assert_eq!(proc.try_wait().expect("try_wait"), None);
+    proc.kill(libc::SIGKILL).expect("kill");
+    assert_eq!(
+        proc.wait_timeout(Duration::from_secs(10)).expect("wait"),
+        Some(Exit::Signal(libc::SIGKILL))
+    );
+    // Files with parents created.
+    a.node
+        .write_file(&a.work_dir.join("x/y/z"), b"data", 0o644)
+        .expect("write");
+    assert_eq!(
+        a.node.read_file(&a.work_dir.join("x/y/z")).expect("read"),
+        b"data"
+    );
+
+    provider.down().expect("down");
+    provider.down().expect("a second down is fine");
+    assert!(!Path::new("/run/netns")
+        .join(format!("dpq-{run_id}"))
+        .exists());
+    assert!(!super::state_root().join(format!("dpq-{run_id}")).exists());
+    assert!(run_dir.join("qemu/node-a.console").exists());
 }

@@ -1,0 +1,214 @@
+//! `QemuProvider`: the harness's [`Provider`] on top of [`QemuCluster`]. Nodes are VMs
+//! reached over SSH ([`SshNode`]); pods are network namespaces with a veth inside each VM,
+//! every node owns a pod CIDR and routes the others' through their cluster addresses.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{clean_leftovers, QemuCluster, QemuConfig, QemuError};
+use crate::cluster::{Cluster, ClusterNode, Pod};
+use crate::node::ssh::SshNode;
+use crate::node::Node;
+use crate::provider::{Cleaned, Facts, Limitation, Provider, ProviderError, UpRequest};
+
+const NAME: &str = "qemu";
+/// The cgroup the node's datapath attaches to: the VM's root cgroup, as in production.
+const NODE_CGROUP: &str = "/sys/fs/cgroup";
+const PODS_CGROUP: &str = "/sys/fs/cgroup/pods";
+const NODE_BPFFS: &str = "/sys/fs/bpf";
+const NODE_STATE: &str = "/var/lib/dp-harness";
+/// Host paths the guest does not see (tmpfs over them in the guest): binaries there are
+/// copied in; everything else is the host's own file through the 9p root.
+const GUEST_HIDDEN: &[&str] = &["/root/", "/tmp/", "/run/", "/var/tmp/", "/var/log/"];
+
+/// Disposable VMs, one kernel per node.
+#[derive(Default)]
+pub struct QemuProvider {
+    /// A kernel for the node image (`--kernel`): a .deb, bzImage or vmlinux.
+    pub kernel: Option<PathBuf>,
+    cluster: Option<QemuCluster>,
+    facts: Facts,
+}
+
+impl QemuProvider {
+    pub fn new() -> Self {
+        Self {
+            facts: Facts {
+                provider: NAME.to_owned(),
+                shared_kernel: false,
+                ..Facts::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    pub fn with_kernel(kernel: Option<PathBuf>) -> Self {
+        Self {
+            kernel,
+            ..Self::new()
+        }
+    }
+
+    /// The running cluster, for faults that need the VM layer (reboot, link netem).
+    pub fn cluster(&mut self) -> Option<&mut QemuCluster> {
+        self.cluster.as_mut()
+    }
+}
+
+fn provider_error(e: QemuError, what: &str) -> ProviderError {
+    match e {
+        QemuError::QemuMissing { binary } => ProviderError::MissingTool {
+            provider: NAME,
+            tool: binary,
+            hint: "install qemu-system-x86 (ci/setup does)".into(),
+        },
+        QemuError::ToolMissing { tool, hint } => ProviderError::MissingTool {
+            provider: NAME,
+            tool,
+            hint: hint.into(),
+        },
+        QemuError::Interrupted => ProviderError::Interrupted { provider: NAME },
+        other => ProviderError::Other {
+            provider: NAME,
+            what: what.to_owned(),
+            source: Some(Box::new(other)),
+        },
+    }
+}
+
+fn node_error(e: crate::node::NodeError, what: String) -> ProviderError {
+    ProviderError::Node {
+        provider: NAME,
+        what,
+        source: e,
+    }
+}
+
+/// A binary as the node runs it: the host's path when the guest sees it through the 9p
+/// root, else a copy in the node's state directory.
+fn deploy(node: &dyn Node, host_path: &Path) -> Result<PathBuf, ProviderError> {
+    let abs = std::fs::canonicalize(host_path).map_err(|source| ProviderError::Io {
+        provider: NAME,
+        what: "cannot find binary",
+        path: host_path.to_owned(),
+        source,
+    })?;
+    let text = abs.to_string_lossy();
+    if !GUEST_HIDDEN.iter().any(|p| text.starts_with(p)) {
+        return Ok(abs);
+    }
+    let name = abs.file_name().unwrap_or_default();
+    let remote = Path::new(NODE_STATE).join("bin").join(name);
+    node.copy_to(&abs, &remote, 0o755)
+        .map_err(|e| node_error(e, format!("copying {} to {}", abs.display(), node.name())))?;
+    Ok(remote)
+}
+
+impl Provider for QemuProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn up(&mut self, req: &UpRequest<'_>) -> Result<Cluster, ProviderError> {
+        let names: Vec<&str> = req.topology.nodes.iter().map(String::as_str).collect();
+        let mut config = QemuConfig::new(&names, &req.run_dir.join("qemu"));
+        config.run_id = Some(req.run_id.as_str().to_owned());
+        config.kernel = self.kernel.clone();
+        let cluster = QemuCluster::boot_cancellable(&config, &|| req.cancel.is_cancelled())
+            .map_err(|e| provider_error(e, "booting the VMs"))?;
+        self.facts.kernel = cluster.image.kernel_release.clone();
+        self.facts.accelerator = cluster.accel.accel.name().to_owned();
+        let cluster = self.cluster.insert(cluster);
+        if req.cancel.is_cancelled() {
+            return Err(ProviderError::Interrupted { provider: NAME });
+        }
+        cluster
+            .install_pod_routes()
+            .map_err(|e| provider_error(e, "routing the pod CIDRs"))?;
+
+        let mut nodes = Vec::new();
+        for vm in cluster.nodes() {
+            let node: Arc<dyn Node> = Arc::new(SshNode::new(&vm.name, vm.ssh_slot()));
+            let services_dir = PathBuf::from(format!("{NODE_STATE}/services"));
+            let work_dir = PathBuf::from(format!("{NODE_STATE}/work"));
+            node.check(
+                &[
+                    "mkdir",
+                    "-p",
+                    &services_dir.to_string_lossy(),
+                    &work_dir.to_string_lossy(),
+                    PODS_CGROUP,
+                ],
+                Duration::from_secs(30),
+            )
+            .map_err(|e| node_error(e, format!("preparing node {}", vm.name)))?;
+            let datapathd = deploy(node.as_ref(), &req.binaries.datapathd)?;
+            let dp_probe = deploy(node.as_ref(), &req.binaries.dp_probe)?;
+            nodes.push(ClusterNode {
+                node,
+                cgroup: PathBuf::from(NODE_CGROUP),
+                bpffs: PathBuf::from(NODE_BPFFS),
+                services_dir,
+                work_dir,
+                datapathd,
+                dp_probe,
+            });
+        }
+
+        let mut pods = Vec::new();
+        let mut next_host: std::collections::HashMap<&str, u8> = Default::default();
+        for spec in &req.topology.pods {
+            if req.cancel.is_cancelled() {
+                return Err(ProviderError::Interrupted { provider: NAME });
+            }
+            let host = next_host.entry(spec.node.as_str()).or_insert(10);
+            let cgroup = Path::new(PODS_CGROUP).join(&spec.name);
+            let ip = cluster
+                .add_pod(&spec.node, &spec.name, *host, &cgroup)
+                .map_err(|e| provider_error(e, &format!("creating pod {}", spec.name)))?;
+            *host = host.saturating_add(1);
+            pods.push(Pod {
+                name: spec.name.clone(),
+                node: spec.node.clone(),
+                ip,
+                netns: PathBuf::from(format!("/run/netns/{}", spec.name)),
+                cgroup,
+            });
+        }
+        Ok(Cluster { nodes, pods })
+    }
+
+    fn down(&mut self) -> Result<(), ProviderError> {
+        match self.cluster.take() {
+            Some(mut c) => c
+                .teardown()
+                .map_err(|e| provider_error(e, "tearing down the VMs")),
+            None => Ok(()),
+        }
+    }
+
+    fn facts(&self) -> Facts {
+        self.facts.clone()
+    }
+
+    fn limitations(&self) -> Vec<Limitation> {
+        Vec::new()
+    }
+
+    fn clean_leftovers(&self) -> Result<Cleaned, ProviderError> {
+        let c = clean_leftovers().map_err(|e| provider_error(e, "cleaning leftovers"))?;
+        let mut removed = Vec::new();
+        removed.extend(c.processes.iter().map(|p| format!("QEMU process {p}")));
+        removed.extend(c.netns.iter().map(|n| format!("network namespace {n}")));
+        removed.extend(
+            c.state_dirs
+                .iter()
+                .map(|d| format!("state directory {}", d.display())),
+        );
+        Ok(Cleaned {
+            removed,
+            problems: Vec::new(),
+        })
+    }
+}
