@@ -10,3 +10,4 @@ pub mod exit;
 pub mod node;
 pub mod provider;
 pub mod signal;
+pub mod suite;

@@ -1,0 +1,107 @@
+//! One step of a scenario: `deploy`, `fault`, `wait-for` or `check`, written as a map
+//! with that one key.
+
+pub const EXPECTED: &str = "a step is one of: {deploy: {}} | {fault: {name: agent-restart-mid-attach, \
+node: NAME (optional; default: chosen from the seed)}} | {wait-for: {condition: agents-ready|services-reachable, \
+timeout-s: 30}} | {check: {invariants: [service-connectivity, one-program-per-hook, no-orphan-bpf-objects]}}";
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum Step {
+    /// Start datapathd on every node, write the services, start the backends.
+    Deploy(DeployStep),
+    Fault(FaultStep),
+    WaitFor(WaitForStep),
+    Check(CheckStep),
+}
+
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeployStep {}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FaultStep {
+    pub name: FaultKind,
+    /// The node to hit; chosen from the seed when absent.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    AgentRestartMidAttach,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 1] = [FaultKind::AgentRestartMidAttach];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::AgentRestartMidAttach => "agent-restart-mid-attach",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WaitForStep {
+    pub condition: Condition,
+    #[serde(default = "thirty")]
+    pub timeout_s: u64,
+}
+
+fn thirty() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Condition {
+    /// Every node's datapathd is running and has printed its ready line.
+    AgentsReady,
+    /// Every pod reaches every service once (a poll, not a verdict).
+    ServicesReachable,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CheckStep {
+    pub invariants: Vec<InvariantName>,
+}
+
+/// The invariants a check can name. `host-clean-after-down` is judged after every
+/// teardown whether listed or not.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum InvariantName {
+    ServiceConnectivity,
+    OneProgramPerHook,
+    NoOrphanBpfObjects,
+    HostCleanAfterDown,
+}
+
+impl InvariantName {
+    pub const ALL: [InvariantName; 4] = [
+        InvariantName::ServiceConnectivity,
+        InvariantName::OneProgramPerHook,
+        InvariantName::NoOrphanBpfObjects,
+        InvariantName::HostCleanAfterDown,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvariantName::ServiceConnectivity => "service-connectivity",
+            InvariantName::OneProgramPerHook => "one-program-per-hook",
+            InvariantName::NoOrphanBpfObjects => "no-orphan-bpf-objects",
+            InvariantName::HostCleanAfterDown => "host-clean-after-down",
+        }
+    }
+}
+
+impl std::fmt::Display for InvariantName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,138 @@
+//! Suite parsing: the real suites load; each kind of mistake gives its message with file,
+//! line, column, key path and expected form.
+
+use std::path::Path;
+
+use super::*;
+
+const GOOD: &str = "\
+name: t
+topology:
+  nodes:
+    - name: node-a
+      pods: [client, web]
+services:
+  - name: web
+    vip: 10.96.0.10
+    port: 80
+    target-port: 8080
+    backends: [web]
+scenarios:
+  - name: s
+    steps:
+      - deploy: {}
+      - check:
+          invariants: [service-connectivity]
+";
+
+fn err(text: &str) -> String {
+    match Suite::parse(Path::new("t.yaml"), text) {
+        Ok(s) => panic!("expected an error, got {s:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_repository_suites_load() {
+    let dir = default_dir();
+    let files = list(&dir).expect("suites dir");
+    assert!(files.len() >= 2, "{files:?}");
+    for f in files {
+        let s = Suite::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(!s.scenarios.is_empty());
+    }
+}
+
+#[test]
+fn good_minimal_suite() {
+    let s = Suite::parse(Path::new("t.yaml"), GOOD).expect("parses");
+    assert_eq!(s.repeat, 1);
+    assert_eq!(s.services[0].protocol, Protocol::Tcp);
+    assert_eq!(s.scenarios[0].steps[0], Step::Deploy(step::DeployStep {}));
+    assert_eq!(s.topology().pods.len(), 2);
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let e = err(&GOOD.replace("name: t\n", "name: t\ncolour: red\n"));
+    assert!(e.starts_with("t.yaml:2:1: at `colour`: unknown field `colour`, expected one of `name`"), "{e}");
+    assert!(e.contains("expected form: a suite:"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_a_service_names_its_path_and_line() {
+    let e = err(&GOOD.replace("    port: 80\n", "    port: 80\n    prot: tcp\n"));
+    assert!(e.starts_with("t.yaml:10:5: at `services[0].prot`: unknown field `prot`"), "{e}");
+    assert!(e.contains("expected form: services: [{name: web, vip:"), "{e}");
+}
+
+#[test]
+fn wrong_type_for_port() {
+    let e = err(&GOOD.replace("port: 80", "port: eighty"));
+    assert!(e.starts_with("t.yaml:9:11: at `services[0].port`: invalid type: string \"eighty\", expected u16"), "{e}");
+}
+
+#[test]
+fn port_out_of_range() {
+    let e = err(&GOOD.replace("port: 80", "port: 70000"));
+    assert!(e.contains("at `services[0].port`: invalid value: integer `70000`, expected u16"), "{e}");
+}
+
+#[test]
+fn bad_vip() {
+    let e = err(&GOOD.replace("10.96.0.10", "10.96.0"));
+    assert!(e.contains("t.yaml:8:10: at `services[0].vip`: invalid IPv4 address syntax"), "{e}");
+}
+
+#[test]
+fn unknown_step_kind() {
+    let e = err(&GOOD.replace("- deploy: {}", "- deploi: {}"));
+    assert!(e.contains("t.yaml:15:9: at `scenarios[0].steps[0].deploi`: unknown variant `deploi`, expected one of `deploy`, `fault`, `wait-for`, `check`"), "{e}");
+    assert!(e.contains("expected form: a step is one of"), "{e}");
+}
+
+#[test]
+fn unknown_invariant() {
+    let e = err(&GOOD.replace("[service-connectivity]", "[service-conectivity]"));
+    assert!(e.contains("at `scenarios[0].steps[1].check.invariants[0]`: unknown variant `service-conectivity`, expected one of `service-connectivity`"), "{e}");
+}
+
+#[test]
+fn unknown_fault() {
+    let e = err(&GOOD.replace(
+        "      - check:\n",
+        "      - fault:\n          name: reboot\n      - check:\n",
+    ));
+    assert!(e.contains("at `scenarios[0].steps[1].fault.name`: unknown variant `reboot`, expected `agent-restart-mid-attach`"), "{e}");
+}
+
+#[test]
+fn missing_field() {
+    let e = err(&GOOD.replace("    target-port: 8080\n", ""));
+    assert!(e.contains("at `services[0]`: missing field `target-port`"), "{e}");
+}
+
+#[test]
+fn backend_that_is_not_a_pod() {
+    let e = err(&GOOD.replace("backends: [web]", "backends: [wbe]"));
+    assert!(e.starts_with("t.yaml:11:16: at `services[0].backends[0]`: backend `wbe` is not a pod of the topology (pods: client, web)"), "{e}");
+}
+
+#[test]
+fn pod_named_twice() {
+    let e = err(&GOOD.replace("pods: [client, web]", "pods: [web, web]"));
+    assert!(e.contains("at `topology.nodes[0].pods[1]`: pod `web` is named twice"), "{e}");
+}
+
+#[test]
+fn scenario_must_start_with_deploy() {
+    let e = err(&GOOD.replace("      - deploy: {}\n", ""));
+    assert!(e.contains("at `scenarios[0].steps[0]`: scenario `s` must start with a `deploy` step"), "{e}");
+}
+
+#[test]
+fn not_yaml_at_all() {
+    let e = err("name: [unclosed\n");
+    assert!(e.starts_with("t.yaml:"), "{e}");
+    assert!(e.contains("expected form"), "{e}");
+}
