@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod exit;
 pub mod node;
+pub mod plan;
 pub mod provider;
 pub mod signal;
 pub mod suite;

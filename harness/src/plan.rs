@@ -1,0 +1,269 @@
+//! Suite + seed -> the ordered, fully decided list of steps. One ChaCha generator, seeded
+//! once, makes every choice (which node, which failpoint, which delays, which service
+//! change) in plan order, so the same seed gives the same plan, byte for byte in JSON.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::suite::step::{Condition, FaultKind};
+use crate::suite::{InvariantName, Step, Suite};
+
+/// The start-up steps of datapathd at which `--failpoint` aborts it, in the order a start
+/// reaches them (datapath/README.md). The run checks this list against
+/// `datapathd failpoints` before it starts, so a drift is a harness error, not a silent
+/// skip.
+pub const FAILPOINTS: &[&str] = &[
+    "after-pin-map:dp_services",
+    "after-pin-map:dp_slots",
+    "after-pin-map:dp_backends",
+    "after-pin-map:dp_revnat",
+    "after-pin-map:dp_meta",
+    "after-load:connect4",
+    "after-load:sendmsg4",
+    "after-load:recvmsg4",
+    "after-load:getpeername4",
+    "after-attach:connect4",
+    "after-pin-link:connect4",
+    "after-attach:sendmsg4",
+    "after-pin-link:sendmsg4",
+    "after-attach:recvmsg4",
+    "after-pin-link:recvmsg4",
+    "after-attach:getpeername4",
+    "after-pin-link:getpeername4",
+    "before-first-fill",
+    "after-first-fill",
+];
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Plan {
+    pub suite: String,
+    pub suite_file: PathBuf,
+    pub seed: u64,
+    pub provider: String,
+    pub mutant: Option<String>,
+    pub repeat: Option<u32>,
+    pub scenarios: Vec<PlannedScenario>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PlannedScenario {
+    pub name: String,
+    /// 1-based.
+    pub iteration: u32,
+    pub steps: Vec<PlannedStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "step")]
+pub enum PlannedStep {
+    Deploy,
+    Fault(FaultPlan),
+    WaitFor { condition: Condition, timeout_s: u64 },
+    Check { invariants: Vec<InvariantName> },
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "fault")]
+pub enum FaultPlan {
+    AgentRestartMidAttach(RestartPlan),
+}
+
+impl FaultPlan {
+    pub fn kind(&self) -> FaultKind {
+        match self {
+            FaultPlan::AgentRestartMidAttach(_) => FaultKind::AgentRestartMidAttach,
+        }
+    }
+}
+
+/// Every decision of one agent-restart-mid-attach.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RestartPlan {
+    pub node: String,
+    /// SIGKILL the running agent after this many ms.
+    pub kill_after_ms: u64,
+    /// Then, with the agent down, the services change to this.
+    pub service_change: ServiceChange,
+    /// Then it is started with `--failpoint` this, and must die by SIGABRT there.
+    pub failpoint: String,
+    /// Then it is started again and SIGKILLed this many ms after the start (mid-attach or
+    /// just after, whichever it reaches); the history records which.
+    pub start_kill_after_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceChange {
+    pub service: String,
+    pub backends: Vec<String>,
+}
+
+/// Decides every step of `suite` with `seed`.
+pub fn plan(
+    suite: &Suite,
+    suite_file: PathBuf,
+    seed: u64,
+    provider: &str,
+    mutant: Option<&str>,
+    repeat: Option<u32>,
+) -> Plan {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let nodes: Vec<&str> = suite.topology.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut scenarios = Vec::new();
+    for sc in &suite.scenarios {
+        let times = repeat.or(sc.repeat).unwrap_or(suite.repeat).max(1);
+        for iteration in 1..=times {
+            // Each iteration starts from the suite's services.
+            let mut current: BTreeMap<&str, Vec<String>> = suite
+                .services
+                .iter()
+                .map(|s| (s.name.as_str(), s.backends.clone()))
+                .collect();
+            let mut steps = Vec::new();
+            for st in &sc.steps {
+                steps.push(match st {
+                    Step::Deploy(_) => PlannedStep::Deploy,
+                    Step::WaitFor(w) => PlannedStep::WaitFor {
+                        condition: w.condition,
+                        timeout_s: w.timeout_s,
+                    },
+                    Step::Check(c) => PlannedStep::Check {
+                        invariants: c.invariants.clone(),
+                    },
+                    Step::Fault(f) => match f.name {
+                        FaultKind::AgentRestartMidAttach => {
+                            let node = match &f.node {
+                                Some(n) => n.clone(),
+                                None => nodes.choose(&mut rng).copied().unwrap_or("").to_string(),
+                            };
+                            let kill_after_ms = rng.random_range(0..400);
+                            let svc = &suite.services[rng.random_range(0..suite.services.len())];
+                            let now = current.get(svc.name.as_str()).cloned().unwrap_or_default();
+                            let next = change_backends(&mut rng, &svc.backends, &now);
+                            current.insert(svc.name.as_str(), next.clone());
+                            let failpoint = FAILPOINTS[rng.random_range(0..FAILPOINTS.len())];
+                            let start_kill_after_ms = rng.random_range(0..150);
+                            PlannedStep::Fault(FaultPlan::AgentRestartMidAttach(RestartPlan {
+                                node,
+                                kill_after_ms,
+                                service_change: ServiceChange {
+                                    service: svc.name.clone(),
+                                    backends: next,
+                                },
+                                failpoint: failpoint.to_string(),
+                                start_kill_after_ms,
+                            }))
+                        }
+                    },
+                });
+            }
+            scenarios.push(PlannedScenario {
+                name: sc.name.clone(),
+                iteration,
+                steps,
+            });
+        }
+    }
+    Plan {
+        suite: suite.name.clone(),
+        suite_file,
+        seed,
+        provider: provider.to_string(),
+        mutant: mutant.map(str::to_string),
+        repeat,
+        scenarios,
+    }
+}
+
+/// A non-empty subset of `all` that differs from `now` when `all` has more than one.
+fn change_backends(rng: &mut ChaCha8Rng, all: &[String], now: &[String]) -> Vec<String> {
+    if all.len() <= 1 {
+        return all.to_vec();
+    }
+    loop {
+        let pick: Vec<String> = all.iter().filter(|_| rng.random_bool(0.5)).cloned().collect();
+        if !pick.is_empty() && pick != now {
+            return pick;
+        }
+    }
+}
+
+impl Plan {
+    /// The command that runs this plan again.
+    pub fn replay_command(&self) -> String {
+        let mut s = format!(
+            "harness suite {} --provider {} --seed {}",
+            self.suite_file.display(),
+            self.provider,
+            self.seed
+        );
+        if let Some(r) = self.repeat {
+            s.push_str(&format!(" --repeat {r}"));
+        }
+        if let Some(m) = &self.mutant {
+            s.push_str(&format!(" --datapath-mutant {m}"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn sock_lb() -> Suite {
+        Suite::load(&crate::suite::default_dir().join("sock-lb.yaml")).expect("sock-lb loads")
+    }
+
+    #[test]
+    fn same_seed_same_plan() {
+        let s = sock_lb();
+        let a = plan(&s, "x".into(), 42, "netns", None, None);
+        let b = plan(&s, "x".into(), 42, "netns", None, None);
+        assert_eq!(a, b);
+        assert_eq!(
+            serde_json::to_string(&a).unwrap(),
+            serde_json::to_string(&b).unwrap()
+        );
+    }
+
+    #[test]
+    fn seeds_differ_somewhere() {
+        let s = sock_lb();
+        let plans: Vec<Plan> = (0..8)
+            .map(|seed| plan(&s, "x".into(), seed, "netns", None, None))
+            .collect();
+        assert!(plans.windows(2).any(|w| w[0].scenarios != w[1].scenarios));
+    }
+
+    #[test]
+    fn repeat_overrides_and_each_fault_is_fully_decided() {
+        let s = sock_lb();
+        let p = plan(&s, "x".into(), 7, "netns", Some("stale-cgroup-prog"), Some(3));
+        assert_eq!(p.scenarios.len(), 3);
+        let nodes: Vec<&str> = s.topology.nodes.iter().map(|n| n.name.as_str()).collect();
+        for sc in &p.scenarios {
+            let faults: Vec<&RestartPlan> = sc
+                .steps
+                .iter()
+                .filter_map(|st| match st {
+                    PlannedStep::Fault(FaultPlan::AgentRestartMidAttach(r)) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(faults.len(), 1);
+            let r = faults[0];
+            assert!(nodes.contains(&r.node.as_str()));
+            assert!(FAILPOINTS.contains(&r.failpoint.as_str()));
+            let svc = s.services.iter().find(|x| x.name == r.service_change.service).unwrap();
+            assert!(!r.service_change.backends.is_empty());
+            assert_ne!(r.service_change.backends, svc.backends, "the services change");
+        }
+        assert!(p.replay_command().ends_with("--seed 7 --repeat 3 --datapath-mutant stale-cgroup-prog"));
+        let _ = Path::new("");
+    }
+}
