@@ -8,6 +8,7 @@
 //! "it did not finish in time", and each names the node and the command.
 
 pub mod netns;
+pub mod ssh;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -159,6 +159,7 @@ pub trait Provider: Send {
 pub fn by_name(name: &str) -> Option<Box<dyn Provider>> {
     match name {
         "netns" => Some(Box::new(netns::NetnsProvider::new())),
+        "qemu" => Some(Box::new(qemu::QemuProvider::new())),
         _ => None,
     }
 }
