@@ -1,0 +1,52 @@
+//! Shared helpers of the datapath's acceptance tests (datapath/agent/tests/*.rs).
+//!
+//! Every test runs in a [`sandbox::Sandbox`]: its own network namespace, a fresh cgroup v2
+//! directory, its own bpffs directory and its own services directory, all with unique
+//! names and all removed on drop, also when the test fails. Backends are `dp-probe serve`
+//! on 127.0.0.x inside the namespace; clients are `dp-probe connect --netns --cgroup`;
+//! service addresses are in 127.0.0.0/8, so nothing ever leaves the namespace.
+//!
+//! The tests need root, bpffs, cgroup v2, bpftool and the `dp-probe` binary built next to
+//! `datapathd` (`cargo nextest run --workspace` builds both). Without root they skip with
+//! a message, except under CI (`CI` set), where that is a failure.
+#![allow(dead_code)] // Each test file uses a different part of these helpers.
+
+pub mod bpftool;
+pub mod check;
+pub mod probe;
+pub mod sandbox;
+pub mod yaml;
+
+use std::time::{Duration, Instant};
+
+/// Polls `cond` every 50 ms until it returns `Some`, or gives up after `limit` with `None`.
+pub fn wait_for<T>(limit: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = cond() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when the test may run; prints why not otherwise. Under CI a missing privilege is
+/// a failure, so a misconfigured runner cannot pass by skipping everything.
+pub fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let msg = format!(
+        "SKIPPED {test}: the datapath acceptance tests need root (BPF programs, cgroups, network \
+         namespaces); run them as root, e.g. `sudo -E cargo nextest run --workspace`"
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg} (CI is set: skipping is not allowed there)");
+    }
+    eprintln!("{msg}");
+    false
+}
