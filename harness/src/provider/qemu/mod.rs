@@ -84,6 +84,9 @@ pub struct QemuConfig {
     /// The run's id (the harness's); a fresh one when `None`. Objects are named
     /// `dpq-<id>`, so keep it short (interface names have 15 bytes).
     pub run_id: Option<String>,
+    /// The SSH forward's port for the first node's first attempt (tests use a taken one
+    /// to exercise the retry); free ports are picked otherwise.
+    pub first_ssh_port: Option<u16>,
 }
 
 impl QemuConfig {
@@ -103,6 +106,7 @@ impl QemuConfig {
             cluster_base: Ipv4Addr::new(192, 168, 100, 0),
             qemu_binary: "qemu-system-x86_64".to_owned(),
             run_id: None,
+            first_ssh_port: None,
         }
     }
 }
@@ -388,7 +392,10 @@ impl QemuCluster {
                 append: format!("console=ttyS0 quiet mitigations=off dp.run={marker}"),
                 tap: tap_fd,
             };
-            let port = vm::free_port()?;
+            let port = match (i, config.first_ssh_port) {
+                (0, Some(p)) => p,
+                _ => vm::free_port()?,
+            };
             let started = Instant::now();
             let child = vm::spawn(&config.qemu_binary, &self.image, &spec, port)?;
             let pid_path = sd.join(format!("{name}.pid"));
@@ -565,6 +572,47 @@ impl QemuCluster {
                 node: "cluster network".into(),
             }),
         }
+    }
+
+    /// The tap of `node` on the cluster bridge, as named inside the run's namespace.
+    pub fn tap_of(&self, node: &str) -> Result<String> {
+        Ok(self.node(node)?.tap.clone())
+    }
+
+    /// Degrades `node`'s cluster link with netem (`args` as for `tc qdisc ... netem`,
+    /// e.g. `["delay", "100ms"]` or `["loss", "30%"]`) on the guest's `eth0` egress. In the
+    /// guest, because host kernels may lack sch_netem (this one does); the root qdisc does
+    /// not touch the datapath's clsact hooks, and SSH (mgmt0) is not affected.
+    pub fn link_netem(&self, node: &str, args: &[&str]) -> Result<()> {
+        let quoted: Vec<String> = args.iter().map(|a| ssh::shell_quote(a)).collect();
+        let script = format!(
+            "modprobe sch_netem 2>/dev/null; tc qdisc replace dev eth0 root netem {}",
+            quoted.join(" ")
+        );
+        self.node(node)?
+            .ssh()?
+            .check(&script, Duration::from_secs(30))
+            .map(|_| ())
+    }
+
+    /// Removes the netem of `node`'s cluster link (none there is fine).
+    pub fn link_heal(&self, node: &str) -> Result<()> {
+        self.node(node)?
+            .ssh()?
+            .check(
+                "tc qdisc del dev eth0 root 2>/dev/null || true",
+                Duration::from_secs(30),
+            )
+            .map(|_| ())
+    }
+
+    /// Cuts (`up` false) or restores `node`'s cluster link: its tap goes down in the run's
+    /// namespace, a partition of that node from all others.
+    pub fn set_link(&self, node: &str, up: bool) -> Result<()> {
+        let tap = self.tap_of(node)?;
+        let state = if up { "up" } else { "down" };
+        self.netns_exec(&["ip", "link", "set", &tap, state])
+            .map(|_| ())
     }
 
     /// Routes every node's pod CIDR through that node's cluster address on every other

@@ -119,6 +119,63 @@ fn two_vms_talk_over_ssh_and_the_cluster_network_then_leave_nothing() {
         b"hello\n"
     );
 
+    // A partition of vm-b takes effect and heals.
+    cluster.set_link("vm-b", false).expect("cut vm-b");
+    let cut = a
+        .ssh()
+        .expect("ssh session")
+        .run(
+            &format!("ping -c 1 -W 1 {}", b.cluster_ip),
+            None,
+            Duration::from_secs(30),
+        )
+        .expect("ping over ssh");
+    assert!(
+        !cut.success(),
+        "vm-b should be unreachable while its link is down"
+    );
+    cluster.set_link("vm-b", true).expect("restore vm-b");
+    cluster
+        .link_netem("vm-b", &["delay", "200ms"])
+        .expect("netem on vm-b");
+    let slow = a
+        .ssh()
+        .expect("ssh session")
+        .run(
+            &format!("ping -c 1 -W 5 {}", b.cluster_ip),
+            None,
+            Duration::from_secs(30),
+        )
+        .expect("ping over ssh");
+    assert!(slow.success(), "{}", slow.stdout_str());
+    assert!(
+        slow.stdout_str().contains("time=2"),
+        "200 ms of delay should show: {}",
+        slow.stdout_str()
+    );
+    cluster.link_heal("vm-b").expect("heal vm-b");
+    cluster.link_heal("vm-b").expect("a second heal is fine");
+
+    // A reboot: the guest comes back on the same QEMU, port and host key.
+    let boot_id = |c: &QemuCluster| {
+        c.node("vm-b")
+            .and_then(|n| n.ssh())
+            .and_then(|s| {
+                s.check(
+                    "cat /proc/sys/kernel/random/boot_id",
+                    Duration::from_secs(30),
+                )
+            })
+            .map(|o| o.stdout_str())
+            .expect("boot id of vm-b")
+    };
+    let before = boot_id(&cluster);
+    let took = cluster
+        .reboot("vm-b", Duration::from_secs(120))
+        .expect("reboot vm-b");
+    eprintln!("vm-b rebooted in {took:.1?}");
+    assert_ne!(before, boot_id(&cluster), "vm-b should have a new boot id");
+
     let pids: Vec<u32> = cluster.nodes().iter().filter_map(|n| n.pid()).collect();
     let netns = cluster.netns().expect("a netns").to_owned();
     let state = cluster.state_dir.clone();
@@ -169,6 +226,47 @@ fn a_vm_that_is_never_ready_fails_with_its_console_and_leaves_nothing() {
     let left = clean_leftovers().expect("clean");
     assert!(left.processes.is_empty(), "left: {left:?}");
     assert!(left.netns.is_empty(), "left: {left:?}");
+}
+
+#[test]
+fn a_taken_port_is_retried_and_a_dead_runs_leftovers_are_cleaned() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = taken.local_addr().expect("its address").port();
+    let mut config = QemuConfig::new(&["orphan"], &artifacts("leftovers"));
+    config.first_ssh_port = Some(port);
+    let cluster = QemuCluster::boot(&config).expect("boot despite the taken port");
+    let node = &cluster.nodes()[0];
+    assert_ne!(
+        node.ssh_port, port,
+        "the VM should have moved to another port"
+    );
+    let pid = node.pid().expect("a QEMU pid");
+    let netns = cluster.netns().expect("a netns").to_owned();
+    let state = cluster.state_dir.clone();
+
+    // The run "dies": nothing tears it down, and its owner is a pid that no longer runs.
+    std::fs::write(state.join("owner"), "999999999 0\n").expect("fake a dead owner");
+    std::mem::forget(cluster);
+    let cleaned = clean_leftovers().expect("clean");
+    assert!(cleaned.processes.contains(&pid), "{cleaned:?}");
+    assert!(cleaned.netns.contains(&netns), "{cleaned:?}");
+    assert!(cleaned.state_dirs.contains(&state), "{cleaned:?}");
+    // The forgotten Child is never reaped by us: wait for the kill, then reap it here.
+    for _ in 0..100 {
+        if !pid_alive(pid) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: waitpid on our own child's pid.
+    unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+    assert!(!pid_alive(pid));
+    assert!(!Path::new("/run/netns").join(&netns).exists());
+    drop(taken);
 }
 
 #[test]
