@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use super::error::{tail, QemuError, Result};
 
@@ -31,6 +32,26 @@ impl NodeImage {
     /// Builds the image (or finds it in the cache): Debian's kernel by default, or the
     /// kernel at `kernel` (a .deb, a bzImage or a vmlinux) with its `modules` tree.
     pub fn build(kernel: Option<&Path>, modules: Option<&Path>) -> Result<Self> {
+        // The builder's cache check costs ~1.5 s (apt-cache): ask it once per process and
+        // kernel, so that runs booting several clusters pay it once.
+        static BUILT: Mutex<Vec<(Option<PathBuf>, Option<PathBuf>, NodeImage)>> =
+            Mutex::new(Vec::new());
+        let key = (kernel.map(Path::to_owned), modules.map(Path::to_owned));
+        let mut built = BUILT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, _, image)) = built
+            .iter()
+            .find(|(k, m, img)| (k, m) == (&key.0, &key.1) && img.vmlinux.exists())
+        {
+            return Ok(image.clone());
+        }
+        let image = Self::run_builder(kernel, modules)?;
+        built.push((key.0, key.1, image.clone()));
+        Ok(image)
+    }
+
+    fn run_builder(kernel: Option<&Path>, modules: Option<&Path>) -> Result<Self> {
         let script = builder_script();
         if !script.is_file() {
             return Err(QemuError::ImageBuilderMissing { path: script });
