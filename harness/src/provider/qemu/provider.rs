@@ -16,7 +16,8 @@ const NAME: &str = "qemu";
 /// The cgroup the node's datapath attaches to: the VM's root cgroup, as in production.
 const NODE_CGROUP: &str = "/sys/fs/cgroup";
 const PODS_CGROUP: &str = "/sys/fs/cgroup/pods";
-const NODE_BPFFS: &str = "/sys/fs/bpf";
+/// The node's datapath instance directory on the VM's own bpffs (datapathd's default).
+const NODE_BPFFS: &str = "/sys/fs/bpf/datapathd";
 const NODE_STATE: &str = "/var/lib/dp-harness";
 /// Host paths the guest does not see (tmpfs over them in the guest): binaries there are
 /// copied in; everything else is the host's own file through the 9p root.
