@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -197,17 +197,16 @@ impl Sandbox {
     /// A fresh world for the test `tag` (short, [a-z0-9-]).
     pub fn new(tag: &str) -> Sandbox {
         let lock = GlobalLock::take();
+        sweep_stale();
         let name = format!(
             "dpt-{tag}-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let dir = std::env::temp_dir().join(&name);
+        let (_, cgroup, bpffs, dir) = world_paths(&name);
         let services = dir.join("services");
         fs::create_dir_all(&services)
             .unwrap_or_else(|e| panic!("mkdir {}: {e}", services.display()));
-        let cgroup = cgroup2_root().join(&name);
-        let bpffs = bpffs_root().join(&name);
         // Build the value first so that whatever exists is removed if a later step fails.
         let mut sb = Sandbox {
             netns_name: name.clone(),
@@ -270,6 +269,7 @@ impl Sandbox {
         );
         let addr = format!("{ip}:{port}");
         let proc = probe::serve(&addr, &self.netns, &[addr.as_str()], &[addr.as_str()]);
+        self.record(proc.pid());
         self.backends.insert(addr, proc);
     }
 
@@ -312,6 +312,7 @@ impl Sandbox {
             .stderr(File::create(&stderr).expect("agent stderr file"))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", datapathd().display()));
+        self.record(child.id());
         self.agents.push(Agent {
             proc: Proc {
                 what: format!("datapathd #{n}"),
@@ -441,44 +442,139 @@ impl Sandbox {
     }
 
     fn teardown(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
         // Processes first: they hold the objects below.
         self.agents.clear();
         self.backends.clear();
-        let out = self.cleanup();
-        if !out.status.success() {
-            errors.push(format!(
-                "datapathd cleanup: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
+        remove_world(&self.name)
+    }
+
+    /// Notes a process we started, so that a later test can end it if this test process
+    /// dies without running its destructors (SIGKILL, Ctrl-C).
+    fn record(&self, pid: u32) {
+        if let Some(start) = start_time(pid) {
+            let line = format!("{pid} {start}\n");
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("pids"));
+            let _ = file.and_then(|mut f| f.write_all(line.as_bytes()));
         }
-        if self.bpffs.exists() {
-            if let Err(e) = fs::remove_dir_all(&self.bpffs) {
-                errors.push(format!("remove {}: {e}", self.bpffs.display()));
+    }
+}
+
+/// The kernel's start time of a process (field 22 of /proc/PID/stat): with the pid, it
+/// names one process even after the pid is reused.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Where the sandbox `name` keeps things: netns file, cgroup, bpffs directory, scratch.
+fn world_paths(name: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    (
+        PathBuf::from("/run/netns").join(name),
+        cgroup2_root().join(name),
+        bpffs_root().join(name),
+        std::env::temp_dir().join(name),
+    )
+}
+
+/// Removes everything of the sandbox `name`: the processes it recorded (only those whose
+/// pid and start time still match), the datapath objects (`datapathd cleanup`), its bpffs
+/// directory, cgroup, network namespace and scratch directory. Returns what failed.
+fn remove_world(name: &str) -> Vec<String> {
+    let (netns, cgroup, bpffs, dir) = world_paths(name);
+    let mut errors = Vec::new();
+    for line in fs::read_to_string(dir.join("pids"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let mut f = line.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(pid)), Some(Ok(start))) = (f.next(), f.next()) else {
+            continue;
+        };
+        let (Ok(pid32), Ok(pid_t)) = (u32::try_from(pid), libc::pid_t::try_from(pid)) else {
+            continue;
+        };
+        if start_time(pid32) == Some(start) {
+            // SAFETY: kill(2) on a pid that is, by its start time, a process this test
+            // suite started.
+            unsafe { libc::kill(pid_t, libc::SIGKILL) };
+            wait_for(Duration::from_secs(5), || {
+                (start_time(pid32) != Some(start)).then_some(())
+            });
+        }
+    }
+    let (cg, bp) = (
+        cgroup.to_str().unwrap_or_default(),
+        bpffs.to_str().unwrap_or_default(),
+    );
+    let out = if cgroup.exists() {
+        datapathd_cmd(&["cleanup", "--bpffs", bp, "--cgroup", cg])
+    } else {
+        datapathd_cmd(&["cleanup", "--bpffs", bp])
+    };
+    if !out.status.success() {
+        errors.push(format!(
+            "datapathd cleanup: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    if bpffs.exists() {
+        if let Err(e) = fs::remove_dir_all(&bpffs) {
+            errors.push(format!("remove {}: {e}", bpffs.display()));
+        }
+    }
+    if cgroup.exists() {
+        // Only processes this test started can be in its fresh cgroup (clients that
+        // outlived a failed assertion): cgroup.kill ends exactly those.
+        let _ = fs::write(cgroup.join("cgroup.kill"), "1");
+        let removed = wait_for(Duration::from_secs(5), || fs::remove_dir(&cgroup).ok());
+        if removed.is_none() {
+            errors.push(format!("rmdir {}: still busy", cgroup.display()));
+        }
+    }
+    if netns.exists() {
+        let out = Command::new("ip").args(["netns", "del", name]).output();
+        if !out.is_ok_and(|o| o.status.success()) {
+            errors.push(format!("ip netns del {name}"));
+        }
+    }
+    if dir.exists() {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            errors.push(format!("remove {}: {e}", dir.display()));
+        }
+    }
+    errors
+}
+
+/// Removes what earlier test processes that died without cleaning up (SIGKILL, Ctrl-C)
+/// left behind: every sandbox whose owning test process, the pid in its name, is gone.
+fn sweep_stale() {
+    let (netns, cgroup, bpffs, dir) = world_paths("x");
+    let mut names = std::collections::BTreeSet::new();
+    for parent in [netns, cgroup, bpffs, dir]
+        .iter()
+        .filter_map(|p| p.parent())
+    {
+        for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+            if let Some(n) = e.file_name().to_str().filter(|n| n.starts_with("dpt-")) {
+                names.insert(n.to_owned());
             }
         }
-        if self.cgroup.exists() {
-            // Only processes this test started can be in its fresh cgroup (clients that
-            // outlived a failed assertion): cgroup.kill ends exactly those.
-            let _ = fs::write(self.cgroup.join("cgroup.kill"), "1");
-            let removed = wait_for(Duration::from_secs(5), || fs::remove_dir(&self.cgroup).ok());
-            if removed.is_none() {
-                errors.push(format!("rmdir {}: still busy", self.cgroup.display()));
-            }
+    }
+    for name in names {
+        // dpt-TAG-PID-SEQ
+        let Some(owner) = name.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
         }
-        if self.netns.exists() {
-            let out = Command::new("ip")
-                .args(["netns", "del", &self.netns_name])
-                .output();
-            if !out.is_ok_and(|o| o.status.success()) {
-                errors.push(format!("ip netns del {}", self.netns_name));
-            }
-        }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            errors.push(format!("remove {}: {e}", self.dir.display()));
-        }
-        errors
+        let errors = remove_world(&name);
+        eprintln!("removed sandbox {name} left by dead test process {owner}; problems: {errors:?}");
     }
 }
 
