@@ -20,6 +20,9 @@ pub struct NodeImage {
     pub kernel_source: String,
 }
 
+/// What an image was built from: the kernel and module tree given, if any.
+type BuildKey = (Option<PathBuf>, Option<PathBuf>);
+
 /// Where `build-node-image` lives: `$DP_HARNESS_IMAGES_DIR`, else the repository's images/.
 pub fn builder_script() -> PathBuf {
     let dir = std::env::var_os("DP_HARNESS_IMAGES_DIR")
@@ -34,20 +37,19 @@ impl NodeImage {
     pub fn build(kernel: Option<&Path>, modules: Option<&Path>) -> Result<Self> {
         // The builder's cache check costs ~1.5 s (apt-cache): ask it once per process and
         // kernel, so that runs booting several clusters pay it once.
-        static BUILT: Mutex<Vec<(Option<PathBuf>, Option<PathBuf>, NodeImage)>> =
-            Mutex::new(Vec::new());
+        static BUILT: Mutex<Vec<(BuildKey, NodeImage)>> = Mutex::new(Vec::new());
         let key = (kernel.map(Path::to_owned), modules.map(Path::to_owned));
         let mut built = BUILT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((_, _, image)) = built
+        if let Some((_, image)) = built
             .iter()
-            .find(|(k, m, img)| (k, m) == (&key.0, &key.1) && img.vmlinux.exists())
+            .find(|(k, img)| *k == key && img.vmlinux.exists())
         {
             return Ok(image.clone());
         }
         let image = Self::run_builder(kernel, modules)?;
-        built.push((key.0, key.1, image.clone()));
+        built.push((key, image.clone()));
         Ok(image)
     }
 
