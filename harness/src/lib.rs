@@ -11,4 +11,7 @@ pub mod node;
 pub mod plan;
 pub mod provider;
 pub mod signal;
+pub mod state;
 pub mod suite;
+pub mod invariant;
+pub mod observe;

@@ -1,1 +1,97 @@
-//! The workload: `dp-probe serve` backends in pods.
+//! The workload: one `dp-probe serve` per backend pod, answering on every target port of
+//! the services it backs, identified by its pod name.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::service::ServiceState;
+use super::{Cluster, Pod};
+use crate::node::{wait_for_line, NodeError, Process, SpawnSpec};
+use crate::suite::Protocol;
+
+pub struct Server {
+    pub pod: String,
+    pub node: String,
+    pub proc: Box<dyn Process>,
+    pub log: PathBuf,
+}
+
+/// Starts a server in every pod that backs a service (in the suite, not only now: a
+/// backend removed from a service keeps answering, so a stale route to it is caught by
+/// the backend's name, not by a timeout).
+pub fn start_servers(
+    cluster: &Cluster,
+    services: &[ServiceState],
+    servers: &mut Vec<Server>,
+) -> Result<(), NodeError> {
+    for pod in &cluster.pods {
+        let mut argv: Vec<String> = Vec::new();
+        for s in services.iter().filter(|s| s.backends.contains(&pod.name)) {
+            let flag = match s.protocol {
+                Protocol::Tcp => "--tcp",
+                Protocol::Udp => "--udp",
+            };
+            let addr = format!("{}:{}", pod.ip, s.target_port);
+            if !argv.windows(2).any(|w| w[0] == flag && w[1] == addr) {
+                argv.push(flag.into());
+                argv.push(addr);
+            }
+        }
+        if argv.is_empty() {
+            continue;
+        }
+        servers.push(start_one(cluster, pod, argv)?);
+    }
+    Ok(())
+}
+
+fn start_one(cluster: &Cluster, pod: &Pod, listen: Vec<String>) -> Result<Server, NodeError> {
+    let cn = cluster.node(&pod.node).ok_or_else(|| NodeError::Other {
+        node: pod.node.clone(),
+        message: format!("pod {} on an unknown node", pod.name),
+    })?;
+    let mut argv = vec![
+        cn.dp_probe.display().to_string(),
+        "serve".into(),
+        "--id".into(),
+        pod.name.clone(),
+        "--netns".into(),
+        pod.netns.display().to_string(),
+    ];
+    argv.extend(listen);
+    let log = cn.work_dir.join(format!("serve-{}.out", pod.name));
+    let mut proc = cn.node.spawn(&SpawnSpec {
+        argv: argv.clone(),
+        stdout: log.clone(),
+        stderr: cn.work_dir.join(format!("serve-{}.err", pod.name)),
+        env: Vec::new(),
+    })?;
+    if !wait_for_line(cn.node.as_ref(), proc.as_mut(), &log, "ready", Duration::from_secs(10))? {
+        return Err(NodeError::Failed {
+            node: pod.node.clone(),
+            command: argv.join(" "),
+            exit: proc.try_wait()?.unwrap_or(crate::node::Exit::Unknown),
+            stderr: String::from_utf8_lossy(
+                &cn.node
+                    .read_file(&cn.work_dir.join(format!("serve-{}.err", pod.name)))
+                    .unwrap_or_default(),
+            )
+            .into_owned(),
+        });
+    }
+    Ok(Server {
+        pod: pod.name.clone(),
+        node: pod.node.clone(),
+        proc,
+        log,
+    })
+}
+
+/// Stops servers by pid (SIGKILL) and reaps them.
+pub fn stop_servers(servers: &mut Vec<Server>) {
+    for s in servers.iter_mut() {
+        let _ = s.proc.kill(libc::SIGKILL);
+        let _ = s.proc.wait_timeout(Duration::from_secs(5));
+    }
+    servers.clear();
+}

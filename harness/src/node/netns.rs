@@ -16,6 +16,8 @@ use super::{Exit, Node, NodeError, Output, Process, SpawnSpec};
 pub struct NetnsNode {
     name: String,
     netns: PathBuf,
+    /// Every process spawned is recorded here (pid, start time) before anything else.
+    state: Option<crate::state::StateFile>,
 }
 
 impl NetnsNode {
@@ -25,7 +27,14 @@ impl NetnsNode {
         NetnsNode {
             name: name.to_string(),
             netns: netns.to_path_buf(),
+            state: None,
         }
+    }
+
+    /// Records every spawned process in `state`.
+    pub fn with_state(mut self, state: crate::state::StateFile) -> NetnsNode {
+        self.state = Some(state);
+        self
     }
 
     pub fn netns(&self) -> &Path {
@@ -157,6 +166,9 @@ impl Node for NetnsNode {
             command: spec.argv.join(" "),
             source,
         })?;
+        if let Some(st) = &self.state {
+            st.add_pid(child.id());
+        }
         Ok(Box::new(LocalProcess {
             node: self.name.clone(),
             child,

@@ -1,0 +1,94 @@
+//! Invariants: what must hold, judged from observations. One trait, one file each. The
+//! judgement itself is a pure function of recorded observations (unit-tested); `check`
+//! only gathers them. A checker that errors gives Unknown, never Pass.
+
+pub mod host_clean;
+pub mod no_orphan;
+pub mod one_program;
+pub mod service_connectivity;
+
+use crate::cluster::service::ServiceState;
+use crate::cluster::Cluster;
+use crate::suite::InvariantName;
+
+/// Pass, fail or unknown, with the evidence behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Unknown,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub summary: String,
+    pub evidence: Vec<String>,
+}
+
+impl Judgement {
+    pub fn pass(summary: impl Into<String>) -> Judgement {
+        Judgement { verdict: Verdict::Pass, summary: summary.into(), evidence: Vec::new() }
+    }
+    pub fn fail(summary: impl Into<String>, evidence: Vec<String>) -> Judgement {
+        Judgement { verdict: Verdict::Fail, summary: summary.into(), evidence }
+    }
+    pub fn unknown(summary: impl Into<String>) -> Judgement {
+        Judgement { verdict: Verdict::Unknown, summary: summary.into(), evidence: Vec::new() }
+    }
+}
+
+/// Worst first: fail > unknown > pass. An empty list is unknown (nothing was judged).
+pub fn merge(js: &[Judgement]) -> Judgement {
+    let Some(worst) = js.iter().map(|j| j.verdict).max() else {
+        return Judgement::unknown("not judged");
+    };
+    let mut evidence = Vec::new();
+    let mut summaries = Vec::new();
+    for j in js.iter().filter(|j| j.verdict == worst) {
+        summaries.push(j.summary.clone());
+        evidence.extend(j.evidence.iter().cloned());
+    }
+    summaries.dedup();
+    Judgement { verdict: worst, summary: summaries.join("; "), evidence }
+}
+
+/// What a check sees of the run.
+pub struct Context<'a> {
+    pub cluster: &'a Cluster,
+    pub services: &'a [ServiceState],
+}
+
+pub trait Invariant {
+    fn name(&self) -> InvariantName;
+    /// Observes and judges. Errors while observing become Unknown.
+    fn check(&self, ctx: &Context<'_>) -> Judgement;
+}
+
+pub fn by_name(name: InvariantName) -> Option<Box<dyn Invariant>> {
+    match name {
+        InvariantName::ServiceConnectivity => Some(Box::new(service_connectivity::ServiceConnectivity)),
+        InvariantName::OneProgramPerHook => Some(Box::new(one_program::OneProgramPerHook)),
+        InvariantName::NoOrphanBpfObjects => Some(Box::new(no_orphan::NoOrphanBpfObjects)),
+        // Judged by the run after teardown, from host snapshots.
+        InvariantName::HostCleanAfterDown => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_is_worst_first() {
+        let p = Judgement::pass("p");
+        let u = Judgement::unknown("u");
+        let f = Judgement::fail("f", vec!["e".into()]);
+        assert_eq!(merge(&[p.clone(), u.clone()]).verdict, Verdict::Unknown);
+        assert_eq!(merge(&[u.clone(), f.clone(), p.clone()]).verdict, Verdict::Fail);
+        assert_eq!(merge(&[f.clone(), p.clone()]).evidence, vec!["e".to_string()]);
+        assert_eq!(merge(&[p.clone(), p]).verdict, Verdict::Pass);
+        assert_eq!(merge(&[]).verdict, Verdict::Unknown);
+    }
+}
