@@ -22,6 +22,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 /// Name of the eBPF crate's `[[bin]]`, which is also the file name aya-build writes.
 const EBPF_BIN: &str = "datapath";
+/// The masquerade object (the eBPF crate's second `[[bin]]`), embedded by src/masq.rs.
+const MASQ_BIN: &str = "masq";
 
 fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
@@ -45,6 +47,8 @@ fn main() -> Result<()> {
     if skip_requested() {
         println!("cargo:warning=AYA_BUILD_SKIP is set: embedding an empty eBPF object; `datapathd run` will refuse to start");
         fs::write(&object, b"").with_context(|| format!("writing {}", object.display()))?;
+        let masq = out_dir.join(MASQ_BIN);
+        fs::write(&masq, b"").with_context(|| format!("writing {}", masq.display()))?;
         return Ok(());
     }
 

@@ -9,9 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     cleanup,
     failpoint::Failpoint,
+    iptables::{self, ForwardChain, Iptables, JumpPolicy},
     layout::DEFAULT_BPFFS_DIR,
     maps::Sizes,
+    masq::{Cidr, MasqOptions, PortRange, TcMode},
     mutant::Mutant,
+    netsync::{self, NetSyncOptions},
     run::{self, RunOptions},
     status,
 };
@@ -67,6 +70,36 @@ pub struct RunArgs {
     /// Capacity of dp_revnat (LRU; one entry per translated socket and backend).
     #[arg(long, value_name = "N", default_value_t = Sizes::default().revnat)]
     pub max_revnat: u32,
+    /// Masquerade pod traffic leaving the cluster on this interface (tc programs; needs
+    /// --node-addr and --pod-cidr).
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// The node's address: the source masqueraded packets get.
+    #[arg(long, value_name = "ADDR")]
+    pub node_addr: Option<std::net::Ipv4Addr>,
+    /// A pod CIDR (repeatable, at most 4): sources that are masqueraded.
+    #[arg(long = "pod-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub pod_cidrs: Vec<Cidr>,
+    /// A cluster CIDR (repeatable, at most 4): destinations that are not masqueraded.
+    #[arg(long = "cluster-cidr", value_name = "CIDR", value_parser = parse_cidr)]
+    pub cluster_cidrs: Vec<Cidr>,
+    /// Source ports the masquerade allocates (keep it outside the node's ephemeral range).
+    #[arg(long, value_name = "MIN-MAX", default_value = "61000-65535", value_parser = parse_ports)]
+    pub masq_ports: PortRange,
+    /// Capacity of each masquerade NAT map (LRU).
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub max_masq: u32,
+    /// How the tc programs attach: tcx (kernel 6.6+), clsact, or auto.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_tc_mode)]
+    pub tc_attach: TcMode,
+    /// Pod host-side interfaces are named PREFIX* (scanned for the masquerade; `-i PREFIX+`
+    /// and `-o PREFIX+` in DP_FORWARD).
+    #[arg(long, value_name = "PREFIX", default_value = "lxc")]
+    pub pod_iface_prefix: String,
+    /// Install and keep the iptables chain DP_FORWARD (accept pod traffic), jumped to
+    /// first from FORWARD.
+    #[arg(long)]
+    pub forward_chain: bool,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +112,10 @@ pub struct StatusArgs {
     /// cgroup to inspect; by default, the one the pinned links are attached to.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// Inspect DP_FORWARD for interfaces PREFIX+ even if no `run --forward-chain` left its
+    /// marker under --bpffs.
+    #[arg(long, value_name = "PREFIX")]
+    pub forward_chain: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +125,9 @@ pub struct CleanupArgs {
     /// Also detach programs of ours attached to this cgroup without a pinned link.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// Remove DP_FORWARD and its jump even if no `run --forward-chain` left its marker.
+    #[arg(long)]
+    pub forward_chain: bool,
 }
 
 fn parse_mutant(s: &str) -> Result<Mutant, String> {
@@ -98,6 +138,49 @@ fn parse_mutant(s: &str) -> Result<Mutant, String> {
 fn parse_failpoint(s: &str) -> Result<Failpoint, String> {
     s.parse()
         .map_err(|e: crate::failpoint::UnknownFailpoint| e.to_string())
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+}
+
+fn parse_ports(s: &str) -> Result<PortRange, String> {
+    s.parse()
+}
+
+fn parse_tc_mode(s: &str) -> Result<TcMode, String> {
+    s.parse()
+}
+
+/// The masquerade and chain options of `run`, checked.
+fn net_options(a: &RunArgs) -> Result<Option<NetSyncOptions>> {
+    let masq = match &a.uplink {
+        Some(uplink) => Some(MasqOptions {
+            uplink: uplink.clone(),
+            node_addr: a.node_addr.ok_or(crate::masq::MasqError::NoNodeAddr)?,
+            pod_cidrs: a.pod_cidrs.clone(),
+            cluster_cidrs: a.cluster_cidrs.clone(),
+            ports: a.masq_ports,
+            pod_prefix: a.pod_iface_prefix.clone(),
+            mode: a.tc_attach,
+            max_entries: positive("max-masq", a.max_masq)?,
+        }),
+        None => None,
+    };
+    let policy = if a.mutant == Some(Mutant::KubeProxyFirst) {
+        JumpPolicy::AppendOnce
+    } else {
+        JumpPolicy::KeepFirst
+    };
+    let forward_chain = a.forward_chain.then(|| a.pod_iface_prefix.clone());
+    if masq.is_none() && forward_chain.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(NetSyncOptions {
+        masq,
+        forward_chain,
+        policy,
+    }))
 }
 
 fn positive(flag: &str, n: u32) -> Result<u32> {
@@ -114,6 +197,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 slots: positive("max-slots", a.max_slots)?,
                 revnat: positive("max-revnat", a.max_revnat)?,
             };
+            let net = net_options(&a)?;
             run::run(RunOptions {
                 cgroup: a.cgroup,
                 services: a.services,
@@ -121,10 +205,25 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 mutant: a.mutant,
                 failpoint: a.failpoint,
                 sizes,
+                net,
             })
         }
         Command::Status(a) => {
-            let s = status::collect(&a.bpffs, a.cgroup.as_deref()).context("collecting status")?;
+            let mut s =
+                status::collect(&a.bpffs, a.cgroup.as_deref()).context("collecting status")?;
+            s.masquerade = crate::masq::status(&a.bpffs);
+            if let Some(prefix) = a
+                .forward_chain
+                .clone()
+                .or_else(|| netsync::managed_prefix(&a.bpffs))
+            {
+                let chain = ForwardChain {
+                    ipt: Iptables::detect().context("inspecting DP_FORWARD")?,
+                    prefix,
+                    policy: JumpPolicy::KeepFirst,
+                };
+                s.forward_chain = Some(iptables::status(&chain).context("inspecting DP_FORWARD")?);
+            }
             let text = if a.json {
                 let mut t = serde_json::to_string_pretty(&s).context("encoding status")?;
                 t.push('\n');
@@ -137,7 +236,17 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 .context("writing to stdout")
         }
         Command::Cleanup(a) => {
-            let r = cleanup::cleanup(&a.bpffs, a.cgroup.as_deref()).context("cleaning up")?;
+            // The masquerade's tc attachments and our iptables chain first: the instance
+            // directory that records them goes in cleanup::cleanup.
+            let (tcx_links, filters) = crate::masq::cleanup(&a.bpffs);
+            if a.forward_chain || netsync::managed_prefix(&a.bpffs).is_some() {
+                let ipt = Iptables::detect().context("removing DP_FORWARD")?;
+                let n = iptables::remove(&ipt).context("removing DP_FORWARD")?;
+                tracing::info!(rules = n, "removed DP_FORWARD and its jump");
+            }
+            let mut r = cleanup::cleanup(&a.bpffs, a.cgroup.as_deref()).context("cleaning up")?;
+            r.links += tcx_links;
+            r.detached += filters;
             println!(
                 "datapathd: cleanup removed {} link(s), {} other attachment(s), {} pin(s)",
                 r.links, r.detached, r.pins

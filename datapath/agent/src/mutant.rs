@@ -8,14 +8,18 @@ pub enum Mutant {
     /// Incident A: legacy `BPF_PROG_ATTACH` with `BPF_F_ALLOW_MULTI`, fresh unpinned maps on
     /// every start, no sweep of what an earlier run left attached.
     StaleCgroupProg,
+    /// Incident B: the `DP_FORWARD` jump is appended (`-A FORWARD`) once at start and its
+    /// order never reconciled, so kube-proxy's `KUBE-FORWARD` (INVALID drop) runs first.
+    KubeProxyFirst,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 1] = [Mutant::StaleCgroupProg];
+    pub const ALL: [Mutant; 2] = [Mutant::StaleCgroupProg, Mutant::KubeProxyFirst];
 
     pub fn name(self) -> &'static str {
         match self {
             Mutant::StaleCgroupProg => "stale-cgroup-prog",
+            Mutant::KubeProxyFirst => "kube-proxy-first",
         }
     }
 
@@ -23,6 +27,9 @@ impl Mutant {
         match self {
             Mutant::StaleCgroupProg => {
                 "incident A: legacy multi attach, fresh unpinned maps on every start, no sweep"
+            }
+            Mutant::KubeProxyFirst => {
+                "incident B: the DP_FORWARD jump is appended once and its order never reconciled"
             }
         }
     }
@@ -75,7 +82,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, kube-proxy-first"
         );
     }
 }

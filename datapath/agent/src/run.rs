@@ -39,16 +39,18 @@ pub struct RunOptions {
     pub mutant: Option<Mutant>,
     pub failpoint: Option<Failpoint>,
     pub sizes: Sizes,
+    /// The BPF masquerade and the DP_FORWARD chain (incident B); see netsync.rs.
+    pub net: Option<crate::netsync::NetSyncOptions>,
 }
 
-pub fn run(opts: RunOptions) -> Result<()> {
+pub fn run(mut opts: RunOptions) -> Result<()> {
     if ebpf_object::OBJECT.is_empty() {
         return Err(loader::LoadError::EmptyObject.into());
     }
     prereq::require_root()?;
     prereq::check_kernel()?;
     prereq::check_cgroup(&opts.cgroup)?;
-    if opts.mutant.is_none() {
+    if opts.mutant != Some(Mutant::StaleCgroupProg) {
         prereq::check_bpffs(&opts.bpffs)?;
     }
     if !opts.services.is_dir() {
@@ -79,6 +81,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
         },
     )
     .context("starting the datapath")?;
+    // Masquerade and DP_FORWARD: attached and reconciled once before `ready`, then kept in
+    // sync by their own thread (which ends with the process).
+    let _netsync = match opts.net.take() {
+        Some(net) => crate::netsync::start(&opts.bpffs, net)?,
+        None => None,
+    };
 
     let report = services::load_dir(&opts.services)
         .with_context(|| format!("reading services from {}", opts.services.display()))?;

@@ -51,6 +51,10 @@ pub struct Status {
     pub services_source: Option<String>,
     pub services: Vec<ServiceStatus>,
     pub problems: Vec<String>,
+    /// The BPF masquerade (masq.rs); null when none was configured. Filled by the CLI.
+    pub masquerade: Option<crate::masq::MasqStatus>,
+    /// The DP_FORWARD chain (iptables.rs); null when not managed here. Filled by the CLI.
+    pub forward_chain: Option<crate::iptables::ChainStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -395,6 +399,8 @@ pub fn collect(bpffs: &Path, cgroup_path: Option<&Path>) -> Result<Status, Statu
         services_source: source,
         services,
         problems,
+        masquerade: None,
+        forward_chain: None,
     })
 }
 

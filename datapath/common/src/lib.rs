@@ -125,6 +125,78 @@ pub struct Meta {
     pub reserved: u32,
 }
 
+// ---------------------------------------------------------------------------------------
+// BPF masquerade (tc on the node's uplink; incident B in shared/DESIGN.md). These maps are
+// separate from the socket-LB set: they have their own object (`masq`), their own pins
+// (`maps/dp_masq_*`) and their own layout version, kept in `dp_masq_cfg`.
+
+/// Version of the masquerade maps' layout (stored in [`MasqConfig::layout_version`]).
+pub const MASQ_LAYOUT_VERSION: u32 = 1;
+
+/// Masquerade map names.
+pub const MAP_MASQ_CFG: &str = "dp_masq_cfg";
+pub const MAP_MASQ_FWD: &str = "dp_masq_fwd";
+pub const MAP_MASQ_REV: &str = "dp_masq_rev";
+pub const MAP_MASQ_PODS: &str = "dp_masq_pods";
+
+/// Masquerade program names (tc egress and ingress on the uplink).
+pub const PROG_MASQ_EGRESS: &str = "dp_masq_egress";
+pub const PROG_MASQ_INGRESS: &str = "dp_masq_ingress";
+
+/// How many pod CIDRs and cluster CIDRs [`MasqConfig`] holds (a bounded loop in the program).
+pub const MASQ_MAX_CIDRS: usize = 4;
+
+/// Value of `dp_masq_cfg[0]`, written by the agent. Addresses and masks in network byte
+/// order (as the packet carries them); the port range in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MasqConfig {
+    /// [`MASQ_LAYOUT_VERSION`] of the agent that wrote it; 0 = not configured (the
+    /// programs then pass every packet untouched).
+    pub layout_version: u32,
+    /// The node's address: the source of masqueraded packets.
+    pub node_addr: u32,
+    /// The uplink the programs are attached to (for `status` and `cleanup`).
+    pub uplink_ifindex: u32,
+    /// First and last port of the masquerade range (inclusive, host byte order).
+    pub port_min: u16,
+    pub port_max: u16,
+    /// How many entries of `pod_nets`/`pod_masks` and `cluster_nets`/`cluster_masks` are used.
+    pub pod_count: u32,
+    pub cluster_count: u32,
+    pub pod_nets: [u32; MASQ_MAX_CIDRS],
+    pub pod_masks: [u32; MASQ_MAX_CIDRS],
+    pub cluster_nets: [u32; MASQ_MAX_CIDRS],
+    pub cluster_masks: [u32; MASQ_MAX_CIDRS],
+}
+
+/// A flow as the packet carries it (network byte order): key of `dp_masq_fwd` (pod ->
+/// external, before translation) and of `dp_masq_rev` (external -> node, as the reply
+/// arrives).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// IP protocol number ([`PROTO_TCP`] or [`PROTO_UDP`]).
+    pub proto: u8,
+    /// Explicit padding to 16 bytes; always 0.
+    pub pad: [u8; 3],
+}
+
+/// An address and port (network byte order): value of `dp_masq_fwd` (the node's address
+/// and the allocated port) and of `dp_masq_rev` (the pod's address and port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatEndpoint {
+    pub addr: u32,
+    pub port: u16,
+    /// Explicit padding to 8 bytes; always 0.
+    pub pad: u16,
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -138,6 +210,9 @@ mod user {
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for RevNatValue {}
     unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for MasqConfig {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatEndpoint {}
 }
 
 // Compile-time checks that the sizes are what the comments say (no implicit padding).
@@ -149,4 +224,7 @@ const _: () = {
     assert!(core::mem::size_of::<RevNatKey>() == 16);
     assert!(core::mem::size_of::<RevNatValue>() == 8);
     assert!(core::mem::size_of::<Meta>() == 8);
+    assert!(core::mem::size_of::<MasqConfig>() == 24 + 16 * MASQ_MAX_CIDRS);
+    assert!(core::mem::size_of::<NatKey>() == 16);
+    assert!(core::mem::size_of::<NatEndpoint>() == 8);
 };

@@ -104,6 +104,7 @@ pub fn attempt(t: &Target) -> Attempt {
         errno: None,
         error: None,
         elapsed_us: 0,
+        seen_as: None,
     };
     let result = match t.proto {
         Proto::Tcp => tcp(t, deadline, &mut a),
@@ -188,6 +189,7 @@ fn judge(payload: &str, raw: String, a: &mut Attempt) -> Result<(), Failure> {
         Failure::other(format!("unreadable answer {:?}: {e}", strip_line_end(&raw)))
     })?;
     a.backend = Some(answer.backend);
+    a.seen_as = Some(answer.peer.clone());
     a.echo = Some(answer.echo.clone());
     if answer.echo != payload {
         return Err(Failure::other(format!(

@@ -37,6 +37,10 @@ pub struct Attempt {
     pub error: Option<String>,
     /// From the first call to the close, in microseconds.
     pub elapsed_us: u64,
+    /// The client's address as the backend saw it (its answer's `peer`): shows a NAT on
+    /// the way, e.g. the node's address after a masquerade. Omitted when no answer came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_as: Option<String>,
 }
 
 /// The longest request or answer either side reads, in bytes.
@@ -65,6 +69,7 @@ mod tests {
             errno: Some(111),
             error: Some("connect: Connection refused".into()),
             elapsed_us: 12,
+            seen_as: None,
         };
         assert_eq!(
             serde_json::to_string(&a).expect("serializable"),

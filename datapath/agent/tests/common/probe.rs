@@ -73,6 +73,9 @@ pub struct Attempt {
     pub errno: Option<i32>,
     pub error: Option<String>,
     pub elapsed_us: u64,
+    /// The client's address as the backend saw it (after any NAT); absent without answer.
+    #[serde(default)]
+    pub seen_as: Option<String>,
 }
 
 /// `count` attempts to `to` from inside the test's cgroup and network namespace.
