@@ -5,8 +5,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::cluster::Binaries;
 use crate::exit::ExitStatus;
-use crate::provider::DEFAULT_PROVIDER;
+use crate::invariant::Verdict;
+use crate::provider::{self, DEFAULT_PROVIDER};
+use crate::report::progress::Progress;
+use crate::report::{history, junit};
+use crate::run::{Event, Outcome, Runner};
+use crate::signal::Cancel;
+use crate::suite::{self, FaultKind, InvariantName, Suite};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -104,9 +111,224 @@ pub fn main() -> i32 {
 
 fn run(cli: Cli) -> ExitStatus {
     match cli.command {
-        _ => {
-            eprintln!("harness: not implemented yet");
-            ExitStatus::HarnessError
+        Command::Suite { name, opts } => {
+            let dir = opts.suites_dir.clone().unwrap_or_else(suite::default_dir);
+            let file = suite::resolve(&name, &dir);
+            let seed = opts.seed.unwrap_or_else(clock_seed);
+            run_suite(&file, seed, &opts)
+        }
+        Command::Replay { run_dir, junit, keep, reports_dir } => {
+            let h = match history::read(&run_dir.join("history.json")) {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("harness: error: {e}");
+                    return ExitStatus::BadInput;
+                }
+            };
+            let opts = RunOpts {
+                provider: h.plan.provider.clone(),
+                seed: Some(h.plan.seed),
+                repeat: h.plan.repeat,
+                datapath_mutant: h.plan.mutant.clone(),
+                junit,
+                keep,
+                suites_dir: None,
+                reports_dir,
+            };
+            run_suite(&h.plan.suite_file, h.plan.seed, &opts)
+        }
+        Command::List { suites_dir } => {
+            let dir = suites_dir.unwrap_or_else(suite::default_dir);
+            println!("suites ({}):", dir.display());
+            match suite::list(&dir) {
+                Ok(files) => {
+                    for f in files {
+                        match Suite::load(&f) {
+                            Ok(s) => println!("  {:<12} {}", s.name, s.description),
+                            Err(e) => println!("  {} (invalid: {e})", f.display()),
+                        }
+                    }
+                }
+                Err(e) => println!("  cannot read {}: {e}", dir.display()),
+            }
+            println!("providers: {} (default {DEFAULT_PROVIDER})", crate::provider::PROVIDERS.join(", "));
+            println!("faults: {}", FaultKind::ALL.map(|f| f.as_str()).join(", "));
+            println!("invariants: {}", InvariantName::ALL.map(|i| i.as_str()).join(", "));
+            ExitStatus::Passed
+        }
+        Command::Clean { provider } => {
+            let Some(p) = provider::by_name(&provider) else {
+                eprintln!("harness: error: provider `{provider}` is not available here (available: netns)");
+                return ExitStatus::BadInput;
+            };
+            match p.clean_leftovers() {
+                Ok(c) => {
+                    for r in &c.removed {
+                        println!("removed {r}");
+                    }
+                    for r in &c.problems {
+                        eprintln!("harness: problem: {r}");
+                    }
+                    println!("harness clean: removed {} object(s)", c.removed.len());
+                    if c.problems.is_empty() {
+                        ExitStatus::Passed
+                    } else {
+                        ExitStatus::HarnessError
+                    }
+                }
+                Err(e) => {
+                    eprintln!("harness: error: {}", crate::run::chain(&e));
+                    ExitStatus::HarnessError
+                }
+            }
         }
     }
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        % 1_000_000_007
+}
+
+/// The binaries to deploy: $DP_HARNESS_BIN_DIR, else beside this executable (cargo puts
+/// datapathd and dp-probe in the same target directory).
+fn binaries() -> anyhow::Result<Binaries> {
+    let dir = match std::env::var_os("DP_HARNESS_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|p| if p.ends_with("deps") { p.parent().unwrap_or(p).to_path_buf() } else { p.to_path_buf() })
+            .unwrap_or_default(),
+    };
+    let b = Binaries { datapathd: dir.join("datapathd"), dp_probe: dir.join("dp-probe") };
+    for (p, pkg) in [(&b.datapathd, "datapath-agent"), (&b.dp_probe, "dp-probe")] {
+        if !p.is_file() {
+            anyhow::bail!("{} not found: build it with `cargo build -p {pkg}` (or set DP_HARNESS_BIN_DIR)", p.display());
+        }
+    }
+    Ok(b)
+}
+
+/// Checks that datapathd knows the failpoints and the mutant the plan uses.
+fn check_datapathd(b: &Binaries, mutant: Option<&str>) -> anyhow::Result<()> {
+    let out = std::process::Command::new(&b.datapathd).arg("failpoints").output()?;
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    for f in crate::plan::FAILPOINTS {
+        if !listed.iter().any(|l| l == f) {
+            anyhow::bail!("`{} failpoints` does not list `{f}`, which the plan may choose", b.datapathd.display());
+        }
+    }
+    if let Some(m) = mutant {
+        let out = std::process::Command::new(&b.datapathd).arg("mutants").output()?;
+        if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(m)) {
+            anyhow::bail!("unknown datapath mutant `{m}`; `datapathd mutants` lists: {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+    }
+    Ok(())
+}
+
+fn reports_root(opts: &RunOpts) -> PathBuf {
+    opts.reports_dir.clone().unwrap_or_else(|| {
+        let r = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../reports");
+        if r.is_dir() { r } else { PathBuf::from("reports") }
+    })
+}
+
+fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
+    let s = match Suite::load(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("harness: error: {}", crate::run::chain(&e));
+            return ExitStatus::BadInput;
+        }
+    };
+    let Some(provider) = provider::by_name(&opts.provider) else {
+        eprintln!(
+            "harness: error: provider `{}` cannot run suites yet (available: netns; known: {})",
+            opts.provider,
+            crate::provider::PROVIDERS.join(", ")
+        );
+        return ExitStatus::BadInput;
+    };
+    let bins = match binaries().and_then(|b| check_datapathd(&b, opts.datapath_mutant.as_deref()).map(|_| b)) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("harness: error: {e:#}");
+            return if e.to_string().contains("unknown datapath mutant") { ExitStatus::BadInput } else { ExitStatus::HarnessError };
+        }
+    };
+    let plan = crate::plan::plan(&s, file.to_path_buf(), seed, &opts.provider, opts.datapath_mutant.as_deref(), opts.repeat);
+    let run_name = format!("{}-{}-{}", s.name, seed, crate::provider::RunId::fresh());
+    let run_dir = reports_root(opts).join(&run_name);
+    if let Err(e) = std::fs::create_dir_all(&run_dir) {
+        eprintln!("harness: error: cannot create {}: {e}", run_dir.display());
+        return ExitStatus::HarnessError;
+    }
+    let cancel = Cancel::new();
+    if let Err(e) = cancel.install() {
+        eprintln!("harness: error: cannot install signal handlers: {e}");
+        return ExitStatus::HarnessError;
+    }
+    let progress = Progress::new(Some(&run_dir.join("harness.log")));
+    progress.line(&format!("run {} -> {}", run_name, run_dir.display()));
+    progress.line(&format!("replay with: {}", plan.replay_command()));
+    let result = Runner {
+        plan: &plan,
+        suite: &s,
+        provider,
+        binaries: bins,
+        run_dir: run_dir.clone(),
+        cancel: cancel.clone(),
+        keep: opts.keep,
+        progress: progress.clone(),
+    }
+    .run();
+    progress.finish();
+    let verdicts: Vec<Verdict> = result
+        .events
+        .iter()
+        .filter_map(|e| match e { Event::Verdict { judgement, .. } => Some(judgement.verdict), _ => None })
+        .collect();
+    let status = match result.outcome {
+        Outcome::Interrupted => ExitStatus::Interrupted,
+        Outcome::HarnessError => ExitStatus::HarnessError,
+        Outcome::Completed if verdicts.contains(&Verdict::Fail) => ExitStatus::InvariantsFailed,
+        Outcome::Completed if verdicts.is_empty() || verdicts.contains(&Verdict::Unknown) => ExitStatus::Inconclusive,
+        Outcome::Completed => ExitStatus::Passed,
+    };
+    let outcome = format!("{:?}", status);
+    let _ = history::write(&run_dir.join("history.json"), &plan, &result.facts, &result.limitations, &result.events, &outcome, result.wall.as_millis() as u64);
+    let report = junit::build(&plan, &result.facts, &result.limitations, &result.events);
+    let xml = report.to_string().unwrap_or_default();
+    let _ = std::fs::write(run_dir.join("junit.xml"), &xml);
+    if let Some(j) = &opts.junit {
+        if let Err(e) = std::fs::write(j, &xml) {
+            eprintln!("harness: error writing JUnit output to {}: {e}", j.display());
+        }
+    }
+    let (mut up, mut steps, mut down) = (0u64, 0u64, 0u64);
+    for e in &result.events {
+        match e {
+            Event::Up { ms, .. } => up += ms,
+            Event::Step { ms, .. } => steps += ms,
+            Event::Down { ms, .. } => down += ms,
+            _ => {}
+        }
+    }
+    eprintln!(
+        "harness: {} in {:.1} s (set-up {:.1} s, steps {:.1} s, teardown {:.1} s); exit {}: {}",
+        s.name,
+        result.wall.as_secs_f64(),
+        up as f64 / 1000.0,
+        steps as f64 / 1000.0,
+        down as f64 / 1000.0,
+        status.code(),
+        status.meaning()
+    );
+    eprintln!("harness: report {}", run_dir.display());
+    eprintln!("harness: replay with: {}", plan.replay_command());
+    status
 }

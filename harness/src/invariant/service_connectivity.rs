@@ -23,8 +23,9 @@ pub struct Attempt {
     pub peer: Option<String>,
     #[serde(default)]
     pub backend: Option<String>,
+    /// A number or a name, as dp-probe reports it.
     #[serde(default)]
-    pub errno: Option<String>,
+    pub errno: Option<serde_json::Value>,
     #[serde(default)]
     pub error: Option<String>,
 }
@@ -39,7 +40,7 @@ pub fn judge(pod: &str, svc: &ServiceState, attempts: &[Attempt]) -> Judgement {
         if !a.ok {
             bad.push(format!(
                 "{what}: failed: {} {}",
-                a.errno.as_deref().unwrap_or(""),
+                a.errno.as_ref().map(|v| v.to_string()).unwrap_or_default(),
                 a.error.as_deref().unwrap_or("")
             ));
             continue;

@@ -41,11 +41,21 @@ impl NetnsNode {
         &self.netns
     }
 
+    /// The host itself (no namespace switch): for the judge's host-wide observations.
+    pub fn host() -> NetnsNode {
+        NetnsNode::new("host", Path::new(""))
+    }
+
     fn command(&self, argv: &[&str]) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.netns.display()))
-            .arg("--")
-            .args(argv);
+        let mut cmd = if self.netns.as_os_str().is_empty() {
+            let mut c = Command::new(argv[0]);
+            c.args(&argv[1..]);
+            c
+        } else {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", self.netns.display())).arg("--").args(argv);
+            c
+        };
         // Own process group: a Ctrl-C at the terminal reaches the harness only, which
         // then stops its children itself, in order.
         cmd.process_group(0);

@@ -218,7 +218,7 @@ impl NetnsProvider {
                 sh(&["ip", "-n", n, "link", "set", &host_if, "up"])?;
                 sh(&["ip", "-n", n, "route", "add", &format!("{ip}/32"), "dev", &host_if, "src", &format!("10.244.{ni}.1")])?;
                 sh(&["ip", "-n", &pns, "link", "set", "lo", "up"])?;
-                sh(&["ip", "-n", &pns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+                sh(&["ip", "-n", &pns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
                 sh(&["ip", "-n", &pns, "link", "set", "eth0", "up"])?;
                 sh(&["ip", "-n", &pns, "route", "add", &format!("10.244.{ni}.1"), "dev", "eth0", "scope", "link"])?;
                 sh(&["ip", "-n", &pns, "route", "add", "default", "via", &format!("10.244.{ni}.1"), "dev", "eth0"])?;

@@ -1,0 +1,112 @@
+//! JUnit XML (quick-junit): one testsuite per run, one testcase per scenario x invariant;
+//! properties seed, provider, kernel, datapath variant. A scenario repeated N times gives
+//! one testcase whose earlier failing iterations are rerun failures; a pass after a
+//! failure is marked flaky (the exit status still says an invariant failed). Unknown is
+//! an error (the harness could not judge). A set-up failure is its own testcase.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
+
+use crate::invariant::{merge, Judgement, Verdict};
+use crate::plan::Plan;
+use crate::provider::{Facts, Limitation};
+use crate::run::Event;
+
+pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]) -> Report {
+    let mut suite = TestSuite::new(format!("harness.{}", plan.suite));
+    suite.add_properties([
+        Property::new("seed", plan.seed.to_string()),
+        Property::new("provider", plan.provider.clone()),
+        Property::new("kernel", facts.kernel.clone()),
+        Property::new("accelerator", facts.accelerator.clone()),
+        Property::new("datapath-variant", plan.mutant.clone().unwrap_or_else(|| "correct".into())),
+        Property::new("replay", plan.replay_command()),
+    ]);
+    // (scenario, invariant) -> iteration -> (judgements, ms)
+    let mut cases: BTreeMap<(String, String), BTreeMap<u32, (Vec<Judgement>, u64)>> = BTreeMap::new();
+    let mut setup: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
+    for e in events {
+        match e {
+            Event::Verdict { scenario, iteration, invariant, judgement, ms } => {
+                let c = cases
+                    .entry((scenario.clone(), invariant.as_str().to_string()))
+                    .or_default()
+                    .entry(*iteration)
+                    .or_default();
+                c.0.push(judgement.clone());
+                c.1 += ms;
+            }
+            Event::Up { scenario, iteration, error: Some(err), .. }
+            | Event::Step { scenario, iteration, error: Some(err), .. }
+            | Event::Down { scenario, iteration, error: Some(err), .. } => {
+                setup.entry(scenario.clone()).or_default().push((*iteration, err.clone()));
+            }
+            Event::Interrupted { scenario, iteration } => {
+                setup.entry(scenario.clone()).or_default().push((*iteration, "interrupted (SIGINT/SIGTERM)".into()));
+            }
+            _ => {}
+        }
+    }
+    for ((scenario, inv), iters) in cases {
+        let runs: Vec<(u32, Judgement, u64)> = iters.into_iter().map(|(i, (js, ms))| (i, merge(&js), ms)).collect();
+        let total: u64 = runs.iter().map(|r| r.2).sum();
+        let (last_i, last, _) = runs.last().cloned().unwrap_or((0, Judgement::unknown("not judged"), 0));
+        let earlier: Vec<TestRerun> = runs[..runs.len().saturating_sub(1)]
+            .iter()
+            .filter(|r| r.1.verdict != Verdict::Pass)
+            .map(|(i, j, ms)| {
+                let mut r = TestRerun::new(kind(j.verdict));
+                r.set_type(format!("{:?}", j.verdict).to_lowercase())
+                    .set_message(format!("iteration {i}: {}", j.summary))
+                    .set_description(j.evidence.join("\n"))
+                    .set_time(Duration::from_millis(*ms));
+                r
+            })
+            .collect();
+        let status = if last.verdict == Verdict::Pass {
+            TestCaseStatus::Success { flaky_runs: earlier }
+        } else {
+            let mut s = TestCaseStatus::non_success(kind(last.verdict));
+            s.set_type(format!("{:?}", last.verdict).to_lowercase())
+                .set_message(format!("{inv}: iteration {last_i}: {}", last.summary))
+                .set_description(last.evidence.join("\n"))
+                .add_reruns(earlier);
+            s
+        };
+        let mut tc = TestCase::new(format!("{scenario}::{inv}"), status);
+        tc.set_classname(format!("{}.{scenario}", plan.suite)).set_time(Duration::from_millis(total));
+        if let Some(l) = limits.iter().find(|l| l.invariant == inv) {
+            tc.set_system_out(format!("provider {} cannot judge this for real: {}", plan.provider, l.reason));
+        }
+        suite.add_test_case(tc);
+    }
+    for (scenario, errs) in setup {
+        let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+        s.set_type("harness-error")
+            .set_message(format!("{scenario}: the harness could not run it"))
+            .set_description(errs.iter().map(|(i, e)| format!("iteration {i}: {e}")).collect::<Vec<_>>().join("\n"));
+        let mut tc = TestCase::new(format!("{scenario}::setup"), s);
+        tc.set_classname(format!("{}.{scenario}", plan.suite));
+        suite.add_test_case(tc);
+    }
+    if suite.test_cases.is_empty() {
+        let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+        s.set_type("harness-error").set_message("nothing was judged");
+        suite.add_test_case(TestCase::new("setup", s));
+    }
+    let mut report = Report::new("harness");
+    report.add_test_suite(suite);
+    report
+}
+
+fn kind(v: Verdict) -> NonSuccessKind {
+    match v {
+        Verdict::Fail => NonSuccessKind::Failure,
+        _ => NonSuccessKind::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests;
