@@ -117,7 +117,12 @@ fn run(cli: Cli) -> ExitStatus {
             let seed = opts.seed.unwrap_or_else(clock_seed);
             run_suite(&file, seed, &opts)
         }
-        Command::Replay { run_dir, junit, keep, reports_dir } => {
+        Command::Replay {
+            run_dir,
+            junit,
+            keep,
+            reports_dir,
+        } => {
             let h = match history::read(&run_dir.join("history.json")) {
                 Ok(h) => h,
                 Err(e) => {
@@ -151,9 +156,15 @@ fn run(cli: Cli) -> ExitStatus {
                 }
                 Err(e) => println!("  cannot read {}: {e}", dir.display()),
             }
-            println!("providers: {} (default {DEFAULT_PROVIDER})", crate::provider::PROVIDERS.join(", "));
+            println!(
+                "providers: {} (default {DEFAULT_PROVIDER})",
+                crate::provider::PROVIDERS.join(", ")
+            );
             println!("faults: {}", FaultKind::ALL.map(|f| f.as_str()).join(", "));
-            println!("invariants: {}", InvariantName::ALL.map(|i| i.as_str()).join(", "));
+            println!(
+                "invariants: {}",
+                InvariantName::ALL.map(|i| i.as_str()).join(", ")
+            );
             ExitStatus::Passed
         }
         Command::Clean { provider } => {
@@ -200,13 +211,25 @@ fn binaries() -> anyhow::Result<Binaries> {
         Some(d) => PathBuf::from(d),
         None => std::env::current_exe()?
             .parent()
-            .map(|p| if p.ends_with("deps") { p.parent().unwrap_or(p).to_path_buf() } else { p.to_path_buf() })
+            .map(|p| {
+                if p.ends_with("deps") {
+                    p.parent().unwrap_or(p).to_path_buf()
+                } else {
+                    p.to_path_buf()
+                }
+            })
             .unwrap_or_default(),
     };
-    let b = Binaries { datapathd: dir.join("datapathd"), dp_probe: dir.join("dp-probe") };
+    let b = Binaries {
+        datapathd: dir.join("datapathd"),
+        dp_probe: dir.join("dp-probe"),
+    };
     for (p, pkg) in [(&b.datapathd, "datapath-agent"), (&b.dp_probe, "dp-probe")] {
         if !p.is_file() {
-            anyhow::bail!("{} not found: build it with `cargo build -p {pkg}` (or set DP_HARNESS_BIN_DIR)", p.display());
+            anyhow::bail!(
+                "{} not found: build it with `cargo build -p {pkg}` (or set DP_HARNESS_BIN_DIR)",
+                p.display()
+            );
         }
     }
     Ok(b)
@@ -214,17 +237,34 @@ fn binaries() -> anyhow::Result<Binaries> {
 
 /// Checks that datapathd knows the failpoints and the mutant the plan uses.
 fn check_datapathd(b: &Binaries, mutant: Option<&str>) -> anyhow::Result<()> {
-    let out = std::process::Command::new(&b.datapathd).arg("failpoints").output()?;
-    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    let out = std::process::Command::new(&b.datapathd)
+        .arg("failpoints")
+        .output()?;
+    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
     for f in crate::plan::FAILPOINTS {
         if !listed.iter().any(|l| l == f) {
-            anyhow::bail!("`{} failpoints` does not list `{f}`, which the plan may choose", b.datapathd.display());
+            anyhow::bail!(
+                "`{} failpoints` does not list `{f}`, which the plan may choose",
+                b.datapathd.display()
+            );
         }
     }
     if let Some(m) = mutant {
-        let out = std::process::Command::new(&b.datapathd).arg("mutants").output()?;
-        if !String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(m)) {
-            anyhow::bail!("unknown datapath mutant `{m}`; `datapathd mutants` lists: {}", String::from_utf8_lossy(&out.stdout).trim());
+        let out = std::process::Command::new(&b.datapathd)
+            .arg("mutants")
+            .output()?;
+        if !String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(m))
+        {
+            anyhow::bail!(
+                "unknown datapath mutant `{m}`; `datapathd mutants` lists: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
         }
     }
     Ok(())
@@ -233,7 +273,11 @@ fn check_datapathd(b: &Binaries, mutant: Option<&str>) -> anyhow::Result<()> {
 fn reports_root(opts: &RunOpts) -> PathBuf {
     opts.reports_dir.clone().unwrap_or_else(|| {
         let r = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../reports");
-        if r.is_dir() { r } else { PathBuf::from("reports") }
+        if r.is_dir() {
+            r
+        } else {
+            PathBuf::from("reports")
+        }
     })
 }
 
@@ -253,14 +297,27 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
         );
         return ExitStatus::BadInput;
     };
-    let bins = match binaries().and_then(|b| check_datapathd(&b, opts.datapath_mutant.as_deref()).map(|_| b)) {
+    let bins = match binaries()
+        .and_then(|b| check_datapathd(&b, opts.datapath_mutant.as_deref()).map(|_| b))
+    {
         Ok(b) => b,
         Err(e) => {
             eprintln!("harness: error: {e:#}");
-            return if e.to_string().contains("unknown datapath mutant") { ExitStatus::BadInput } else { ExitStatus::HarnessError };
+            return if e.to_string().contains("unknown datapath mutant") {
+                ExitStatus::BadInput
+            } else {
+                ExitStatus::HarnessError
+            };
         }
     };
-    let plan = crate::plan::plan(&s, file.to_path_buf(), seed, &opts.provider, opts.datapath_mutant.as_deref(), opts.repeat);
+    let plan = crate::plan::plan(
+        &s,
+        file.to_path_buf(),
+        seed,
+        &opts.provider,
+        opts.datapath_mutant.as_deref(),
+        opts.repeat,
+    );
     let run_name = format!("{}-{}-{}", s.name, seed, crate::provider::RunId::fresh());
     let run_dir = reports_root(opts).join(&run_name);
     if let Err(e) = std::fs::create_dir_all(&run_dir) {
@@ -290,23 +347,39 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
     let verdicts: Vec<Verdict> = result
         .events
         .iter()
-        .filter_map(|e| match e { Event::Verdict { judgement, .. } => Some(judgement.verdict), _ => None })
+        .filter_map(|e| match e {
+            Event::Verdict { judgement, .. } => Some(judgement.verdict),
+            _ => None,
+        })
         .collect();
     let status = match result.outcome {
         Outcome::Interrupted => ExitStatus::Interrupted,
         Outcome::HarnessError => ExitStatus::HarnessError,
         Outcome::Completed if verdicts.contains(&Verdict::Fail) => ExitStatus::InvariantsFailed,
-        Outcome::Completed if verdicts.is_empty() || verdicts.contains(&Verdict::Unknown) => ExitStatus::Inconclusive,
+        Outcome::Completed if verdicts.is_empty() || verdicts.contains(&Verdict::Unknown) => {
+            ExitStatus::Inconclusive
+        }
         Outcome::Completed => ExitStatus::Passed,
     };
     let outcome = format!("{:?}", status);
-    let _ = history::write(&run_dir.join("history.json"), &plan, &result.facts, &result.limitations, &result.events, &outcome, result.wall.as_millis() as u64);
+    let _ = history::write(
+        &run_dir.join("history.json"),
+        &plan,
+        &result.facts,
+        &result.limitations,
+        &result.events,
+        &outcome,
+        result.wall.as_millis() as u64,
+    );
     let report = junit::build(&plan, &result.facts, &result.limitations, &result.events);
-    let xml = report.to_string().unwrap_or_default();
+    let xml = junit::to_xml(&report).unwrap_or_default();
     let _ = std::fs::write(run_dir.join("junit.xml"), &xml);
     if let Some(j) = &opts.junit {
         if let Err(e) = std::fs::write(j, &xml) {
-            eprintln!("harness: error writing JUnit output to {}: {e}", j.display());
+            eprintln!(
+                "harness: error writing JUnit output to {}: {e}",
+                j.display()
+            );
         }
     }
     let (mut up, mut steps, mut down) = (0u64, 0u64, 0u64);

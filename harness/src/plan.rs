@@ -62,8 +62,13 @@ pub struct PlannedScenario {
 pub enum PlannedStep {
     Deploy,
     Fault(FaultPlan),
-    WaitFor { condition: Condition, timeout_s: u64 },
-    Check { invariants: Vec<InvariantName> },
+    WaitFor {
+        condition: Condition,
+        timeout_s: u64,
+    },
+    Check {
+        invariants: Vec<InvariantName>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -111,7 +116,12 @@ pub fn plan(
     repeat: Option<u32>,
 ) -> Plan {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let nodes: Vec<&str> = suite.topology.nodes.iter().map(|n| n.name.as_str()).collect();
+    let nodes: Vec<&str> = suite
+        .topology
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
     let mut scenarios = Vec::new();
     for sc in &suite.scenarios {
         let times = repeat.or(sc.repeat).unwrap_or(suite.repeat).max(1);
@@ -184,7 +194,11 @@ fn change_backends(rng: &mut ChaCha8Rng, all: &[String], now: &[String]) -> Vec<
         return all.to_vec();
     }
     loop {
-        let pick: Vec<String> = all.iter().filter(|_| rng.random_bool(0.5)).cloned().collect();
+        let pick: Vec<String> = all
+            .iter()
+            .filter(|_| rng.random_bool(0.5))
+            .cloned()
+            .collect();
         if !pick.is_empty() && pick != now {
             return pick;
         }
@@ -243,7 +257,14 @@ mod tests {
     #[test]
     fn repeat_overrides_and_each_fault_is_fully_decided() {
         let s = sock_lb();
-        let p = plan(&s, "x".into(), 7, "netns", Some("stale-cgroup-prog"), Some(3));
+        let p = plan(
+            &s,
+            "x".into(),
+            7,
+            "netns",
+            Some("stale-cgroup-prog"),
+            Some(3),
+        );
         assert_eq!(p.scenarios.len(), 3);
         let nodes: Vec<&str> = s.topology.nodes.iter().map(|n| n.name.as_str()).collect();
         for sc in &p.scenarios {
@@ -259,11 +280,20 @@ mod tests {
             let r = faults[0];
             assert!(nodes.contains(&r.node.as_str()));
             assert!(FAILPOINTS.contains(&r.failpoint.as_str()));
-            let svc = s.services.iter().find(|x| x.name == r.service_change.service).unwrap();
+            let svc = s
+                .services
+                .iter()
+                .find(|x| x.name == r.service_change.service)
+                .unwrap();
             assert!(!r.service_change.backends.is_empty());
-            assert_ne!(r.service_change.backends, svc.backends, "the services change");
+            assert_ne!(
+                r.service_change.backends, svc.backends,
+                "the services change"
+            );
         }
-        assert!(p.replay_command().ends_with("--seed 7 --repeat 3 --datapath-mutant stale-cgroup-prog"));
+        assert!(p
+            .replay_command()
+            .ends_with("--seed 7 --repeat 3 --datapath-mutant stale-cgroup-prog"));
         let _ = Path::new("");
     }
 }

@@ -23,13 +23,48 @@ use crate::suite::{InvariantName, Suite};
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "event")]
 pub enum Event {
-    ScenarioStarted { scenario: String, iteration: u32, marker: String },
-    Up { scenario: String, iteration: u32, ms: u64, error: Option<String> },
-    Step { scenario: String, iteration: u32, index: usize, step: PlannedStep, ms: u64, detail: Vec<String>, error: Option<String> },
-    Verdict { scenario: String, iteration: u32, invariant: InvariantName, judgement: Judgement, ms: u64 },
-    Artifacts { scenario: String, iteration: u32, dir: PathBuf },
-    Down { scenario: String, iteration: u32, ms: u64, error: Option<String> },
-    Interrupted { scenario: String, iteration: u32 },
+    ScenarioStarted {
+        scenario: String,
+        iteration: u32,
+        marker: String,
+    },
+    Up {
+        scenario: String,
+        iteration: u32,
+        ms: u64,
+        error: Option<String>,
+    },
+    Step {
+        scenario: String,
+        iteration: u32,
+        index: usize,
+        step: PlannedStep,
+        ms: u64,
+        detail: Vec<String>,
+        error: Option<String>,
+    },
+    Verdict {
+        scenario: String,
+        iteration: u32,
+        invariant: InvariantName,
+        judgement: Judgement,
+        ms: u64,
+    },
+    Artifacts {
+        scenario: String,
+        iteration: u32,
+        dir: PathBuf,
+    },
+    Down {
+        scenario: String,
+        iteration: u32,
+        ms: u64,
+        error: Option<String>,
+    },
+    Interrupted {
+        scenario: String,
+        iteration: u32,
+    },
 }
 
 /// The running state of one scenario iteration.
@@ -48,7 +83,8 @@ impl Live {
     pub fn write_services(&self) -> Result<(), NodeError> {
         let y = service::to_yaml(&self.services, &self.cluster.pods);
         for cn in &self.cluster.nodes {
-            cn.node.write_file(&cn.services_dir.join("services.yaml"), y.as_bytes(), 0o644)?;
+            cn.node
+                .write_file(&cn.services_dir.join("services.yaml"), y.as_bytes(), 0o644)?;
         }
         Ok(())
     }
@@ -63,7 +99,10 @@ impl Live {
     /// Records the bpf objects attributable to the run right now.
     fn remember(&mut self) {
         for cn in &self.cluster.nodes {
-            let (Ok(att), Ok(k)) = (bpf::cgroup(cn.node.as_ref(), &cn.cgroup), bpf::kernel(cn.node.as_ref())) else {
+            let (Ok(att), Ok(k)) = (
+                bpf::cgroup(cn.node.as_ref(), &cn.cgroup),
+                bpf::kernel(cn.node.as_ref()),
+            ) else {
                 continue;
             };
             let b = format!("{}/", cn.bpffs.display());
@@ -75,10 +114,18 @@ impl Live {
                     }
                 }
             }
-            for m in k.maps.iter().filter(|m| m.pinned.iter().any(|p| p.starts_with(&b))) {
+            for m in k
+                .maps
+                .iter()
+                .filter(|m| m.pinned.iter().any(|p| p.starts_with(&b)))
+            {
                 push_unique(&mut self.seen.maps, m.clone(), |x| x.id);
             }
-            for l in k.links.iter().filter(|l| l.pinned.iter().any(|p| p.starts_with(&b))) {
+            for l in k
+                .links
+                .iter()
+                .filter(|l| l.pinned.iter().any(|p| p.starts_with(&b)))
+            {
                 push_unique(&mut self.seen.links, l.clone(), |x| x.id);
             }
         }
@@ -157,8 +204,15 @@ impl Runner<'_> {
         let (name, it) = (sc.name.clone(), sc.iteration);
         let id = RunId::fresh();
         let marker = format!("dph-{id}");
-        self.progress.line(&format!("scenario {name} #{it}: up ({}, marker {marker})", self.provider.name()));
-        ev.push(Event::ScenarioStarted { scenario: name.clone(), iteration: it, marker: marker.clone() });
+        self.progress.line(&format!(
+            "scenario {name} #{it}: up ({}, marker {marker})",
+            self.provider.name()
+        ));
+        ev.push(Event::ScenarioStarted {
+            scenario: name.clone(),
+            iteration: it,
+            marker: marker.clone(),
+        });
         let before = host::snapshot();
         let topo = self.suite.topology();
         let t = Instant::now();
@@ -171,16 +225,32 @@ impl Runner<'_> {
         });
         let cluster = match up {
             Ok(c) => {
-                ev.push(Event::Up { scenario: name.clone(), iteration: it, ms: ms(t), error: None });
+                ev.push(Event::Up {
+                    scenario: name.clone(),
+                    iteration: it,
+                    ms: ms(t),
+                    error: None,
+                });
                 c
             }
             Err(e) => {
                 let msg = chain(&e);
-                self.progress.line(&format!("scenario {name} #{it}: up failed: {msg}"));
-                ev.push(Event::Up { scenario: name.clone(), iteration: it, ms: ms(t), error: Some(msg) });
-                let interrupted = matches!(e, crate::provider::ProviderError::Interrupted { .. }) || self.cancel.is_cancelled();
+                self.progress
+                    .line(&format!("scenario {name} #{it}: up failed: {msg}"));
+                ev.push(Event::Up {
+                    scenario: name.clone(),
+                    iteration: it,
+                    ms: ms(t),
+                    error: Some(msg),
+                });
+                let interrupted = matches!(e, crate::provider::ProviderError::Interrupted { .. })
+                    || self.cancel.is_cancelled();
                 self.down(&name, it, ev, &before, &marker, &bpf::Kernel::default());
-                return if interrupted { Outcome::Interrupted } else { Outcome::HarnessError };
+                return if interrupted {
+                    Outcome::Interrupted
+                } else {
+                    Outcome::HarnessError
+                };
             }
         };
         let mut live = Live {
@@ -199,7 +269,12 @@ impl Runner<'_> {
                 break;
             }
             let t = Instant::now();
-            self.progress.line(&format!("scenario {name} #{it}: step {}/{}: {}", i + 1, sc.steps.len(), describe(step)));
+            self.progress.line(&format!(
+                "scenario {name} #{it}: step {}/{}: {}",
+                i + 1,
+                sc.steps.len(),
+                describe(step)
+            ));
             let r = self.step(&mut live, step, &name, it, ev);
             let (detail, error) = match r {
                 Ok(d) => (d, None),
@@ -208,23 +283,48 @@ impl Runner<'_> {
             for d in &detail {
                 self.progress.line(&format!("    {d}"));
             }
-            ev.push(Event::Step { scenario: name.clone(), iteration: it, index: i, step: step.clone(), ms: ms(t), detail, error: error.clone() });
+            ev.push(Event::Step {
+                scenario: name.clone(),
+                iteration: it,
+                index: i,
+                step: step.clone(),
+                ms: ms(t),
+                detail,
+                error: error.clone(),
+            });
             if let Some(e) = error {
-                self.progress.line(&format!("scenario {name} #{it}: step {} failed: {e}", i + 1));
-                outcome = if self.cancel.is_cancelled() { Outcome::Interrupted } else { Outcome::HarnessError };
+                self.progress.line(&format!(
+                    "scenario {name} #{it}: step {} failed: {e}",
+                    i + 1
+                ));
+                outcome = if self.cancel.is_cancelled() {
+                    Outcome::Interrupted
+                } else {
+                    Outcome::HarnessError
+                };
                 break;
             }
             failed |= ev.iter().any(|e| matches!(e, Event::Verdict { scenario, iteration, judgement, .. } if scenario == &name && *iteration == it && judgement.verdict != Verdict::Pass));
         }
         if self.cancel.is_cancelled() {
             outcome = Outcome::Interrupted;
-            ev.push(Event::Interrupted { scenario: name.clone(), iteration: it });
+            ev.push(Event::Interrupted {
+                scenario: name.clone(),
+                iteration: it,
+            });
         }
         if failed || outcome != Outcome::Completed {
             let dir = self.run_dir.join("artifacts").join(format!("{name}-{it}"));
-            self.progress.line(&format!("scenario {name} #{it}: taking artifacts to {}", dir.display()));
+            self.progress.line(&format!(
+                "scenario {name} #{it}: taking artifacts to {}",
+                dir.display()
+            ));
             artifacts::collect(&live, &dir);
-            ev.push(Event::Artifacts { scenario: name.clone(), iteration: it, dir });
+            ev.push(Event::Artifacts {
+                scenario: name.clone(),
+                iteration: it,
+                dir,
+            });
         }
         live.remember();
         live.stop_processes();
@@ -236,10 +336,23 @@ impl Runner<'_> {
         outcome
     }
 
-    fn down(&mut self, name: &str, it: u32, ev: &mut Vec<Event>, before: &host::HostSnapshot, marker: &str, seen: &bpf::Kernel) {
+    fn down(
+        &mut self,
+        name: &str,
+        it: u32,
+        ev: &mut Vec<Event>,
+        before: &host::HostSnapshot,
+        marker: &str,
+        seen: &bpf::Kernel,
+    ) {
         let t = Instant::now();
         let r = self.provider.down();
-        ev.push(Event::Down { scenario: name.into(), iteration: it, ms: ms(t), error: r.as_ref().err().map(|e| chain(e)) });
+        ev.push(Event::Down {
+            scenario: name.into(),
+            iteration: it,
+            ms: ms(t),
+            error: r.as_ref().err().map(|e| chain(e)),
+        });
         // Cgroup bpf programs are freed asynchronously after rmdir: poll with a deadline.
         let t = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -254,15 +367,32 @@ impl Runner<'_> {
             }
             std::thread::sleep(Duration::from_millis(100));
         };
-        self.progress.line(&format!("scenario {name} #{it}: host-clean-after-down: {:?} {}", j.verdict, j.summary));
-        ev.push(Event::Verdict { scenario: name.into(), iteration: it, invariant: InvariantName::HostCleanAfterDown, judgement: j, ms: ms(t) });
+        self.progress.line(&format!(
+            "scenario {name} #{it}: host-clean-after-down: {:?} {}",
+            j.verdict, j.summary
+        ));
+        ev.push(Event::Verdict {
+            scenario: name.into(),
+            iteration: it,
+            invariant: InvariantName::HostCleanAfterDown,
+            judgement: j,
+            ms: ms(t),
+        });
     }
 
-    fn step(&mut self, live: &mut Live, step: &PlannedStep, name: &str, it: u32, ev: &mut Vec<Event>) -> Result<Vec<String>, String> {
+    fn step(
+        &mut self,
+        live: &mut Live,
+        step: &PlannedStep,
+        name: &str,
+        it: u32,
+        ev: &mut Vec<Event>,
+    ) -> Result<Vec<String>, String> {
         match step {
             PlannedStep::Deploy => {
                 live.write_services().map_err(|e| chain(&e))?;
-                workload::start_servers(&live.cluster, &live.services, &mut live.servers).map_err(|e| chain(&e))?;
+                workload::start_servers(&live.cluster, &live.services, &mut live.servers)
+                    .map_err(|e| chain(&e))?;
                 let mut detail = vec![format!("{} backend servers ready", live.servers.len())];
                 for cn in live.cluster.nodes.clone() {
                     let mut a = Agent::new(cn.name(), self.plan.mutant.as_deref());
@@ -283,14 +413,24 @@ impl Runner<'_> {
                 live.remember();
                 Ok(rec.proof)
             }
-            PlannedStep::WaitFor { condition, timeout_s } => {
+            PlannedStep::WaitFor {
+                condition,
+                timeout_s,
+            } => {
                 let deadline = Instant::now() + Duration::from_secs(*timeout_s);
                 match condition {
                     Condition::AgentsReady => {
                         for i in 0..live.agents.len() {
-                            let cn = live.cluster.node(&live.agents[i].node).cloned().ok_or("agent of an unknown node")?;
+                            let cn = live
+                                .cluster
+                                .node(&live.agents[i].node)
+                                .cloned()
+                                .ok_or("agent of an unknown node")?;
                             let left = deadline.saturating_duration_since(Instant::now());
-                            if let Some(e) = live.agents[i].wait_ready(&cn, left).map_err(|e| chain(&e))? {
+                            if let Some(e) = live.agents[i]
+                                .wait_ready(&cn, left)
+                                .map_err(|e| chain(&e))?
+                            {
                                 return Err(format!("datapathd on {} ended with {e}", cn.name()));
                             }
                         }
@@ -299,14 +439,22 @@ impl Runner<'_> {
                     Condition::ServicesReachable => {
                         let inv = invariant::service_connectivity::ServiceConnectivity;
                         loop {
-                            let ctx = invariant::Context { cluster: &live.cluster, services: &live.services };
+                            let ctx = invariant::Context {
+                                cluster: &live.cluster,
+                                services: &live.services,
+                            };
                             let j = invariant::Invariant::check(&inv, &ctx);
                             if j.verdict == Verdict::Pass {
                                 return Ok(vec!["every pod reaches every service".into()]);
                             }
-                            if Instant::now() >= deadline || !self.cancel.sleep(Duration::from_millis(200)) {
+                            if Instant::now() >= deadline
+                                || !self.cancel.sleep(Duration::from_millis(200))
+                            {
                                 // Not an error: the checks that follow judge it.
-                                return Ok(vec![format!("not reachable within {timeout_s} s: {}", j.summary)]);
+                                return Ok(vec![format!(
+                                    "not reachable within {timeout_s} s: {}",
+                                    j.summary
+                                )]);
                             }
                         }
                     }
@@ -320,14 +468,25 @@ impl Runner<'_> {
                     }
                     let t = Instant::now();
                     let j = match invariant::by_name(*inv) {
-                        Some(c) => c.check(&invariant::Context { cluster: &live.cluster, services: &live.services }),
-                        None => Judgement::unknown(format!("{inv} is judged after teardown, not in a check step")),
+                        Some(c) => c.check(&invariant::Context {
+                            cluster: &live.cluster,
+                            services: &live.services,
+                        }),
+                        None => Judgement::unknown(format!(
+                            "{inv} is judged after teardown, not in a check step"
+                        )),
                     };
                     detail.push(format!("{inv}: {:?} {}", j.verdict, j.summary));
                     for e in j.evidence.iter().take(5) {
                         detail.push(format!("    {e}"));
                     }
-                    ev.push(Event::Verdict { scenario: name.into(), iteration: it, invariant: *inv, judgement: j, ms: ms(t) });
+                    ev.push(Event::Verdict {
+                        scenario: name.into(),
+                        iteration: it,
+                        invariant: *inv,
+                        judgement: j,
+                        ms: ms(t),
+                    });
                 }
                 live.remember();
                 Ok(detail)

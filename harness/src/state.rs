@@ -74,7 +74,10 @@ impl StateFile {
     }
 
     pub fn dir(&self) -> PathBuf {
-        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     pub fn get(&self) -> State {
@@ -84,7 +87,10 @@ impl StateFile {
     /// Changes the state and writes it out (write beside, rename).
     pub fn update(&self, f: impl FnOnce(&mut State)) -> std::io::Result<()> {
         {
-            let mut s = self.state.lock().map_err(|_| std::io::Error::other("state poisoned"))?;
+            let mut s = self
+                .state
+                .lock()
+                .map_err(|_| std::io::Error::other("state poisoned"))?;
             f(&mut s);
         }
         self.save()

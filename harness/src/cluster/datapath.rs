@@ -83,11 +83,21 @@ impl Agent {
     }
 
     /// Waits for the ready line. Ok(None) when ready; Ok(Some(exit)) when it ended first.
-    pub fn wait_ready(&mut self, cn: &ClusterNode, timeout: Duration) -> Result<Option<Exit>, NodeError> {
+    pub fn wait_ready(
+        &mut self,
+        cn: &ClusterNode,
+        timeout: Duration,
+    ) -> Result<Option<Exit>, NodeError> {
         let Some(run) = self.current.as_mut() else {
             return Ok(Some(Exit::Unknown));
         };
-        if wait_for_line(cn.node.as_ref(), run.proc.as_mut(), &run.stdout, READY_LINE, timeout)? {
+        if wait_for_line(
+            cn.node.as_ref(),
+            run.proc.as_mut(),
+            &run.stdout,
+            READY_LINE,
+            timeout,
+        )? {
             Ok(None)
         } else {
             Ok(Some(run.proc.try_wait()?.unwrap_or(Exit::Unknown)))

@@ -66,7 +66,13 @@ fn start_one(cluster: &Cluster, pod: &Pod, listen: Vec<String>) -> Result<Server
         stderr: cn.work_dir.join(format!("serve-{}.err", pod.name)),
         env: Vec::new(),
     })?;
-    if !wait_for_line(cn.node.as_ref(), proc.as_mut(), &log, "ready", Duration::from_secs(10))? {
+    if !wait_for_line(
+        cn.node.as_ref(),
+        proc.as_mut(),
+        &log,
+        "ready",
+        Duration::from_secs(10),
+    )? {
         return Err(NodeError::Failed {
             node: pod.node.clone(),
             command: argv.join(" "),

@@ -27,11 +27,28 @@ impl Fault for AgentRestartMidAttach {
         let nerr = |what: &str| {
             let node = node.clone();
             let what = what.to_string();
-            move |source| FaultError::Node { fault: NAME, node, what, source }
+            move |source| FaultError::Node {
+                fault: NAME,
+                node,
+                what,
+                source: Box::new(source),
+            }
         };
-        let not = |what: String| FaultError::NotProved { fault: NAME, node: node.clone(), what };
-        let cn = live.cluster.node(&node).cloned().ok_or_else(|| not("no such node".into()))?;
-        let idx = live.agents.iter().position(|a| a.node == node).ok_or_else(|| not("no agent deployed".into()))?;
+        let not = |what: String| FaultError::NotProved {
+            fault: NAME,
+            node: node.clone(),
+            what,
+        };
+        let cn = live
+            .cluster
+            .node(&node)
+            .cloned()
+            .ok_or_else(|| not("no such node".into()))?;
+        let idx = live
+            .agents
+            .iter()
+            .position(|a| a.node == node)
+            .ok_or_else(|| not("no agent deployed".into()))?;
         let mut rec = FaultRecord::default();
 
         // 1. SIGKILL the running agent at a planned moment.
@@ -39,11 +56,20 @@ impl Fault for AgentRestartMidAttach {
             return Err(FaultError::Interrupted);
         }
         let pid = live.agents[idx].pid();
-        let exit = live.agents[idx].kill(libc::SIGKILL).map_err(nerr("SIGKILL the agent"))?;
+        let exit = live.agents[idx]
+            .kill(libc::SIGKILL)
+            .map_err(nerr("SIGKILL the agent"))?;
         if exit != Some(Exit::Signal(libc::SIGKILL)) {
-            return Err(not(format!("agent pid {pid:?} did not die by SIGKILL: {exit:?}")));
+            return Err(not(format!(
+                "agent pid {pid:?} did not die by SIGKILL: {exit:?}"
+            )));
         }
-        rec.proof.push(format!("agent pid {} SIGKILLed after {} ms: {}", pid.unwrap_or(0), p.kill_after_ms, Exit::Signal(9)));
+        rec.proof.push(format!(
+            "agent pid {} SIGKILLed after {} ms: {}",
+            pid.unwrap_or(0),
+            p.kill_after_ms,
+            Exit::Signal(9)
+        ));
 
         // 2. Change the services while it is down.
         live.set_backends(&p.service_change.service, &p.service_change.backends)
@@ -55,9 +81,13 @@ impl Fault for AgentRestartMidAttach {
         ));
 
         // 3. Start at the failpoint: it must abort there.
-        live.agents[idx].start(&cn, Some(&p.failpoint)).map_err(nerr("start at failpoint"))?;
+        live.agents[idx]
+            .start(&cn, Some(&p.failpoint))
+            .map_err(nerr("start at failpoint"))?;
         let stderr = live.agents[idx].current.as_ref().map(|r| r.stderr.clone());
-        let exit = live.agents[idx].wait_exit(Duration::from_secs(30)).map_err(nerr("wait for failpoint"))?;
+        let exit = live.agents[idx]
+            .wait_exit(Duration::from_secs(30))
+            .map_err(nerr("wait for failpoint"))?;
         let log = stderr
             .and_then(|f| cn.node.read_file(&f).ok())
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -71,33 +101,59 @@ impl Fault for AgentRestartMidAttach {
                 log.contains(&line)
             )));
         }
-        rec.proof.push(format!("agent aborted at failpoint {}: {} and `{line}`", p.failpoint, Exit::Signal(6)));
+        rec.proof.push(format!(
+            "agent aborted at failpoint {}: {} and `{line}`",
+            p.failpoint,
+            Exit::Signal(6)
+        ));
 
         // 4. Start and SIGKILL it a few ms in (mid-attach, or just after).
         live.agents[idx].start(&cn, None).map_err(nerr("start"))?;
-        if !live.cancel.sleep(Duration::from_millis(p.start_kill_after_ms)) {
+        if !live
+            .cancel
+            .sleep(Duration::from_millis(p.start_kill_after_ms))
+        {
             return Err(FaultError::Interrupted);
         }
         let out = live.agents[idx].current.as_ref().map(|r| r.stdout.clone());
-        let exit = live.agents[idx].kill(libc::SIGKILL).map_err(nerr("SIGKILL mid-start"))?;
+        let exit = live.agents[idx]
+            .kill(libc::SIGKILL)
+            .map_err(nerr("SIGKILL mid-start"))?;
         let was_ready = out
             .and_then(|f| cn.node.read_file(&f).ok())
-            .is_some_and(|b| String::from_utf8_lossy(&b).contains(crate::cluster::datapath::READY_LINE));
+            .is_some_and(|b| {
+                String::from_utf8_lossy(&b).contains(crate::cluster::datapath::READY_LINE)
+            });
         match exit {
             Some(Exit::Signal(9)) => rec.proof.push(format!(
                 "agent SIGKILLed {} ms into its start ({})",
                 p.start_kill_after_ms,
-                if was_ready { "after it was ready" } else { "before it was ready" }
+                if was_ready {
+                    "after it was ready"
+                } else {
+                    "before it was ready"
+                }
             )),
             // It may have failed by itself before the signal; record what happened.
-            other => rec.proof.push(format!("agent ended {other:?} before the mid-start SIGKILL")),
+            other => rec.proof.push(format!(
+                "agent ended {other:?} before the mid-start SIGKILL"
+            )),
         }
 
         // 5. Start for good.
-        live.agents[idx].start(&cn, None).map_err(nerr("final start"))?;
-        match live.agents[idx].wait_ready(&cn, READY_TIMEOUT).map_err(nerr("wait ready"))? {
+        live.agents[idx]
+            .start(&cn, None)
+            .map_err(nerr("final start"))?;
+        match live.agents[idx]
+            .wait_ready(&cn, READY_TIMEOUT)
+            .map_err(nerr("wait ready"))?
+        {
             None => rec.proof.push("agent restarted and ready".into()),
-            Some(e) => return Err(not(format!("the final start ended with {e} before it was ready"))),
+            Some(e) => {
+                return Err(not(format!(
+                    "the final start ended with {e} before it was ready"
+                )))
+            }
         }
         Ok(rec)
     }

@@ -17,14 +17,18 @@ pub struct FaultRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
     #[error("fault {fault} on node {node}: {what}")]
-    NotProved { fault: &'static str, node: String, what: String },
+    NotProved {
+        fault: &'static str,
+        node: String,
+        what: String,
+    },
     #[error("fault {fault} on node {node}: {what}")]
     Node {
         fault: &'static str,
         node: String,
         what: String,
         #[source]
-        source: crate::node::NodeError,
+        source: Box<crate::node::NodeError>,
     },
     #[error("fault interrupted")]
     Interrupted,
@@ -38,6 +42,8 @@ pub trait Fault {
 
 pub fn from_plan(p: &FaultPlan) -> Box<dyn Fault> {
     match p {
-        FaultPlan::AgentRestartMidAttach(r) => Box::new(agent_restart::AgentRestartMidAttach(r.clone())),
+        FaultPlan::AgentRestartMidAttach(r) => {
+            Box::new(agent_restart::AgentRestartMidAttach(r.clone()))
+        }
     }
 }

@@ -65,10 +65,20 @@ mod tests {
 
     #[test]
     fn a_prog_seen_during_the_run_still_loaded_fails() {
-        let p = Prog { id: 7, name: "dp_connect4".into(), ..Prog::default() };
-        let seen = Kernel { progs: vec![p.clone()], ..Kernel::default() };
+        let p = Prog {
+            id: 7,
+            name: "dp_connect4".into(),
+            ..Prog::default()
+        };
+        let seen = Kernel {
+            progs: vec![p.clone()],
+            ..Kernel::default()
+        };
         let s = HostSnapshot::default();
         assert_eq!(judge(&s, &s, "x", &seen, &seen, &[]).verdict, Verdict::Fail);
-        assert_eq!(judge(&s, &s, "x", &seen, &Kernel::default(), &[]).verdict, Verdict::Pass);
+        assert_eq!(
+            judge(&s, &s, "x", &seen, &Kernel::default(), &[]).verdict,
+            Verdict::Pass
+        );
     }
 }

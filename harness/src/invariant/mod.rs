@@ -12,7 +12,9 @@ use crate::cluster::Cluster;
 use crate::suite::InvariantName;
 
 /// Pass, fail or unknown, with the evidence behind it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
@@ -29,13 +31,25 @@ pub struct Judgement {
 
 impl Judgement {
     pub fn pass(summary: impl Into<String>) -> Judgement {
-        Judgement { verdict: Verdict::Pass, summary: summary.into(), evidence: Vec::new() }
+        Judgement {
+            verdict: Verdict::Pass,
+            summary: summary.into(),
+            evidence: Vec::new(),
+        }
     }
     pub fn fail(summary: impl Into<String>, evidence: Vec<String>) -> Judgement {
-        Judgement { verdict: Verdict::Fail, summary: summary.into(), evidence }
+        Judgement {
+            verdict: Verdict::Fail,
+            summary: summary.into(),
+            evidence,
+        }
     }
     pub fn unknown(summary: impl Into<String>) -> Judgement {
-        Judgement { verdict: Verdict::Unknown, summary: summary.into(), evidence: Vec::new() }
+        Judgement {
+            verdict: Verdict::Unknown,
+            summary: summary.into(),
+            evidence: Vec::new(),
+        }
     }
 }
 
@@ -51,7 +65,11 @@ pub fn merge(js: &[Judgement]) -> Judgement {
         evidence.extend(j.evidence.iter().cloned());
     }
     summaries.dedup();
-    Judgement { verdict: worst, summary: summaries.join("; "), evidence }
+    Judgement {
+        verdict: worst,
+        summary: summaries.join("; "),
+        evidence,
+    }
 }
 
 /// What a check sees of the run.
@@ -68,7 +86,9 @@ pub trait Invariant {
 
 pub fn by_name(name: InvariantName) -> Option<Box<dyn Invariant>> {
     match name {
-        InvariantName::ServiceConnectivity => Some(Box::new(service_connectivity::ServiceConnectivity)),
+        InvariantName::ServiceConnectivity => {
+            Some(Box::new(service_connectivity::ServiceConnectivity))
+        }
         InvariantName::OneProgramPerHook => Some(Box::new(one_program::OneProgramPerHook)),
         InvariantName::NoOrphanBpfObjects => Some(Box::new(no_orphan::NoOrphanBpfObjects)),
         // Judged by the run after teardown, from host snapshots.
@@ -86,8 +106,14 @@ mod tests {
         let u = Judgement::unknown("u");
         let f = Judgement::fail("f", vec!["e".into()]);
         assert_eq!(merge(&[p.clone(), u.clone()]).verdict, Verdict::Unknown);
-        assert_eq!(merge(&[u.clone(), f.clone(), p.clone()]).verdict, Verdict::Fail);
-        assert_eq!(merge(&[f.clone(), p.clone()]).evidence, vec!["e".to_string()]);
+        assert_eq!(
+            merge(&[u.clone(), f.clone(), p.clone()]).verdict,
+            Verdict::Fail
+        );
+        assert_eq!(
+            merge(&[f.clone(), p.clone()]).evidence,
+            vec!["e".to_string()]
+        );
         assert_eq!(merge(&[p.clone(), p]).verdict, Verdict::Pass);
         assert_eq!(merge(&[]).verdict, Verdict::Unknown);
     }

@@ -20,16 +20,24 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judg
         .filter(|m| m.pinned.iter().any(under))
         .map(|m| m.id)
         .collect();
-    let ours: Vec<&Attached> = attached.iter().filter(|a| a.name.starts_with(PREFIX)).collect();
+    let ours: Vec<&Attached> = attached
+        .iter()
+        .filter(|a| a.name.starts_with(PREFIX))
+        .collect();
     let attached_ids: BTreeSet<u32> = ours.iter().map(|a| a.id).collect();
     let mut node_maps: BTreeSet<u32> = pinned.clone();
     for a in &ours {
         let Some(p) = k.progs.iter().find(|p| p.id == a.id) else {
-            bad.push(format!("node {node}: attached program {} not listed by bpftool prog", a.id));
+            bad.push(format!(
+                "node {node}: attached program {} not listed by bpftool prog",
+                a.id
+            ));
             continue;
         };
         for m in &p.map_ids {
-            let Some(map) = k.maps.iter().find(|x| x.id == *m) else { continue };
+            let Some(map) = k.maps.iter().find(|x| x.id == *m) else {
+                continue;
+            };
             if !map.name.starts_with(PREFIX) {
                 continue;
             }
@@ -47,7 +55,10 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judg
         names.entry(m.name.as_str()).or_default().push(m.id);
     }
     for (n, ids) in names.iter().filter(|(_, ids)| ids.len() > 1) {
-        bad.push(format!("node {node}: {} maps named {n}: ids {ids:?}", ids.len()));
+        bad.push(format!(
+            "node {node}: {} maps named {n}: ids {ids:?}",
+            ids.len()
+        ));
     }
     for l in k.links.iter().filter(|l| l.pinned.iter().any(under)) {
         if !attached_ids.contains(&l.prog_id) {
@@ -60,7 +71,9 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judg
         }
     }
     if bad.is_empty() {
-        Judgement::pass(format!("node {node}: every object of ours is live and pinned"))
+        Judgement::pass(format!(
+            "node {node}: every object of ours is live and pinned"
+        ))
     } else {
         Judgement::fail(format!("node {node}: orphan or stale bpf objects"), bad)
     }
@@ -94,17 +107,39 @@ mod tests {
     fn kernel(prog_maps: &[u32], pinned: &[(u32, &str)], extra: &[(u32, &str)]) -> Kernel {
         let mut maps: Vec<Map> = pinned
             .iter()
-            .map(|(id, n)| Map { id: *id, name: n.to_string(), pinned: vec![format!("/b/maps/{n}")] })
+            .map(|(id, n)| Map {
+                id: *id,
+                name: n.to_string(),
+                pinned: vec![format!("/b/maps/{n}")],
+            })
             .collect();
-        maps.extend(extra.iter().map(|(id, n)| Map { id: *id, name: n.to_string(), pinned: vec![] }));
+        maps.extend(extra.iter().map(|(id, n)| Map {
+            id: *id,
+            name: n.to_string(),
+            pinned: vec![],
+        }));
         Kernel {
-            progs: vec![Prog { id: 10, name: "dp_connect4".into(), map_ids: prog_maps.to_vec(), pinned: vec![] }],
+            progs: vec![Prog {
+                id: 10,
+                name: "dp_connect4".into(),
+                map_ids: prog_maps.to_vec(),
+                pinned: vec![],
+            }],
             maps,
-            links: vec![Link { id: 5, prog_id: 10, pinned: vec!["/b/links/connect4".into()] }],
+            links: vec![Link {
+                id: 5,
+                prog_id: 10,
+                pinned: vec!["/b/links/connect4".into()],
+            }],
         }
     }
     fn att() -> Vec<Attached> {
-        vec![Attached { id: 10, attach_type: "cgroup_inet4_connect".into(), attach_flags: String::new(), name: "dp_connect4".into() }]
+        vec![Attached {
+            id: 10,
+            attach_type: "cgroup_inet4_connect".into(),
+            attach_flags: String::new(),
+            name: "dp_connect4".into(),
+        }]
     }
 
     #[test]
@@ -115,17 +150,37 @@ mod tests {
 
     #[test]
     fn program_reading_unpinned_copy_fails() {
-        let k = kernel(&[1, 3], &[(1, "dp_services"), (2, "dp_backends")], &[(3, "dp_backends")]);
+        let k = kernel(
+            &[1, 3],
+            &[(1, "dp_services"), (2, "dp_backends")],
+            &[(3, "dp_backends")],
+        );
         let j = judge("n", "/b", &att(), &k);
         assert_eq!(j.verdict, Verdict::Fail);
-        assert!(j.evidence.iter().any(|e| e.contains("reads map 3 (dp_backends) that is not pinned under /b")), "{:?}", j.evidence);
-        assert!(j.evidence.iter().any(|e| e.contains("2 maps named dp_backends: ids [2, 3]")), "{:?}", j.evidence);
+        assert!(
+            j.evidence
+                .iter()
+                .any(|e| e.contains("reads map 3 (dp_backends) that is not pinned under /b")),
+            "{:?}",
+            j.evidence
+        );
+        assert!(
+            j.evidence
+                .iter()
+                .any(|e| e.contains("2 maps named dp_backends: ids [2, 3]")),
+            "{:?}",
+            j.evidence
+        );
     }
 
     #[test]
     fn pinned_link_to_unattached_program_fails() {
         let k = kernel(&[1], &[(1, "dp_services")], &[]);
         let j = judge("n", "/b", &[], &k);
-        assert!(j.evidence[0].contains("link 5 pinned at /b/links/connect4 drives program 10"), "{:?}", j.evidence);
+        assert!(
+            j.evidence[0].contains("link 5 pinned at /b/links/connect4 drives program 10"),
+            "{:?}",
+            j.evidence
+        );
     }
 }

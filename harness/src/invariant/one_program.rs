@@ -48,7 +48,10 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], links: &[Link]) -> 
     if bad.is_empty() {
         Judgement::pass(format!("node {node}: one live program per hook"))
     } else {
-        Judgement::fail(format!("node {node}: hooks not owned by exactly one live program"), bad)
+        Judgement::fail(
+            format!("node {node}: hooks not owned by exactly one live program"),
+            bad,
+        )
     }
 }
 
@@ -63,7 +66,12 @@ impl Invariant for OneProgramPerHook {
             let obs = bpf::cgroup(cn.node.as_ref(), &cn.cgroup)
                 .and_then(|a| bpf::kernel(cn.node.as_ref()).map(|k| (a, k)));
             js.push(match obs {
-                Ok((attached, k)) => judge(cn.name(), &cn.bpffs.display().to_string(), &attached, &k.links),
+                Ok((attached, k)) => judge(
+                    cn.name(),
+                    &cn.bpffs.display().to_string(),
+                    &attached,
+                    &k.links,
+                ),
                 Err(e) => Judgement::unknown(format!("node {}: cannot observe: {e}", cn.name())),
             });
         }
@@ -76,10 +84,19 @@ mod tests {
     use super::*;
 
     fn att(id: u32, ty: &str, name: &str, flags: &str) -> Attached {
-        Attached { id, attach_type: ty.into(), attach_flags: flags.into(), name: name.into() }
+        Attached {
+            id,
+            attach_type: ty.into(),
+            attach_flags: flags.into(),
+            name: name.into(),
+        }
     }
     fn link(id: u32, prog: u32, pin: &str) -> Link {
-        Link { id, prog_id: prog, pinned: vec![pin.into()] }
+        Link {
+            id,
+            prog_id: prog,
+            pinned: vec![pin.into()],
+        }
     }
     fn healthy() -> (Vec<Attached>, Vec<Link>) {
         let mut a = Vec::new();
@@ -95,7 +112,10 @@ mod tests {
     #[test]
     fn one_linked_program_per_hook_passes() {
         let (a, l) = healthy();
-        assert_eq!(judge("n", "/b", &a, &l).verdict, super::super::Verdict::Pass);
+        assert_eq!(
+            judge("n", "/b", &a, &l).verdict,
+            super::super::Verdict::Pass
+        );
     }
 
     #[test]
@@ -112,7 +132,10 @@ mod tests {
     fn foreign_programs_are_not_counted() {
         let (mut a, l) = healthy();
         a.push(att(99, "cgroup_inet4_connect", "cilium_sock", ""));
-        assert_eq!(judge("n", "/b", &a, &l).verdict, super::super::Verdict::Pass);
+        assert_eq!(
+            judge("n", "/b", &a, &l).verdict,
+            super::super::Verdict::Pass
+        );
     }
 
     #[test]

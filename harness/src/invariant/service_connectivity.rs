@@ -61,15 +61,30 @@ pub fn judge(pod: &str, svc: &ServiceState, attempts: &[Attempt]) -> Judgement {
         }
     }
     if bad.is_empty() {
-        Judgement::pass(format!("{pod} -> {}: {} answers from live backends", svc.name, attempts.len()))
+        Judgement::pass(format!(
+            "{pod} -> {}: {} answers from live backends",
+            svc.name,
+            attempts.len()
+        ))
     } else {
-        Judgement::fail(format!("{pod} cannot reach {} through a live backend", svc.name), bad)
+        Judgement::fail(
+            format!("{pod} cannot reach {} through a live backend", svc.name),
+            bad,
+        )
     }
 }
 
 /// Runs the probe for one pod and service.
-pub fn probe(ctx: &Context<'_>, pod: &crate::cluster::Pod, svc: &ServiceState, count: u32) -> Result<Vec<Attempt>, String> {
-    let cn = ctx.cluster.node(&pod.node).ok_or_else(|| format!("no node {}", pod.node))?;
+pub fn probe(
+    ctx: &Context<'_>,
+    pod: &crate::cluster::Pod,
+    svc: &ServiceState,
+    count: u32,
+) -> Result<Vec<Attempt>, String> {
+    let cn = ctx
+        .cluster
+        .node(&pod.node)
+        .ok_or_else(|| format!("no node {}", pod.node))?;
     let probe = cn.dp_probe.display().to_string();
     let netns = pod.netns.display().to_string();
     let cgroup = pod.cgroup.display().to_string();
@@ -77,12 +92,37 @@ pub fn probe(ctx: &Context<'_>, pod: &crate::cluster::Pod, svc: &ServiceState, c
     let count = count.to_string();
     let addr = svc.addr();
     let argv = [
-        probe.as_str(), "connect", "--to", &addr, "--proto", svc.protocol.as_str(), "--payload", &payload,
-        "--timeout-ms", "2000", "--netns", &netns, "--cgroup", &cgroup, "--count", &count,
+        probe.as_str(),
+        "connect",
+        "--to",
+        &addr,
+        "--proto",
+        svc.protocol.as_str(),
+        "--payload",
+        &payload,
+        "--timeout-ms",
+        "2000",
+        "--netns",
+        &netns,
+        "--cgroup",
+        &cgroup,
+        "--count",
+        &count,
     ];
-    let out = cn.node.run(&argv, Duration::from_secs(60)).map_err(|e| e.to_string())?;
-    if !matches!(out.exit, crate::node::Exit::Code(0) | crate::node::Exit::Code(1)) {
-        return Err(format!("`{}` {}: {}", argv.join(" "), out.exit, out.stderr_str().trim()));
+    let out = cn
+        .node
+        .run(&argv, Duration::from_secs(60))
+        .map_err(|e| e.to_string())?;
+    if !matches!(
+        out.exit,
+        crate::node::Exit::Code(0) | crate::node::Exit::Code(1)
+    ) {
+        return Err(format!(
+            "`{}` {}: {}",
+            argv.join(" "),
+            out.exit,
+            out.stderr_str().trim()
+        ));
     }
     out.stdout_str()
         .lines()
@@ -102,7 +142,10 @@ impl Invariant for ServiceConnectivity {
             for svc in ctx.services {
                 js.push(match probe(ctx, pod, svc, ATTEMPTS) {
                     Ok(a) => judge(&pod.name, svc, &a),
-                    Err(e) => Judgement::unknown(format!("{} -> {}: cannot probe: {e}", pod.name, svc.name)),
+                    Err(e) => Judgement::unknown(format!(
+                        "{} -> {}: cannot probe: {e}",
+                        pod.name, svc.name
+                    )),
                 });
             }
         }
@@ -132,8 +175,13 @@ mod tests {
 
     #[test]
     fn answers_from_live_backends_pass() {
-        let a = parse(r#"{"ok":true,"proto":"tcp","to":"10.96.0.10:80","peer":"10.96.0.10:80","local":"10.244.1.2:40000","backend":"web-b1","echo":"x","errno":null,"error":null,"elapsed_us":300}"#);
-        assert_eq!(judge("client-a", &svc(), &[a.clone(), a]).verdict, Verdict::Pass);
+        let a = parse(
+            r#"{"ok":true,"proto":"tcp","to":"10.96.0.10:80","peer":"10.96.0.10:80","local":"10.244.1.2:40000","backend":"web-b1","echo":"x","errno":null,"error":null,"elapsed_us":300}"#,
+        );
+        assert_eq!(
+            judge("client-a", &svc(), &[a.clone(), a]).verdict,
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -141,14 +189,21 @@ mod tests {
         let a = parse(r#"{"ok":true,"peer":"10.96.0.10:80","backend":"web-a2"}"#);
         let j = judge("client-a", &svc(), &[a]);
         assert_eq!(j.verdict, Verdict::Fail);
-        assert!(j.evidence[0].contains("answered by web-a2 which is not a current backend (now: web-a1, web-b1)"), "{:?}", j.evidence);
+        assert!(
+            j.evidence[0].contains(
+                "answered by web-a2 which is not a current backend (now: web-a1, web-b1)"
+            ),
+            "{:?}",
+            j.evidence
+        );
     }
 
     #[test]
     fn backend_address_as_peer_fails() {
         let a = parse(r#"{"ok":true,"peer":"10.244.1.3:8080","backend":"web-a1"}"#);
         let j = judge("c", &svc(), &[a]);
-        assert!(j.evidence[0].contains("peer address is 10.244.1.3:8080 instead of the service address"));
+        assert!(j.evidence[0]
+            .contains("peer address is 10.244.1.3:8080 instead of the service address"));
     }
 
     #[test]

@@ -213,14 +213,20 @@ pub fn wait_for_line(
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(data) = node.read_file(file) {
-            if String::from_utf8_lossy(&data).lines().any(|l| l.trim() == line) {
+            if String::from_utf8_lossy(&data)
+                .lines()
+                .any(|l| l.trim() == line)
+            {
                 return Ok(true);
             }
         }
         if proc.try_wait()?.is_some() {
             // One more read: the line may have been written just before the exit.
             if let Ok(data) = node.read_file(file) {
-                if String::from_utf8_lossy(&data).lines().any(|l| l.trim() == line) {
+                if String::from_utf8_lossy(&data)
+                    .lines()
+                    .any(|l| l.trim() == line)
+                {
                     return Ok(true);
                 }
             }

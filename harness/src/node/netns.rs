@@ -53,7 +53,9 @@ impl NetnsNode {
             c
         } else {
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", self.netns.display())).arg("--").args(argv);
+            c.arg(format!("--net={}", self.netns.display()))
+                .arg("--")
+                .args(argv);
             c
         };
         // Own process group: a Ctrl-C at the terminal reaches the harness only, which

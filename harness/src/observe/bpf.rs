@@ -78,8 +78,7 @@ fn bpftool<T: DeserializeOwned>(node: &dyn Node, args: &[&str]) -> Result<T, Str
     } else {
         out.stdout
     };
-    serde_json::from_slice(&text)
-        .map_err(|e| format!("`{}`: unexpected JSON: {e}", argv.join(" ")))
+    serde_json::from_slice(&text).map_err(|e| format!("`{}`: unexpected JSON: {e}", argv.join(" ")))
 }
 
 pub fn kernel(node: &dyn Node) -> Result<Kernel, String> {

@@ -23,7 +23,11 @@ fn lines(argv: &[&str], field: usize) -> BTreeSet<String> {
                 .lines()
                 .filter_map(|l| {
                     l.split_whitespace().nth(field).map(|w| {
-                        w.trim_end_matches(':').split('@').next().unwrap_or(w).to_string()
+                        w.trim_end_matches(':')
+                            .split('@')
+                            .next()
+                            .unwrap_or(w)
+                            .to_string()
                     })
                 })
                 .collect()

@@ -135,7 +135,8 @@ impl NetnsProvider {
             }
         };
         let rec = |f: &dyn Fn(&mut State)| {
-            sf.update(|s| f(s)).map_err(io("cannot write state file", &sf.dir()))
+            sf.update(|s| f(s))
+                .map_err(io("cannot write state file", &sf.dir()))
         };
         let run_cg = cg_root.join(format!("dp-harness-{id}"));
         let run_bpf = bpf_root.join(format!("dp-harness-{id}"));
@@ -167,21 +168,51 @@ impl NetnsProvider {
             sh(&["ip", "netns", "add", &ns])?;
             let n = ns.as_str();
             let under_if = format!("n{ni}");
-            sh(&["ip", "-n", u, "link", "add", &under_if, "type", "veth", "peer", "name", "eth0", "netns", n])?;
-            sh(&["ip", "-n", u, "link", "set", &under_if, "master", "br0", "up"])?;
+            sh(&[
+                "ip", "-n", u, "link", "add", &under_if, "type", "veth", "peer", "name", "eth0",
+                "netns", n,
+            ])?;
+            sh(&[
+                "ip", "-n", u, "link", "set", &under_if, "master", "br0", "up",
+            ])?;
             sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
-            sh(&["ip", "-n", n, "addr", "add", &format!("172.31.0.{ni}/24"), "dev", "eth0"])?;
+            sh(&[
+                "ip",
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("172.31.0.{ni}/24"),
+                "dev",
+                "eth0",
+            ])?;
             sh(&["ip", "-n", n, "link", "set", "eth0", "up"])?;
             let netns_path = PathBuf::from(format!("/run/netns/{ns}"));
             let sysctl = |k: &str| {
                 let p = format!("/proc/sys/{}", k.replace('.', "/"));
-                sh(&["nsenter", &format!("--net={}", netns_path.display()), "--", "sh", "-c", &format!("echo 1 > {p}")])
+                sh(&[
+                    "nsenter",
+                    &format!("--net={}", netns_path.display()),
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("echo 1 > {p}"),
+                ])
             };
             sysctl("net.ipv4.ip_forward")?;
             for (k, _) in topo.nodes.iter().enumerate() {
                 if k != i {
                     let other = k + 1;
-                    sh(&["ip", "-n", n, "route", "add", &format!("10.244.{other}.0/24"), "via", &format!("172.31.0.{other}")])?;
+                    sh(&[
+                        "ip",
+                        "-n",
+                        n,
+                        "route",
+                        "add",
+                        &format!("10.244.{other}.0/24"),
+                        "via",
+                        &format!("172.31.0.{other}"),
+                    ])?;
                 }
             }
             let node_cg = run_cg.join(name);
@@ -213,15 +244,69 @@ impl NetnsProvider {
                 sh(&["ip", "netns", "add", &pns])?;
                 let host_if = format!("p{pj}");
                 let ip = Ipv4Addr::new(10, 244, ni as u8, pj as u8);
-                sh(&["ip", "-n", n, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &pns])?;
-                sh(&["ip", "-n", n, "addr", "add", &format!("10.244.{ni}.1/32"), "dev", &host_if])?;
+                sh(&[
+                    "ip", "-n", n, "link", "add", &host_if, "type", "veth", "peer", "name", "eth0",
+                    "netns", &pns,
+                ])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    n,
+                    "addr",
+                    "add",
+                    &format!("10.244.{ni}.1/32"),
+                    "dev",
+                    &host_if,
+                ])?;
                 sh(&["ip", "-n", n, "link", "set", &host_if, "up"])?;
-                sh(&["ip", "-n", n, "route", "add", &format!("{ip}/32"), "dev", &host_if, "src", &format!("10.244.{ni}.1")])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    n,
+                    "route",
+                    "add",
+                    &format!("{ip}/32"),
+                    "dev",
+                    &host_if,
+                    "src",
+                    &format!("10.244.{ni}.1"),
+                ])?;
                 sh(&["ip", "-n", &pns, "link", "set", "lo", "up"])?;
-                sh(&["ip", "-n", &pns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &pns,
+                    "addr",
+                    "add",
+                    &format!("{ip}/32"),
+                    "dev",
+                    "eth0",
+                ])?;
                 sh(&["ip", "-n", &pns, "link", "set", "eth0", "up"])?;
-                sh(&["ip", "-n", &pns, "route", "add", &format!("10.244.{ni}.1"), "dev", "eth0", "scope", "link"])?;
-                sh(&["ip", "-n", &pns, "route", "add", "default", "via", &format!("10.244.{ni}.1"), "dev", "eth0"])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &pns,
+                    "route",
+                    "add",
+                    &format!("10.244.{ni}.1"),
+                    "dev",
+                    "eth0",
+                    "scope",
+                    "link",
+                ])?;
+                sh(&[
+                    "ip",
+                    "-n",
+                    &pns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.244.{ni}.1"),
+                    "dev",
+                    "eth0",
+                ])?;
                 let pod_cg = node_cg.join(&p.name);
                 rec(&|s| s.cgroups.push(pod_cg.clone()))?;
                 std::fs::create_dir_all(&pod_cg).map_err(io("cannot create cgroup", &pod_cg))?;
@@ -255,7 +340,11 @@ pub fn teardown(st: &State) -> Cleaned {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while killed.iter().any(|&(p, s)| state::same_process(p, s) && !is_zombie(p)) && Instant::now() < deadline {
+    while killed
+        .iter()
+        .any(|&(p, s)| state::same_process(p, s) && !is_zombie(p))
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
     // 2. The datapath's pins and attachments, with its own cleanup.
@@ -270,7 +359,9 @@ pub fn teardown(st: &State) -> Cleaned {
                     .arg(cg)
                     .output();
                 match out {
-                    Ok(o) if o.status.success() => c.removed.push(format!("datapath state {}", bpffs.display())),
+                    Ok(o) if o.status.success() => c
+                        .removed
+                        .push(format!("datapath state {}", bpffs.display())),
                     Ok(o) => c.problems.push(format!(
                         "datapathd cleanup {}: {}",
                         bpffs.display(),
@@ -343,7 +434,10 @@ impl Provider for NetnsProvider {
 
     fn up(&mut self, req: &UpRequest<'_>) -> Result<Cluster, ProviderError> {
         let marker = format!("dph-{}", req.run_id);
-        let sf = StateFile::create(&marker).map_err(io("cannot create state file under", Path::new(state::STATE_ROOT)))?;
+        let sf = StateFile::create(&marker).map_err(io(
+            "cannot create state file under",
+            Path::new(state::STATE_ROOT),
+        ))?;
         self.state = Some(sf.clone());
         self.up_inner(req, &sf)
     }
@@ -354,7 +448,8 @@ impl Provider for NetnsProvider {
         };
         let cleaned = teardown(&sf.get());
         if cleaned.problems.is_empty() {
-            sf.remove().map_err(io("cannot remove state directory", &sf.dir()))?;
+            sf.remove()
+                .map_err(io("cannot remove state directory", &sf.dir()))?;
             Ok(())
         } else {
             // Keep the state file: `harness clean` retries.
@@ -391,7 +486,8 @@ impl Provider for NetnsProvider {
         let mut all = Cleaned::default();
         for path in state::all() {
             let Ok(sf) = StateFile::open(&path) else {
-                all.problems.push(format!("unreadable state file {}", path.display()));
+                all.problems
+                    .push(format!("unreadable state file {}", path.display()));
                 continue;
             };
             let st = sf.get();
@@ -400,11 +496,15 @@ impl Provider for NetnsProvider {
             }
             let (pid, start) = st.owner;
             if pid != std::process::id() && state::same_process(pid, start) {
-                all.problems.push(format!("{}: run still live (pid {pid}), left alone", st.marker));
+                all.problems.push(format!(
+                    "{}: run still live (pid {pid}), left alone",
+                    st.marker
+                ));
                 continue;
             }
             let c = teardown(&st);
-            all.removed.extend(c.removed.into_iter().map(|r| format!("{}: {r}", st.marker)));
+            all.removed
+                .extend(c.removed.into_iter().map(|r| format!("{}: {r}", st.marker)));
             if c.problems.is_empty() {
                 let _ = sf.remove();
             } else {

@@ -16,7 +16,13 @@ pub fn collect(live: &Live, dir: &Path) {
         let node = cn.node.as_ref();
         let save = |file: &str, argv: &[&str]| {
             let text = match node.run(argv, Duration::from_secs(30)) {
-                Ok(o) => format!("$ {}\n# {}\n{}{}", argv.join(" "), o.exit, o.stdout_str(), o.stderr_str()),
+                Ok(o) => format!(
+                    "$ {}\n# {}\n{}{}",
+                    argv.join(" "),
+                    o.exit,
+                    o.stdout_str(),
+                    o.stderr_str()
+                ),
                 Err(e) => format!("$ {}\n# error: {e}\n", argv.join(" ")),
             };
             let _ = std::fs::write(d.join(file), text);
@@ -24,11 +30,23 @@ pub fn collect(live: &Live, dir: &Path) {
         let dp = cn.datapathd.display().to_string();
         let bpffs = cn.bpffs.display().to_string();
         let cg = cn.cgroup.display().to_string();
-        save("datapathd-status.json", &[&dp, "status", "--json", "--bpffs", &bpffs, "--cgroup", &cg]);
-        save("bpftool-prog.json", &["bpftool", "-j", "-f", "prog", "show"]);
+        save(
+            "datapathd-status.json",
+            &[&dp, "status", "--json", "--bpffs", &bpffs, "--cgroup", &cg],
+        );
+        save(
+            "bpftool-prog.json",
+            &["bpftool", "-j", "-f", "prog", "show"],
+        );
         save("bpftool-map.json", &["bpftool", "-j", "-f", "map", "show"]);
-        save("bpftool-link.json", &["bpftool", "-j", "-f", "link", "show"]);
-        save("bpftool-cgroup.json", &["bpftool", "-j", "cgroup", "show", &cg]);
+        save(
+            "bpftool-link.json",
+            &["bpftool", "-j", "-f", "link", "show"],
+        );
+        save(
+            "bpftool-cgroup.json",
+            &["bpftool", "-j", "cgroup", "show", &cg],
+        );
         save("ip-addr.txt", &["ip", "addr"]);
         save("ip-route.txt", &["ip", "route"]);
         save("iptables-save.txt", &["iptables-save"]);

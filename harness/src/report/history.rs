@@ -34,7 +34,10 @@ pub fn write(
         plan: plan.clone(),
         replay: plan.replay_command(),
         facts: serde_json::to_value(facts).ok(),
-        limitations: limits.iter().filter_map(|l| serde_json::to_value(l).ok()).collect(),
+        limitations: limits
+            .iter()
+            .filter_map(|l| serde_json::to_value(l).ok())
+            .collect(),
         events: events.to_vec(),
         outcome: outcome.to_string(),
         wall_ms,
@@ -45,5 +48,6 @@ pub fn write(
 
 pub fn read(path: &Path) -> Result<History, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_slice(&data).map_err(|e| format!("{}: not a history file: {e}", path.display()))
+    serde_json::from_slice(&data)
+        .map_err(|e| format!("{}: not a history file: {e}", path.display()))
 }

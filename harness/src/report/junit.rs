@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite};
+use quick_junit::{
+    NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
+};
 
 use crate::invariant::{merge, Judgement, Verdict};
 use crate::plan::Plan;
@@ -21,15 +23,24 @@ pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]
         Property::new("provider", plan.provider.clone()),
         Property::new("kernel", facts.kernel.clone()),
         Property::new("accelerator", facts.accelerator.clone()),
-        Property::new("datapath-variant", plan.mutant.clone().unwrap_or_else(|| "correct".into())),
+        Property::new(
+            "datapath-variant",
+            plan.mutant.clone().unwrap_or_else(|| "correct".into()),
+        ),
         Property::new("replay", plan.replay_command()),
     ]);
     // (scenario, invariant) -> iteration -> (judgements, ms)
-    let mut cases: BTreeMap<(String, String), BTreeMap<u32, (Vec<Judgement>, u64)>> = BTreeMap::new();
+    let mut cases: BTreeMap<(String, String), PerIteration> = BTreeMap::new();
     let mut setup: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
     for e in events {
         match e {
-            Event::Verdict { scenario, iteration, invariant, judgement, ms } => {
+            Event::Verdict {
+                scenario,
+                iteration,
+                invariant,
+                judgement,
+                ms,
+            } => {
                 let c = cases
                     .entry((scenario.clone(), invariant.as_str().to_string()))
                     .or_default()
@@ -38,21 +49,51 @@ pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]
                 c.0.push(judgement.clone());
                 c.1 += ms;
             }
-            Event::Up { scenario, iteration, error: Some(err), .. }
-            | Event::Step { scenario, iteration, error: Some(err), .. }
-            | Event::Down { scenario, iteration, error: Some(err), .. } => {
-                setup.entry(scenario.clone()).or_default().push((*iteration, err.clone()));
+            Event::Up {
+                scenario,
+                iteration,
+                error: Some(err),
+                ..
             }
-            Event::Interrupted { scenario, iteration } => {
-                setup.entry(scenario.clone()).or_default().push((*iteration, "interrupted (SIGINT/SIGTERM)".into()));
+            | Event::Step {
+                scenario,
+                iteration,
+                error: Some(err),
+                ..
+            }
+            | Event::Down {
+                scenario,
+                iteration,
+                error: Some(err),
+                ..
+            } => {
+                setup
+                    .entry(scenario.clone())
+                    .or_default()
+                    .push((*iteration, err.clone()));
+            }
+            Event::Interrupted {
+                scenario,
+                iteration,
+            } => {
+                setup
+                    .entry(scenario.clone())
+                    .or_default()
+                    .push((*iteration, "interrupted (SIGINT/SIGTERM)".into()));
             }
             _ => {}
         }
     }
     for ((scenario, inv), iters) in cases {
-        let runs: Vec<(u32, Judgement, u64)> = iters.into_iter().map(|(i, (js, ms))| (i, merge(&js), ms)).collect();
+        let runs: Vec<(u32, Judgement, u64)> = iters
+            .into_iter()
+            .map(|(i, (js, ms))| (i, merge(&js), ms))
+            .collect();
         let total: u64 = runs.iter().map(|r| r.2).sum();
-        let (last_i, last, _) = runs.last().cloned().unwrap_or((0, Judgement::unknown("not judged"), 0));
+        let (last_i, last, _) =
+            runs.last()
+                .cloned()
+                .unwrap_or((0, Judgement::unknown("not judged"), 0));
         let earlier: Vec<TestRerun> = runs[..runs.len().saturating_sub(1)]
             .iter()
             .filter(|r| r.1.verdict != Verdict::Pass)
@@ -60,13 +101,14 @@ pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]
                 let mut r = TestRerun::new(kind(j.verdict));
                 r.set_type(format!("{:?}", j.verdict).to_lowercase())
                     .set_message(format!("iteration {i}: {}", j.summary))
-                    .set_description(j.evidence.join("\n"))
-                    .set_time(Duration::from_millis(*ms));
+                    .set_description(format!("{} ms\n{}", ms, j.evidence.join("\n")));
                 r
             })
             .collect();
         let status = if last.verdict == Verdict::Pass {
-            TestCaseStatus::Success { flaky_runs: earlier }
+            TestCaseStatus::Success {
+                flaky_runs: earlier,
+            }
         } else {
             let mut s = TestCaseStatus::non_success(kind(last.verdict));
             s.set_type(format!("{:?}", last.verdict).to_lowercase())
@@ -76,9 +118,13 @@ pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]
             s
         };
         let mut tc = TestCase::new(format!("{scenario}::{inv}"), status);
-        tc.set_classname(format!("{}.{scenario}", plan.suite)).set_time(Duration::from_millis(total));
+        tc.set_classname(format!("{}.{scenario}", plan.suite))
+            .set_time(Duration::from_millis(total));
         if let Some(l) = limits.iter().find(|l| l.invariant == inv) {
-            tc.set_system_out(format!("provider {} cannot judge this for real: {}", plan.provider, l.reason));
+            tc.set_system_out(format!(
+                "provider {} cannot judge this for real: {}",
+                plan.provider, l.reason
+            ));
         }
         suite.add_test_case(tc);
     }
@@ -86,20 +132,51 @@ pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]
         let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
         s.set_type("harness-error")
             .set_message(format!("{scenario}: the harness could not run it"))
-            .set_description(errs.iter().map(|(i, e)| format!("iteration {i}: {e}")).collect::<Vec<_>>().join("\n"));
+            .set_description(
+                errs.iter()
+                    .map(|(i, e)| format!("iteration {i}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
         let mut tc = TestCase::new(format!("{scenario}::setup"), s);
         tc.set_classname(format!("{}.{scenario}", plan.suite));
         suite.add_test_case(tc);
     }
     if suite.test_cases.is_empty() {
         let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-        s.set_type("harness-error").set_message("nothing was judged");
+        s.set_type("harness-error")
+            .set_message("nothing was judged");
         suite.add_test_case(TestCase::new("setup", s));
     }
     let mut report = Report::new("harness");
     report.add_test_suite(suite);
     report
 }
+
+/// The XML text. quick-junit writes `disabled` on testsuite, which the Surefire schema
+/// (../shared/data/junit-10.xsd) does not allow: it is dropped here.
+pub fn to_xml(report: &Report) -> Result<String, quick_junit::SerializeError> {
+    let xml = report.to_string()?;
+    let mut out = String::with_capacity(xml.len());
+    for line in xml.lines() {
+        if line.trim_start().starts_with("<testsuite ") {
+            if let Some(i) = line.find(" disabled=\"") {
+                if let Some(j) = line[i + 11..].find('"') {
+                    out.push_str(&line[..i]);
+                    out.push_str(&line[i + 11 + j + 1..]);
+                    out.push('\n');
+                    continue;
+                }
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// iteration -> (judgements, ms)
+type PerIteration = BTreeMap<u32, (Vec<Judgement>, u64)>;
 
 fn kind(v: Verdict) -> NonSuccessKind {
     match v {

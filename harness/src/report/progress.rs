@@ -18,11 +18,16 @@ impl Progress {
         let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         let bar = tty.then(|| {
             let b = ProgressBar::new_spinner();
-            b.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             b.enable_steady_tick(std::time::Duration::from_secs(1));
             b
         });
-        let log = log.and_then(|p| std::fs::File::create(p).ok()).map(|f| Arc::new(Mutex::new(f)));
+        let log = log
+            .and_then(|p| std::fs::File::create(p).ok())
+            .map(|f| Arc::new(Mutex::new(f)));
         Progress { bar, log }
     }
 

@@ -74,7 +74,9 @@ impl Suite {
     /// are pods, names unique.
     fn validate(&self, file: &Path, text: &str) -> Result<(), SuiteError> {
         let bad = |path: String, needle: &str, message: String, expected: &'static str| {
-            Err(SuiteError::invalid(file, text, path, needle, message, expected))
+            Err(SuiteError::invalid(
+                file, text, path, needle, message, expected,
+            ))
         };
         if self.topology.nodes.is_empty() {
             return bad(
@@ -145,7 +147,10 @@ impl Suite {
                 return bad(
                     format!("services[{i}].port"),
                     &s.name,
-                    format!("{}:{} {:?} is used by two services", s.vip, s.port, s.protocol),
+                    format!(
+                        "{}:{} {:?} is used by two services",
+                        s.vip, s.port, s.protocol
+                    ),
                     service::EXPECTED,
                 );
             }

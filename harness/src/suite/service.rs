@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 pub const EXPECTED: &str = "services: [{name: web, vip: 10.96.0.10, port: 80, protocol: tcp|udp, \
 target-port: 8080, backends: [pod, ...]}]";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,

@@ -55,33 +55,53 @@ fn good_minimal_suite() {
 #[test]
 fn unknown_top_level_key() {
     let e = err(&GOOD.replace("name: t\n", "name: t\ncolour: red\n"));
-    assert!(e.starts_with("t.yaml:2:1: at `colour`: unknown field `colour`, expected one of `name`"), "{e}");
+    assert!(
+        e.starts_with("t.yaml:2:1: at `colour`: unknown field `colour`, expected one of `name`"),
+        "{e}"
+    );
     assert!(e.contains("expected form: a suite:"), "{e}");
 }
 
 #[test]
 fn unknown_key_in_a_service_names_its_path_and_line() {
     let e = err(&GOOD.replace("    port: 80\n", "    port: 80\n    prot: tcp\n"));
-    assert!(e.starts_with("t.yaml:10:5: at `services[0].prot`: unknown field `prot`"), "{e}");
-    assert!(e.contains("expected form: services: [{name: web, vip:"), "{e}");
+    assert!(
+        e.starts_with("t.yaml:10:5: at `services[0].prot`: unknown field `prot`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("expected form: services: [{name: web, vip:"),
+        "{e}"
+    );
 }
 
 #[test]
 fn wrong_type_for_port() {
     let e = err(&GOOD.replace("port: 80", "port: eighty"));
-    assert!(e.starts_with("t.yaml:9:11: at `services[0].port`: invalid type: string \"eighty\", expected u16"), "{e}");
+    assert!(
+        e.starts_with(
+            "t.yaml:9:11: at `services[0].port`: invalid type: string \"eighty\", expected u16"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
 fn port_out_of_range() {
     let e = err(&GOOD.replace("port: 80", "port: 70000"));
-    assert!(e.contains("at `services[0].port`: invalid value: integer `70000`, expected u16"), "{e}");
+    assert!(
+        e.contains("at `services[0].port`: invalid value: integer `70000`, expected u16"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_vip() {
     let e = err(&GOOD.replace("10.96.0.10", "10.96.0"));
-    assert!(e.contains("t.yaml:8:10: at `services[0].vip`: invalid IPv4 address syntax"), "{e}");
+    assert!(
+        e.contains("t.yaml:8:10: at `services[0].vip`: invalid IPv4 address syntax"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -109,7 +129,10 @@ fn unknown_fault() {
 #[test]
 fn missing_field() {
     let e = err(&GOOD.replace("    target-port: 8080\n", ""));
-    assert!(e.contains("at `services[0]`: missing field `target-port`"), "{e}");
+    assert!(
+        e.contains("at `services[0]`: missing field `target-port`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -121,13 +144,19 @@ fn backend_that_is_not_a_pod() {
 #[test]
 fn pod_named_twice() {
     let e = err(&GOOD.replace("pods: [client, web]", "pods: [web, web]"));
-    assert!(e.contains("at `topology.nodes[0].pods[1]`: pod `web` is named twice"), "{e}");
+    assert!(
+        e.contains("at `topology.nodes[0].pods[1]`: pod `web` is named twice"),
+        "{e}"
+    );
 }
 
 #[test]
 fn scenario_must_start_with_deploy() {
     let e = err(&GOOD.replace("      - deploy: {}\n", ""));
-    assert!(e.contains("at `scenarios[0].steps[0]`: scenario `s` must start with a `deploy` step"), "{e}");
+    assert!(
+        e.contains("at `scenarios[0].steps[0]`: scenario `s` must start with a `deploy` step"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1,1 +1,153 @@
+//! JUnit shape: a golden file, and validation against the Surefire schema.
 
+use std::path::PathBuf;
+
+use super::*;
+use crate::invariant::Judgement;
+use crate::plan::Plan;
+use crate::suite::InvariantName;
+
+fn plan() -> Plan {
+    Plan {
+        suite: "sock-lb".into(),
+        suite_file: "suites/sock-lb.yaml".into(),
+        seed: 5,
+        provider: "netns".into(),
+        mutant: Some("stale-cgroup-prog".into()),
+        repeat: None,
+        scenarios: Vec::new(),
+    }
+}
+
+fn v(it: u32, inv: InvariantName, j: Judgement) -> Event {
+    Event::Verdict {
+        scenario: "restart".into(),
+        iteration: it,
+        invariant: inv,
+        judgement: j,
+        ms: 10,
+    }
+}
+
+fn events() -> Vec<Event> {
+    vec![
+        v(
+            1,
+            InvariantName::OneProgramPerHook,
+            Judgement::fail(
+                "node-a: 2 programs",
+                vec!["node node-a hook connect4: 2 programs of ours attached (want 1)".into()],
+            ),
+        ),
+        v(
+            2,
+            InvariantName::OneProgramPerHook,
+            Judgement::fail("node-a: 2 programs", vec!["again".into()]),
+        ),
+        v(
+            1,
+            InvariantName::ServiceConnectivity,
+            Judgement::fail(
+                "client-a cannot reach web",
+                vec!["answered by web-a2".into()],
+            ),
+        ),
+        v(2, InvariantName::ServiceConnectivity, Judgement::pass("ok")),
+        v(
+            1,
+            InvariantName::NoOrphanBpfObjects,
+            Judgement::unknown("cannot observe"),
+        ),
+        v(
+            1,
+            InvariantName::HostCleanAfterDown,
+            Judgement::pass("clean"),
+        ),
+        v(
+            2,
+            InvariantName::HostCleanAfterDown,
+            Judgement::pass("clean"),
+        ),
+        Event::Up {
+            scenario: "broken".into(),
+            iteration: 1,
+            ms: 5,
+            error: Some("provider netns: no cgroup2 mount".into()),
+        },
+    ]
+}
+
+fn xml() -> String {
+    let facts = Facts {
+        provider: "netns".into(),
+        kernel: "6.18.0".into(),
+        accelerator: "none".into(),
+        shared_kernel: true,
+    };
+    let limits = vec![Limitation {
+        invariant: "no-orphan-bpf-objects",
+        reason: "shared kernel".into(),
+    }];
+    to_xml(&build(&plan(), &facts, &limits, &events())).expect("serializes")
+}
+
+fn golden() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/junit.xml")
+}
+
+#[test]
+fn junit_matches_the_golden_file() {
+    let x = xml();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(golden().parent().unwrap()).unwrap();
+        std::fs::write(golden(), &x).unwrap();
+    }
+    let want = std::fs::read_to_string(golden()).expect("golden file (UPDATE_GOLDEN=1 writes it)");
+    assert_eq!(x, want);
+}
+
+#[test]
+fn junit_shape() {
+    let x = xml();
+    assert!(x.contains(r#"<property name="seed" value="5"/>"#), "{x}");
+    assert!(x.contains(r#"<property name="datapath-variant" value="stale-cgroup-prog"/>"#));
+    assert!(x.contains(r#"<testcase name="restart::one-program-per-hook""#));
+    assert!(
+        x.contains("<rerunFailure"),
+        "an earlier failing iteration is a rerun failure"
+    );
+    assert!(
+        x.contains("<flakyFailure"),
+        "a pass after a failure is flaky"
+    );
+    assert!(
+        x.contains(r#"<testcase name="broken::setup""#),
+        "a set-up failure is its own testcase"
+    );
+    assert!(!x.contains("disabled="));
+}
+
+#[test]
+fn junit_validates_against_the_schema() {
+    let xsd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/junit-10.xsd");
+    if !xsd.exists() {
+        panic!(
+            "schema not found at {} (shared/ beside the repository)",
+            xsd.display()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("j.xml");
+    std::fs::write(&f, xml()).unwrap();
+    let out = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema"])
+        .arg(&xsd)
+        .arg(&f)
+        .output()
+        .expect("xmllint (libxml2-utils; ci/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,304 @@
+//! End to end on the netns provider, with the real datapathd, dp-probe, bpftool and kernel.
+//! Needs root, a cgroup2 mount and bpffs (ci/setup). Each test compares the host before
+//! and after: network namespaces, interfaces, cgroup and bpffs directories, state
+//! directories, and bpf programs/maps/links of ours.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn harness() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_harness"))
+}
+
+/// Shared with datapath/agent's acceptance tests: global bpftool comparisons must not see
+/// another test's agent half-way.
+struct Lock(#[allow(dead_code)] File);
+fn lock() -> Lock {
+    let p = std::env::temp_dir().join("datapath-acceptance.lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .expect("lock file");
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    Lock(f)
+}
+
+fn words(argv: &[&str], field: usize) -> BTreeSet<String> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .expect("run");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace().nth(field).map(|w| {
+                w.trim_end_matches(':')
+                    .split('@')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+        })
+        .collect()
+}
+
+fn mount_of(t: &str) -> PathBuf {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[2] == t).then(|| PathBuf::from(f[1]))
+        })
+        .unwrap_or_else(|| panic!("no {t} mount (ci/setup mounts bpffs)"))
+}
+
+fn dir_entries(d: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(d)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// dp_* program, map and link ids in the kernel.
+fn bpf_ids() -> BTreeSet<String> {
+    let mut s = BTreeSet::new();
+    for kind in ["prog", "map", "link"] {
+        let out = Command::new("bpftool")
+            .args(["-j", kind, "show"])
+            .output()
+            .expect("bpftool");
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Array(vec![]));
+        for o in v.as_array().cloned().unwrap_or_default() {
+            let name = o["name"].as_str().unwrap_or("");
+            if kind == "link" || name.starts_with("dp_") {
+                s.insert(format!("{kind} {} {name}", o["id"]));
+            }
+        }
+    }
+    s
+}
+
+#[derive(Debug, PartialEq)]
+struct Host {
+    netns: BTreeSet<String>,
+    links: BTreeSet<String>,
+    cgroups: BTreeSet<String>,
+    bpffs: BTreeSet<String>,
+    state: BTreeSet<String>,
+    bpf: BTreeSet<String>,
+}
+
+fn host() -> Host {
+    Host {
+        netns: words(&["ip", "netns", "list"], 0),
+        links: words(&["ip", "-o", "link", "show"], 1),
+        cgroups: dir_entries(&mount_of("cgroup2")),
+        bpffs: dir_entries(&mount_of("bpf")),
+        state: dir_entries(Path::new("/run/dp-harness")),
+        bpf: bpf_ids(),
+    }
+}
+
+/// Waits (with a deadline) until the host is as before: cgroup bpf programs are freed
+/// asynchronously after their cgroup is removed.
+fn assert_clean(before: &Host) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let after = host();
+        if &after == before {
+            return;
+        }
+        if Instant::now() > deadline {
+            assert_eq!(&after, before, "the run left something on the host");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run(args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(harness())
+        .args(args)
+        .arg("--reports-dir")
+        .arg(dir)
+        .env("CI", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run harness");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn history(dir: &Path) -> serde_json::Value {
+    let run = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a run directory")
+        .path();
+    serde_json::from_slice(&std::fs::read(run.join("history.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn sock_lb_passes_and_leaves_nothing_behind() {
+    let _l = lock();
+    let before = host();
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let reports = dir.path().join("r");
+    let (code, _, err) = run(
+        &[
+            "suite",
+            "sock-lb",
+            "--provider",
+            "netns",
+            "--seed",
+            "11",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        &reports,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_clean(&before);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    for inv in [
+        "service-connectivity",
+        "one-program-per-hook",
+        "no-orphan-bpf-objects",
+        "host-clean-after-down",
+    ] {
+        assert!(
+            xml.contains(&format!("::{inv}\"")),
+            "no testcase for {inv}: {xml}"
+        );
+    }
+    assert!(
+        !xml.contains("<failure") && !xml.contains("<error"),
+        "{xml}"
+    );
+    // The fault proved itself in the history.
+    let h = history(&reports);
+    let proof = serde_json::to_string(&h["events"]).unwrap();
+    assert!(
+        proof.contains("aborting") && proof.contains("SIGKILL"),
+        "{proof}"
+    );
+
+    // Same seed again: the same plan.
+    let reports2 = dir.path().join("r2");
+    let (code, _, err) = run(
+        &["suite", "sock-lb", "--provider", "netns", "--seed", "11"],
+        &reports2,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h["plan"], history(&reports2)["plan"]);
+    assert_clean(&before);
+}
+
+#[test]
+fn the_stale_cgroup_prog_mutant_is_caught() {
+    let _l = lock();
+    let before = host();
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let (code, _, err) = run(
+        &[
+            "suite",
+            "sock-lb",
+            "--provider",
+            "netns",
+            "--seed",
+            "3",
+            "--datapath-mutant",
+            "stale-cgroup-prog",
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+        &dir.path().join("r"),
+    );
+    assert_eq!(code, 1, "invariants-failed status expected: {err}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(r#"<failure message="one-program-per-hook"#)
+            || xml.contains(r#"<failure message="service-connectivity"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("programs of ours attached (want 1)")
+            || xml.contains("which is not a current backend"),
+        "evidence: {xml}"
+    );
+    assert_clean(&before);
+}
+
+#[test]
+fn interrupting_at_random_moments_leaves_nothing_behind() {
+    let _l = lock();
+    let before = host();
+    let dir = tempfile::tempdir().unwrap();
+    // Seeded delays (a small LCG): reproducible moments across set-up, steps and teardown.
+    let mut x: u64 = 0x5eed;
+    for i in 0..10 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis((x >> 33) % 3000);
+        let child = Command::new(harness())
+            .args([
+                "suite",
+                "sock-lb",
+                "--provider",
+                "netns",
+                "--seed",
+                &i.to_string(),
+                "--reports-dir",
+            ])
+            .arg(dir.path().join(format!("r{i}")))
+            .env("CI", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = child.wait_with_output().unwrap();
+        let code = out.status.code();
+        assert!(
+            code == Some(130) || code == Some(0),
+            "run {i} interrupted after {delay:?}: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_clean(&before);
+    }
+}
+
+#[test]
+fn bad_suite_exits_with_the_bad_input_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, "name: x\ncolour: red\n").unwrap();
+    let (code, _, err) = run(&["suite", f.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.yaml:2:1: at `colour`: unknown field `colour`"),
+        "{err}"
+    );
+}
