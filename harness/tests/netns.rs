@@ -100,13 +100,23 @@ struct Host {
     bpf: BTreeSet<String>,
 }
 
+/// Names a netns run can create carry `dph-` (namespaces, state directories) or
+/// `dp-harness-` (cgroup and bpffs directories); other tests running at the same time
+/// (the qemu provider's, `dpq-`) are not ours to judge. Host interfaces are compared in
+/// full: a netns run never creates one.
+fn ours(set: BTreeSet<String>) -> BTreeSet<String> {
+    set.into_iter()
+        .filter(|n| n.starts_with("dph-") || n.starts_with("dp-harness-"))
+        .collect()
+}
+
 fn host() -> Host {
     Host {
-        netns: words(&["ip", "netns", "list"], 0),
+        netns: ours(words(&["ip", "netns", "list"], 0)),
         links: words(&["ip", "-o", "link", "show"], 1),
-        cgroups: dir_entries(&mount_of("cgroup2")),
-        bpffs: dir_entries(&mount_of("bpf")),
-        state: dir_entries(Path::new("/run/dp-harness")),
+        cgroups: ours(dir_entries(&mount_of("cgroup2"))),
+        bpffs: ours(dir_entries(&mount_of("bpf"))),
+        state: ours(dir_entries(Path::new("/run/dp-harness"))),
         bpf: bpf_ids(),
     }
 }
