@@ -4,6 +4,7 @@
 //! workload onto it.
 
 pub mod datapath;
+pub mod kube_proxy;
 pub mod service;
 pub mod workload;
 
@@ -80,11 +81,22 @@ pub struct Pod {
     pub cgroup: PathBuf,
 }
 
+/// A host outside the cluster (not a node), on the underlay, serving TCP with payload
+/// (`dp-probe serve`): the target of pod-to-external traffic through the masquerade.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExternalHost {
+    pub name: String,
+    pub addr: std::net::SocketAddrV4,
+}
+
 /// What a provider brought up.
 #[derive(Debug, Clone)]
 pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
     pub pods: Vec<Pod>,
+    /// The external host, when the provider brought one up (pod-to-external,
+    /// no-invalid-drops need it).
+    pub external: Option<ExternalHost>,
 }
 
 impl Cluster {

@@ -2,9 +2,13 @@
 //! judgement itself is a pure function of recorded observations (unit-tested); `check`
 //! only gathers them. A checker that errors gives Unknown, never Pass.
 
+pub mod forward_chain_order;
 pub mod host_clean;
+pub mod no_invalid_drops;
 pub mod no_orphan;
 pub mod one_program;
+pub mod pod_to_external;
+pub mod rules_exactly_once;
 pub mod service_connectivity;
 
 use crate::cluster::service::ServiceState;
@@ -93,6 +97,10 @@ pub fn by_name(name: InvariantName) -> Option<Box<dyn Invariant>> {
         InvariantName::NoOrphanBpfObjects => Some(Box::new(no_orphan::NoOrphanBpfObjects)),
         // Judged by the run after teardown, from host snapshots.
         InvariantName::HostCleanAfterDown => None,
+        InvariantName::PodToExternal => Some(Box::new(pod_to_external::PodToExternal)),
+        InvariantName::ForwardChainOrder => Some(Box::new(forward_chain_order::ForwardChainOrder)),
+        InvariantName::RulesExactlyOnce => Some(Box::new(rules_exactly_once::RulesExactlyOnce)),
+        InvariantName::NoInvalidDrops => Some(Box::new(no_invalid_drops::NoInvalidDrops)),
     }
 }
 

@@ -4,3 +4,4 @@
 
 pub mod bpf;
 pub mod host;
+pub mod iptables;

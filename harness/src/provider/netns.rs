@@ -319,7 +319,11 @@ impl NetnsProvider {
                 });
             }
         }
-        Ok(Cluster { nodes, pods })
+        Ok(Cluster {
+            nodes,
+            pods,
+            external: None,
+        })
     }
 }
 

@@ -83,14 +83,26 @@ pub enum InvariantName {
     OneProgramPerHook,
     NoOrphanBpfObjects,
     HostCleanAfterDown,
+    /// Incident B: every pod reaches the external host with payload (masquerade).
+    PodToExternal,
+    /// Incident B: DP_FORWARD precedes KUBE-FORWARD in FORWARD.
+    ForwardChainOrder,
+    /// Incident B: the datapath's iptables rules are each present exactly once.
+    RulesExactlyOnce,
+    /// Incident B: kube-proxy's INVALID DROP counts nothing during pod-to-external probes.
+    NoInvalidDrops,
 }
 
 impl InvariantName {
-    pub const ALL: [InvariantName; 4] = [
+    pub const ALL: [InvariantName; 8] = [
         InvariantName::ServiceConnectivity,
         InvariantName::OneProgramPerHook,
         InvariantName::NoOrphanBpfObjects,
         InvariantName::HostCleanAfterDown,
+        InvariantName::PodToExternal,
+        InvariantName::ForwardChainOrder,
+        InvariantName::RulesExactlyOnce,
+        InvariantName::NoInvalidDrops,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -98,6 +110,10 @@ impl InvariantName {
             InvariantName::OneProgramPerHook => "one-program-per-hook",
             InvariantName::NoOrphanBpfObjects => "no-orphan-bpf-objects",
             InvariantName::HostCleanAfterDown => "host-clean-after-down",
+            InvariantName::PodToExternal => "pod-to-external",
+            InvariantName::ForwardChainOrder => "forward-chain-order",
+            InvariantName::RulesExactlyOnce => "rules-exactly-once",
+            InvariantName::NoInvalidDrops => "no-invalid-drops",
         }
     }
 }

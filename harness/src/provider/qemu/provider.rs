@@ -177,7 +177,11 @@ impl Provider for QemuProvider {
                 cgroup,
             });
         }
-        Ok(Cluster { nodes, pods })
+        Ok(Cluster {
+            nodes,
+            pods,
+            external: None,
+        })
     }
 
     fn down(&mut self) -> Result<(), ProviderError> {

@@ -1,0 +1,118 @@
+//! forward-chain-order: on every node, the datapath's accept chain (`DP_FORWARD`) is jumped
+//! to from `FORWARD` before kube-proxy's `KUBE-FORWARD` (whose first rule drops conntrack
+//! INVALID packets) whenever both exist. Incident B: with KUBE-FORWARD first, masqueraded
+//! pod connections establish and then carry nothing.
+
+use super::{merge, Context, Invariant, Judgement};
+use crate::observe::iptables::{self, Save};
+use crate::suite::InvariantName;
+
+pub const DATAPATH_CHAIN: &str = "DP_FORWARD";
+pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+
+pub struct ForwardChainOrder;
+
+/// `FORWARD` as evidence: one line per rule, numbered.
+pub fn forward_listing(save: &Save) -> String {
+    save.filter()
+        .chain("FORWARD")
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{:>3} [{}:{}] {}", i + 1, r.packets, r.bytes, r.line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn judge(node: &str, save: &Save) -> Judgement {
+    let f = save.filter();
+    let dp = f.positions("FORWARD", DATAPATH_CHAIN);
+    let kube = f.positions("FORWARD", KUBE_FORWARD);
+    let listing = || {
+        vec![format!(
+            "node {node}: iptables -S FORWARD (as iptables-save -c):\n{}",
+            forward_listing(save)
+        )]
+    };
+    match (dp.first(), kube.first()) {
+        (None, _) => Judgement::fail(format!("node {node}: no jump to {DATAPATH_CHAIN} in FORWARD"), listing()),
+        (Some(d), None) => Judgement::pass(format!("node {node}: {DATAPATH_CHAIN} is rule {d} of FORWARD; no {KUBE_FORWARD}")),
+        (Some(d), Some(k)) if d < k => {
+            Judgement::pass(format!("node {node}: {DATAPATH_CHAIN} (rule {d}) precedes {KUBE_FORWARD} (rule {k})"))
+        }
+        (Some(d), Some(k)) => Judgement::fail(
+            format!("node {node}: {KUBE_FORWARD} (rule {k}, INVALID drop) runs before {DATAPATH_CHAIN} (rule {d}) in FORWARD"),
+            listing(),
+        ),
+    }
+}
+
+impl Invariant for ForwardChainOrder {
+    fn name(&self) -> InvariantName {
+        InvariantName::ForwardChainOrder
+    }
+
+    fn check(&self, ctx: &Context<'_>) -> Judgement {
+        let js: Vec<Judgement> = ctx
+            .cluster
+            .nodes
+            .iter()
+            .map(|cn| match iptables::save(cn.node.as_ref()) {
+                Ok((_, save)) => judge(cn.name(), &save),
+                Err(e) => {
+                    Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
+                }
+            })
+            .collect();
+        merge(&js)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Verdict;
+    use super::*;
+    use crate::observe::iptables::parse;
+
+    fn save(forward: &[&str]) -> Save {
+        let mut t = String::from(
+            "*filter\n:FORWARD ACCEPT [0:0]\n:DP_FORWARD - [0:0]\n:KUBE-FORWARD - [0:0]\n",
+        );
+        for r in forward {
+            t.push_str(&format!("[0:0] -A FORWARD {r}\n"));
+        }
+        t.push_str("COMMIT\n");
+        parse(&t)
+    }
+
+    #[test]
+    fn datapath_first_passes_kube_first_fails_missing_fails() {
+        assert_eq!(
+            judge("n", &save(&["-j DP_FORWARD", "-j KUBE-FORWARD"])).verdict,
+            Verdict::Pass
+        );
+        assert_eq!(judge("n", &save(&["-j DP_FORWARD"])).verdict, Verdict::Pass);
+        let j = judge(
+            "n",
+            &save(&[
+                "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+                "-j DP_FORWARD",
+            ]),
+        );
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.summary
+                .contains("KUBE-FORWARD (rule 1, INVALID drop) runs before DP_FORWARD (rule 2)"),
+            "{}",
+            j.summary
+        );
+        assert!(
+            j.evidence[0].contains("  1 [0:0] -A FORWARD"),
+            "{:?}",
+            j.evidence
+        );
+        assert_eq!(
+            judge("n", &save(&["-j KUBE-FORWARD"])).verdict,
+            Verdict::Fail
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! no-invalid-drops: kube-proxy's INVALID DROP rule (first rule of `KUBE-FORWARD`) does not
+//! count a single packet while pods talk to the external host through the masquerade.
+//! With the datapath's accept chain first, masqueraded traffic never reaches it; with
+//! KUBE-FORWARD first, every packet after the pod's SYN is INVALID to conntrack (the
+//! replies bypassed it) and is dropped here. Evidence: `iptables-save -c` before and after
+//! the probes, and the counters.
+
+use super::forward_chain_order::KUBE_FORWARD;
+use super::pod_to_external::{self, ATTEMPTS};
+use super::{merge, Context, Invariant, Judgement};
+use crate::observe::iptables::{self, filter_section, Save};
+use crate::suite::InvariantName;
+
+pub struct NoInvalidDrops;
+
+/// Judges one node from its iptables before and after the probes (texts for evidence).
+pub fn judge(node: &str, before: (&str, &Save), after: (&str, &Save)) -> Judgement {
+    match (before.1.invalid_drops(KUBE_FORWARD), after.1.invalid_drops(KUBE_FORWARD)) {
+        (None, None) => Judgement::pass(format!(
+            "node {node}: no INVALID DROP rule in {KUBE_FORWARD} (kube-proxy absent, nftables mode or be_liberal)"
+        )),
+        (b, Some(a)) if a > b.unwrap_or(0) => {
+            let b = b.unwrap_or(0);
+            Judgement::fail(
+                format!("node {node}: {KUBE_FORWARD}'s INVALID DROP counted {} packet(s) during the probes ({b} -> {a})", a - b),
+                vec![
+                    format!("node {node}: INVALID DROP packets before {b}, after {a}"),
+                    format!("node {node}: iptables-save -c (filter) before the probes:\n{}", filter_section(before.0)),
+                    format!("node {node}: iptables-save -c (filter) after the probes:\n{}", filter_section(after.0)),
+                ],
+            )
+        }
+        (b, a) => Judgement::pass(format!(
+            "node {node}: INVALID DROP counter unchanged during the probes ({} -> {})",
+            b.map_or("none".into(), |v| v.to_string()),
+            a.map_or("none".into(), |v| v.to_string())
+        )),
+    }
+}
+
+impl Invariant for NoInvalidDrops {
+    fn name(&self) -> InvariantName {
+        InvariantName::NoInvalidDrops
+    }
+
+    fn check(&self, ctx: &Context<'_>) -> Judgement {
+        let Some(ext) = &ctx.cluster.external else {
+            return Judgement::unknown(
+                "the cluster has no external host to probe (the provider did not bring one up)",
+            );
+        };
+        let mut before = Vec::new();
+        for cn in &ctx.cluster.nodes {
+            match iptables::save(cn.node.as_ref()) {
+                Ok(s) => before.push(s),
+                Err(e) => {
+                    return Judgement::unknown(format!(
+                        "node {}: cannot read iptables: {e}",
+                        cn.name()
+                    ))
+                }
+            }
+        }
+        // The probes' own verdict belongs to pod-to-external; here they are the traffic.
+        for pod in &ctx.cluster.pods {
+            if let Err(e) = pod_to_external::probe(ctx, pod, ext, ATTEMPTS) {
+                return Judgement::unknown(format!(
+                    "{} -> {}: cannot probe: {e}",
+                    pod.name, ext.name
+                ));
+            }
+        }
+        let js: Vec<Judgement> = ctx
+            .cluster
+            .nodes
+            .iter()
+            .zip(&before)
+            .map(
+                |(cn, (btext, bsave))| match iptables::save(cn.node.as_ref()) {
+                    Ok((atext, asave)) => judge(cn.name(), (btext, bsave), (&atext, &asave)),
+                    Err(e) => {
+                        Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
+                    }
+                },
+            )
+            .collect();
+        merge(&js)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Verdict;
+    use super::*;
+    use crate::observe::iptables::parse;
+
+    fn save(drops: u64) -> String {
+        format!(
+            "*filter\n:FORWARD ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n[{drops}:{}] -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\nCOMMIT\n",
+            drops * 60
+        )
+    }
+
+    #[test]
+    fn growth_fails_with_counters_and_saves() {
+        let (b, a) = (save(0), save(7));
+        let j = judge("node-a", (&b, &parse(&b)), (&a, &parse(&a)));
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.summary
+                .contains("counted 7 packet(s) during the probes (0 -> 7)"),
+            "{}",
+            j.summary
+        );
+        assert!(j.evidence[2]
+            .contains("[7:420] -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP"));
+    }
+
+    #[test]
+    fn unchanged_or_absent_passes() {
+        let b = save(3);
+        assert_eq!(
+            judge("n", (&b, &parse(&b)), (&b, &parse(&b))).verdict,
+            Verdict::Pass
+        );
+        let none = "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n";
+        assert_eq!(
+            judge("n", (none, &parse(none)), (none, &parse(none))).verdict,
+            Verdict::Pass
+        );
+    }
+}
