@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -75,12 +75,55 @@ pub enum PlannedStep {
 #[serde(rename_all = "kebab-case", tag = "fault")]
 pub enum FaultPlan {
     AgentRestartMidAttach(RestartPlan),
+    KubeProxyOrderSwap(OrderSwapPlan),
+}
+
+/// Every decision of one kube-proxy-order-swap: kube-proxy is first started on every node
+/// after the datapath; then on `node` the `actions` run in this (seeded) order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OrderSwapPlan {
+    pub node: String,
+    /// kube-proxy version and mode of the fixture (`1.30/iptables`).
+    pub kube_proxy: String,
+    pub actions: Vec<OrderSwapAction>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderSwapAction {
+    /// Restart kube-proxy alone (it ensures its jumps; present ones stay where they are).
+    RestartKubeProxy,
+    /// Restart the agent alone (SIGTERM, start, ready).
+    RestartAgent,
+    /// Remove kube-proxy's rules and start it again (its jumps go back on top).
+    FlushAndReadd,
+    /// The reverse order: the agent's rules removed (`datapathd cleanup`), kube-proxy's
+    /// in place, then the agent started.
+    AgentAfterKubeProxy,
+}
+
+impl OrderSwapAction {
+    pub const ALL: [OrderSwapAction; 4] = [
+        OrderSwapAction::RestartKubeProxy,
+        OrderSwapAction::RestartAgent,
+        OrderSwapAction::FlushAndReadd,
+        OrderSwapAction::AgentAfterKubeProxy,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderSwapAction::RestartKubeProxy => "restart-kube-proxy",
+            OrderSwapAction::RestartAgent => "restart-agent",
+            OrderSwapAction::FlushAndReadd => "flush-and-readd",
+            OrderSwapAction::AgentAfterKubeProxy => "agent-after-kube-proxy",
+        }
+    }
 }
 
 impl FaultPlan {
     pub fn kind(&self) -> FaultKind {
         match self {
             FaultPlan::AgentRestartMidAttach(_) => FaultKind::AgentRestartMidAttach,
+            FaultPlan::KubeProxyOrderSwap(_) => FaultKind::KubeProxyOrderSwap,
         }
     }
 }
@@ -165,6 +208,19 @@ pub fn plan(
                                 },
                                 failpoint: failpoint.to_string(),
                                 start_kill_after_ms,
+                            }))
+                        }
+                        FaultKind::KubeProxyOrderSwap => {
+                            let node = match &f.node {
+                                Some(n) => n.clone(),
+                                None => nodes.choose(&mut rng).copied().unwrap_or("").to_string(),
+                            };
+                            let mut actions = OrderSwapAction::ALL.to_vec();
+                            actions.shuffle(&mut rng);
+                            PlannedStep::Fault(FaultPlan::KubeProxyOrderSwap(OrderSwapPlan {
+                                node,
+                                kube_proxy: "1.30/iptables".into(),
+                                actions,
                             }))
                         }
                     },

@@ -393,6 +393,8 @@ impl Runner<'_> {
                 live.write_services().map_err(|e| chain(&e))?;
                 workload::start_servers(&live.cluster, &live.services, &mut live.servers)
                     .map_err(|e| chain(&e))?;
+                workload::start_external(&live.cluster, &mut live.servers)
+                    .map_err(|e| chain(&e))?;
                 let mut detail = vec![format!("{} backend servers ready", live.servers.len())];
                 for cn in live.cluster.nodes.clone() {
                     let mut a = Agent::new(cn.name(), self.plan.mutant.as_deref());
@@ -501,6 +503,12 @@ pub fn describe(s: &PlannedStep) -> String {
         PlannedStep::Fault(crate::plan::FaultPlan::AgentRestartMidAttach(r)) => format!(
             "fault agent-restart-mid-attach node={} kill-after={}ms failpoint={} change={}->[{}] start-kill-after={}ms",
             r.node, r.kill_after_ms, r.failpoint, r.service_change.service, r.service_change.backends.join(","), r.start_kill_after_ms
+        ),
+        PlannedStep::Fault(crate::plan::FaultPlan::KubeProxyOrderSwap(p)) => format!(
+            "fault kube-proxy-order-swap node={} kube-proxy={} actions={}",
+            p.node,
+            p.kube_proxy,
+            p.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
         ),
         PlannedStep::WaitFor { condition, timeout_s } => format!("wait-for {condition:?} ({timeout_s} s)"),
         PlannedStep::Check { invariants } => format!(

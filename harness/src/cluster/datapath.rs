@@ -55,6 +55,9 @@ impl Agent {
             "--bpffs".into(),
             cn.bpffs.display().to_string(),
         ];
+        if let Some(net) = &cn.net {
+            argv.extend(net.agent_args());
+        }
         if let Some(m) = &self.mutant {
             argv.push("--mutant".into());
             argv.push(m.clone());

@@ -51,6 +51,46 @@ pub struct ClusterNode {
     /// `datapathd` and `dp-probe` as the node runs them.
     pub datapathd: PathBuf,
     pub dp_probe: PathBuf,
+    /// The node's network as the datapath's masquerade and DP_FORWARD chain need it;
+    /// `None`: the agent runs without them (socket LB only).
+    pub net: Option<NodeNet>,
+}
+
+/// What `datapathd run --uplink ... --forward-chain` needs to know about a node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeNet {
+    /// The interface towards the underlay (and the external host).
+    pub uplink: String,
+    /// The node's address on it: the source of masqueraded pod traffic.
+    pub addr: Ipv4Addr,
+    /// This node's pod CIDR (`10.244.1.0/24`).
+    pub pod_cidr: String,
+    /// Every pod address of the cluster (`10.244.0.0/16`): not masqueraded.
+    pub cluster_cidr: String,
+    /// Pod host-side interfaces are named PREFIX* (`lxc`).
+    pub pod_iface_prefix: String,
+}
+
+impl NodeNet {
+    /// The `datapathd run` flags for it.
+    pub fn agent_args(&self) -> Vec<String> {
+        [
+            "--uplink",
+            &self.uplink,
+            "--node-addr",
+            &self.addr.to_string(),
+            "--pod-cidr",
+            &self.pod_cidr,
+            "--cluster-cidr",
+            &self.cluster_cidr,
+            "--pod-iface-prefix",
+            &self.pod_iface_prefix,
+            "--forward-chain",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
 }
 
 impl ClusterNode {
@@ -87,6 +127,9 @@ pub struct Pod {
 pub struct ExternalHost {
     pub name: String,
     pub addr: std::net::SocketAddrV4,
+    /// Where its server runs: a network namespace on the host (netns provider, the
+    /// underlay's namespace for qemu) as a path; the run starts `dp-probe serve` there.
+    pub netns: PathBuf,
 }
 
 /// What a provider brought up.

@@ -93,6 +93,54 @@ fn start_one(cluster: &Cluster, pod: &Pod, listen: Vec<String>) -> Result<Server
     })
 }
 
+/// Starts the external host's server (TCP with payload, `--id <its name>`), from the first
+/// node's `dp-probe` (it enters the external namespace itself). Nothing without one.
+pub fn start_external(cluster: &Cluster, servers: &mut Vec<Server>) -> Result<(), NodeError> {
+    let (Some(ext), Some(cn)) = (&cluster.external, cluster.nodes.first()) else {
+        return Ok(());
+    };
+    let argv = vec![
+        cn.dp_probe.display().to_string(),
+        "serve".into(),
+        "--id".into(),
+        ext.name.clone(),
+        "--netns".into(),
+        ext.netns.display().to_string(),
+        "--tcp".into(),
+        ext.addr.to_string(),
+    ];
+    let log = cn.work_dir.join(format!("serve-{}.out", ext.name));
+    let err = cn.work_dir.join(format!("serve-{}.err", ext.name));
+    let mut proc = cn.node.spawn(&SpawnSpec {
+        argv: argv.clone(),
+        stdout: log.clone(),
+        stderr: err.clone(),
+        env: Vec::new(),
+    })?;
+    if !wait_for_line(
+        cn.node.as_ref(),
+        proc.as_mut(),
+        &log,
+        "ready",
+        Duration::from_secs(10),
+    )? {
+        return Err(NodeError::Failed {
+            node: cn.name().to_string(),
+            command: argv.join(" "),
+            exit: proc.try_wait()?.unwrap_or(crate::node::Exit::Unknown),
+            stderr: String::from_utf8_lossy(&cn.node.read_file(&err).unwrap_or_default())
+                .into_owned(),
+        });
+    }
+    servers.push(Server {
+        pod: ext.name.clone(),
+        node: cn.name().to_string(),
+        proc,
+        log,
+    });
+    Ok(())
+}
+
 /// Stops servers by pid (SIGKILL) and reaps them.
 pub fn stop_servers(servers: &mut Vec<Server>) {
     for s in servers.iter_mut() {

@@ -3,6 +3,7 @@
 //! is a harness error, not a pass.
 
 pub mod agent_restart;
+pub mod kube_proxy_order_swap;
 
 use crate::plan::FaultPlan;
 use crate::run::Live;
@@ -44,6 +45,9 @@ pub fn from_plan(p: &FaultPlan) -> Box<dyn Fault> {
     match p {
         FaultPlan::AgentRestartMidAttach(r) => {
             Box::new(agent_restart::AgentRestartMidAttach(r.clone()))
+        }
+        FaultPlan::KubeProxyOrderSwap(p) => {
+            Box::new(kube_proxy_order_swap::KubeProxyOrderSwap(p.clone()))
         }
     }
 }

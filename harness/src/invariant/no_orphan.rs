@@ -60,7 +60,24 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judg
             ids.len()
         ));
     }
-    for l in k.links.iter().filter(|l| l.pinned.iter().any(under)) {
+    // Cgroup links live under `links/`; the masquerade's tc links under `masq/links/` are
+    // attached to the uplink, not the cgroup: they only need a live program.
+    let cgroup_link = |p: &String| p.starts_with(&format!("{bpffs}/links/"));
+    for l in k
+        .links
+        .iter()
+        .filter(|l| l.pinned.iter().any(under) && !l.pinned.iter().any(cgroup_link))
+    {
+        if !k.progs.iter().any(|p| p.id == l.prog_id) {
+            bad.push(format!(
+                "node {node}: link {} pinned at {} drives program {} which is not loaded",
+                l.id,
+                l.pinned.join(","),
+                l.prog_id
+            ));
+        }
+    }
+    for l in k.links.iter().filter(|l| l.pinned.iter().any(cgroup_link)) {
         if !attached_ids.contains(&l.prog_id) {
             bad.push(format!(
                 "node {node}: link {} pinned at {} drives program {} which is not attached to the node's cgroup",

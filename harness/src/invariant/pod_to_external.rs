@@ -195,6 +195,7 @@ mod tests {
         ExternalHost {
             name: "external".into(),
             addr: "172.31.0.200:8080".parse().unwrap(),
+            netns: "/run/netns/x".into(),
         }
     }
     fn parse(l: &str) -> Attempt {

@@ -21,11 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Cleaned, Facts, Limitation, Provider, ProviderError, UpRequest};
-use crate::cluster::{Cluster, ClusterNode, Pod};
+use crate::cluster::{Cluster, ClusterNode, ExternalHost, NodeNet, Pod};
 use crate::node::netns::NetnsNode;
 use crate::state::{self, State, StateFile};
 
 const NAME: &str = "netns";
+/// The external host's address on the underlay, and the port its server listens on.
+const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 250);
+const EXTERNAL_PORT: u16 = 8080;
 
 pub struct NetnsProvider {
     state: Option<StateFile>,
@@ -235,6 +238,13 @@ impl NetnsProvider {
                 work_dir: node_work,
                 datapathd: req.binaries.datapathd.clone(),
                 dp_probe: req.binaries.dp_probe.clone(),
+                net: Some(NodeNet {
+                    uplink: "eth0".into(),
+                    addr: Ipv4Addr::new(172, 31, 0, ni as u8),
+                    pod_cidr: format!("10.244.{ni}.0/24"),
+                    cluster_cidr: "10.244.0.0/16".into(),
+                    pod_iface_prefix: "p".into(),
+                }),
             });
             for (j, p) in topo.pods.iter().filter(|p| &p.node == name).enumerate() {
                 check()?;
@@ -319,10 +329,37 @@ impl NetnsProvider {
                 });
             }
         }
+        // The external host: a namespace on the underlay that is not a node (no route to
+        // any pod CIDR: only the masquerade brings its answers back).
+        check()?;
+        let ext = format!("dph-{id}-x");
+        rec(&|s| s.netns.push(ext.clone()))?;
+        sh(&["ip", "netns", "add", &ext])?;
+        sh(&[
+            "ip", "-n", u, "link", "add", "x0", "type", "veth", "peer", "name", "eth0", "netns",
+            &ext,
+        ])?;
+        sh(&["ip", "-n", u, "link", "set", "x0", "master", "br0", "up"])?;
+        sh(&["ip", "-n", &ext, "link", "set", "lo", "up"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ext,
+            "addr",
+            "add",
+            &format!("{EXTERNAL_ADDR}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        sh(&["ip", "-n", &ext, "link", "set", "eth0", "up"])?;
         Ok(Cluster {
             nodes,
             pods,
-            external: None,
+            external: Some(ExternalHost {
+                name: "external".into(),
+                addr: std::net::SocketAddrV4::new(EXTERNAL_ADDR, EXTERNAL_PORT),
+                netns: PathBuf::from(format!("/run/netns/{ext}")),
+            }),
         })
     }
 }

@@ -34,13 +34,20 @@ pub struct FaultStep {
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     AgentRestartMidAttach,
+    /// Incident B: kube-proxy (fixture) and the agent started in both orders, restarted
+    /// alone, kube-proxy's rules flushed and re-added.
+    KubeProxyOrderSwap,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 1] = [FaultKind::AgentRestartMidAttach];
+    pub const ALL: [FaultKind; 2] = [
+        FaultKind::AgentRestartMidAttach,
+        FaultKind::KubeProxyOrderSwap,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             FaultKind::AgentRestartMidAttach => "agent-restart-mid-attach",
+            FaultKind::KubeProxyOrderSwap => "kube-proxy-order-swap",
         }
     }
 }

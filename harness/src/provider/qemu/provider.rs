@@ -154,6 +154,7 @@ impl Provider for QemuProvider {
                 work_dir,
                 datapathd,
                 dp_probe,
+                net: None,
             });
         }
 

@@ -1,0 +1,279 @@
+//! kube-proxy-order-swap (incident B): kube-proxy (the fixture, cluster/kube_proxy.rs) is
+//! started on every node *after* the datapath, so its jumps land on top of `FORWARD`; then,
+//! on the planned node and in the planned order: kube-proxy restarted alone, the agent
+//! restarted alone, kube-proxy's rules flushed and re-added, and the reverse start order
+//! (the agent's rules removed, kube-proxy's in place, the agent started last).
+//!
+//! Proof: after each action, `FORWARD` as iptables-save shows it (the chain each rule jumps
+//! to, in order), and whether the datapath's chain came back to the top within
+//! [`SETTLE`] (the correct agent restores it within seconds; a mutant never does: that is
+//! the invariants' to judge, not the fault's). Heal: none is needed: kube-proxy stays
+//! installed, as in a real cluster, and the checks that follow judge the result.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{Fault, FaultError, FaultRecord};
+use crate::cluster::datapath::READY_TIMEOUT;
+use crate::cluster::kube_proxy::KubeProxy;
+use crate::cluster::ClusterNode;
+use crate::invariant::forward_chain_order::{DATAPATH_CHAIN, KUBE_FORWARD};
+use crate::observe::iptables;
+use crate::plan::{OrderSwapAction, OrderSwapPlan};
+use crate::run::Live;
+
+const NAME: &str = "kube-proxy-order-swap";
+/// How long the fault waits for the datapath's chain to be first again after an action.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+pub struct KubeProxyOrderSwap(pub OrderSwapPlan);
+
+/// `FORWARD`'s jump targets in order (rules without a jump show as `-`).
+fn forward_order(cn: &ClusterNode) -> Result<Vec<String>, String> {
+    let (_, save) = iptables::save(cn.node.as_ref())?;
+    Ok(save
+        .filter()
+        .chain("FORWARD")
+        .iter()
+        .map(|r| r.target().unwrap_or("-").to_string())
+        .collect())
+}
+
+fn dp_first(order: &[String]) -> bool {
+    order.first().map(String::as_str) == Some(DATAPATH_CHAIN)
+        && order.iter().filter(|t| *t == DATAPATH_CHAIN).count() == 1
+}
+
+impl KubeProxyOrderSwap {
+    fn not(&self, node: &str, what: String) -> FaultError {
+        FaultError::NotProved {
+            fault: NAME,
+            node: node.to_string(),
+            what,
+        }
+    }
+
+    /// Records FORWARD now, then waits up to SETTLE for DP_FORWARD first and records that.
+    fn settle(
+        &self,
+        live: &Live,
+        cn: &ClusterNode,
+        after: &str,
+        rec: &mut FaultRecord,
+    ) -> Result<(), FaultError> {
+        let node = cn.name();
+        let now = forward_order(cn).map_err(|e| self.not(node, e))?;
+        rec.proof
+            .push(format!("{node}: FORWARD after {after}: {}", now.join(", ")));
+        let t = Instant::now();
+        loop {
+            let order = forward_order(cn).map_err(|e| self.not(node, e))?;
+            if dp_first(&order) {
+                rec.proof.push(format!(
+                    "{node}: {DATAPATH_CHAIN} first again {} ms after {after}: {}",
+                    t.elapsed().as_millis(),
+                    order.join(", ")
+                ));
+                return Ok(());
+            }
+            if t.elapsed() >= SETTLE {
+                rec.proof.push(format!(
+                    "{node}: {DATAPATH_CHAIN} NOT first {} s after {after}: {}",
+                    SETTLE.as_secs(),
+                    order.join(", ")
+                ));
+                return Ok(());
+            }
+            if !live.cancel.sleep(Duration::from_millis(200)) {
+                return Err(FaultError::Interrupted);
+            }
+        }
+    }
+
+    fn start_kube_proxy(&self, kp: &KubeProxy, cn: &ClusterNode) -> Result<(), FaultError> {
+        let node = cn.name();
+        kp.start(cn.node.as_ref(), &scratch(cn))
+            .map_err(|e| self.not(node, format!("starting kube-proxy {kp}: {}", chain(&e))))?;
+        let order = forward_order(cn).map_err(|e| self.not(node, e))?;
+        if kp.jumps().iter().any(|j| j.to == KUBE_FORWARD)
+            && !order.iter().any(|t| t == KUBE_FORWARD)
+        {
+            return Err(self.not(
+                node,
+                format!(
+                    "kube-proxy started but FORWARD has no {KUBE_FORWARD}: {}",
+                    order.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn restart_agent(
+        &self,
+        live: &mut Live,
+        cn: &ClusterNode,
+        idx: usize,
+        cleanup: bool,
+    ) -> Result<String, FaultError> {
+        let node = cn.name();
+        let nerr = |what: &'static str| {
+            let node = node.to_string();
+            move |source| FaultError::Node {
+                fault: NAME,
+                node,
+                what: what.to_string(),
+                source: Box::new(source),
+            }
+        };
+        let pid = live.agents[idx].pid();
+        let exit = live.agents[idx]
+            .kill(libc::SIGTERM)
+            .map_err(nerr("stopping the agent"))?;
+        let mut what = format!("agent pid {} stopped ({exit:?})", pid.unwrap_or(0));
+        if cleanup {
+            let out = cn
+                .node
+                .check(
+                    &[
+                        &cn.datapathd.display().to_string(),
+                        "cleanup",
+                        "--bpffs",
+                        &cn.bpffs.display().to_string(),
+                        "--cgroup",
+                        &cn.cgroup.display().to_string(),
+                        "--forward-chain",
+                    ],
+                    Duration::from_secs(60),
+                )
+                .map_err(nerr("datapathd cleanup"))?;
+            let order = forward_order(cn).map_err(|e| self.not(node, e))?;
+            if order.iter().any(|t| t == DATAPATH_CHAIN) {
+                return Err(self.not(
+                    node,
+                    format!(
+                        "after cleanup FORWARD still jumps to {DATAPATH_CHAIN}: {}",
+                        order.join(", ")
+                    ),
+                ));
+            }
+            what.push_str(&format!(
+                ", its rules removed ({}; FORWARD: {})",
+                out.stdout_str().trim(),
+                order.join(", ")
+            ));
+        }
+        live.agents[idx]
+            .start(cn, None)
+            .map_err(nerr("starting the agent"))?;
+        match live.agents[idx]
+            .wait_ready(cn, READY_TIMEOUT)
+            .map_err(nerr("waiting for the agent"))?
+        {
+            None => {
+                what.push_str(&format!(
+                    ", started again and ready (pid {})",
+                    live.agents[idx].pid().unwrap_or(0)
+                ));
+                Ok(what)
+            }
+            Some(e) => Err(self.not(
+                node,
+                format!("the agent ended with {e} before it was ready"),
+            )),
+        }
+    }
+}
+
+fn scratch(cn: &ClusterNode) -> PathBuf {
+    cn.work_dir.join("kube-proxy.restore")
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Fault for KubeProxyOrderSwap {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError> {
+        let p = &self.0;
+        let kp: KubeProxy = p
+            .kube_proxy
+            .parse()
+            .map_err(|e: String| self.not(&p.node, e))?;
+        let mut rec = FaultRecord::default();
+
+        // 1. kube-proxy starts after the datapath, on every node.
+        for cn in live.cluster.nodes.clone() {
+            self.start_kube_proxy(&kp, &cn)?;
+            self.settle(
+                live,
+                &cn,
+                &format!("kube-proxy {kp} started after the datapath"),
+                &mut rec,
+            )?;
+        }
+
+        // 2. On the planned node, the planned actions.
+        let cn = live
+            .cluster
+            .node(&p.node)
+            .cloned()
+            .ok_or_else(|| self.not(&p.node, "no such node".into()))?;
+        let idx = live
+            .agents
+            .iter()
+            .position(|a| a.node == p.node)
+            .ok_or_else(|| self.not(&p.node, "no agent deployed".into()))?;
+        for action in &p.actions {
+            let what = match action {
+                OrderSwapAction::RestartKubeProxy => {
+                    self.start_kube_proxy(&kp, &cn)?;
+                    "kube-proxy restarted alone".to_string()
+                }
+                OrderSwapAction::RestartAgent => {
+                    let w = self.restart_agent(live, &cn, idx, false)?;
+                    format!("agent restarted alone ({w})")
+                }
+                OrderSwapAction::FlushAndReadd => {
+                    kp.stop(cn.node.as_ref()).map_err(|e| {
+                        self.not(&p.node, format!("stopping kube-proxy: {}", chain(&e)))
+                    })?;
+                    let order = forward_order(&cn).map_err(|e| self.not(&p.node, e))?;
+                    if order.iter().any(|t| t.starts_with("KUBE-")) {
+                        return Err(self.not(
+                            &p.node,
+                            format!(
+                                "kube-proxy's rules not flushed: FORWARD {}",
+                                order.join(", ")
+                            ),
+                        ));
+                    }
+                    rec.proof.push(format!(
+                        "{}: kube-proxy's rules flushed: FORWARD {}",
+                        p.node,
+                        order.join(", ")
+                    ));
+                    self.start_kube_proxy(&kp, &cn)?;
+                    "kube-proxy's rules flushed and re-added".to_string()
+                }
+                OrderSwapAction::AgentAfterKubeProxy => {
+                    let w = self.restart_agent(live, &cn, idx, true)?;
+                    format!("the agent started after kube-proxy ({w})")
+                }
+            };
+            self.settle(live, &cn, &what, &mut rec)?;
+        }
+        Ok(rec)
+    }
+}
