@@ -91,9 +91,29 @@ pub fn cleanup(bpffs: &Path, cgroup_path: Option<&Path>) -> Result<Removed, Clea
     }
 
     if layout.root().exists() {
+        removed.detached += detach_skmsg(&layout);
         removed.pins += remove_tree(layout.root())?;
     }
     Ok(removed)
+}
+
+/// Detach the sk_msg program(s) from the pinned dp_sockhash, so nothing of ours stays
+/// attached however long the map lives on (a socket or a program may still hold it).
+fn detach_skmsg(layout: &Layout) -> usize {
+    let attach_type = aya_obj::generated::bpf_attach_type::BPF_SK_MSG_VERDICT as u32;
+    let Ok(map) = sys::obj_get(&layout.map_pin(datapath_common::MAP_SOCKHASH)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for id in sys::prog_query(map.as_fd(), attach_type).unwrap_or_default() {
+        let detached = sys::fd_by_id(sys::Obj::Prog, id)
+            .and_then(|prog| sys::prog_detach(map.as_fd(), prog.as_fd(), attach_type));
+        if detached.is_ok() {
+            info!(prog_id = id, "detached sk_msg program from dp_sockhash");
+            n += 1;
+        }
+    }
+    n
 }
 
 fn remove(path: &Path) -> Result<bool, CleanupError> {

@@ -96,6 +96,18 @@ pub struct RunArgs {
     /// and `-o PREFIX+` in DP_FORWARD).
     #[arg(long, value_name = "PREFIX", default_value = "lxc")]
     pub pod_iface_prefix: String,
+    /// Accelerate TCP connections whose two addresses are in these prefixes (repeatable,
+    /// at most 8; IPv4): sock_ops puts both ends into dp_sockhash and sk_msg moves the
+    /// payload socket to socket. Pass the node's address/32 and its local pod CIDR.
+    #[arg(long = "accelerate", value_name = "CIDR", value_parser = parse_cidr)]
+    pub accelerate: Vec<Cidr>,
+    /// Capacity of dp_sockhash (two entries per accelerated connection).
+    #[arg(long, value_name = "N", default_value_t = Sizes::default().sockhash)]
+    pub max_sockhash: u32,
+    /// How often stale dp_sockhash keys are garbage-collected, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub sockhash_gc_ms: u64,
     /// Install and keep the iptables chain DP_FORWARD (accept pod traffic), jumped to
     /// first from FORWARD.
     #[arg(long)]
@@ -196,7 +208,14 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 backends: positive("max-backends", a.max_backends)?,
                 slots: positive("max-slots", a.max_slots)?,
                 revnat: positive("max-revnat", a.max_revnat)?,
+                sockhash: positive("max-sockhash", a.max_sockhash)?,
             };
+            anyhow::ensure!(
+                a.accelerate.len() <= datapath_common::ACCEL_MAX_CIDRS,
+                "at most {} --accelerate prefixes are supported, got {}",
+                datapath_common::ACCEL_MAX_CIDRS,
+                a.accelerate.len()
+            );
             let net = net_options(&a)?;
             run::run(RunOptions {
                 cgroup: a.cgroup,
@@ -206,6 +225,8 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 failpoint: a.failpoint,
                 sizes,
                 net,
+                accelerate: a.accelerate,
+                sockhash_gc: std::time::Duration::from_millis(a.sockhash_gc_ms),
             })
         }
         Command::Status(a) => {

@@ -7,12 +7,24 @@
 
 use std::{fmt, str::FromStr};
 
-use datapath_common::{MAP_BACKENDS, MAP_META, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS};
+use datapath_common::{
+    MAP_ACCEL, MAP_ACCEL_STATS, MAP_BACKENDS, MAP_META, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS,
+    MAP_SOCKHASH,
+};
 
 use crate::hooks::Hook;
 
 /// Maps in the order the agent puts them in place (dp_meta last: it vouches for the rest).
-pub const MAP_ORDER: [&str; 5] = [MAP_SERVICES, MAP_SLOTS, MAP_BACKENDS, MAP_REVNAT, MAP_META];
+pub const MAP_ORDER: [&str; 8] = [
+    MAP_SERVICES,
+    MAP_SLOTS,
+    MAP_BACKENDS,
+    MAP_REVNAT,
+    MAP_SOCKHASH,
+    MAP_ACCEL,
+    MAP_ACCEL_STATS,
+    MAP_META,
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failpoint {
@@ -20,6 +32,11 @@ pub enum Failpoint {
     AfterPinMap(&'static str),
     /// Program loaded into the kernel (verifier passed).
     AfterLoad(Hook),
+    /// `dp_skmsg` loaded (it is attached to `dp_sockhash`, not to a cgroup hook).
+    AfterLoadSkMsg,
+    /// `dp_skmsg` attached to `dp_sockhash` (before any cgroup hook, so before the
+    /// sock_ops program can put a socket into the map).
+    AfterAttachSkMsg,
     /// Program attached to the cgroup (new link created, or pinned link updated).
     AfterAttach(Hook),
     /// Link pinned under links/<hook> (or the existing pin kept).
@@ -36,6 +53,8 @@ impl Failpoint {
             .map(|m| Failpoint::AfterPinMap(m))
             .collect();
         v.extend(Hook::ALL.iter().map(|&h| Failpoint::AfterLoad(h)));
+        v.push(Failpoint::AfterLoadSkMsg);
+        v.push(Failpoint::AfterAttachSkMsg);
         for h in Hook::ALL {
             v.push(Failpoint::AfterAttach(h));
             v.push(Failpoint::AfterPinLink(h));
@@ -51,6 +70,8 @@ impl fmt::Display for Failpoint {
         match self {
             Failpoint::AfterPinMap(m) => write!(f, "after-pin-map:{m}"),
             Failpoint::AfterLoad(h) => write!(f, "after-load:{h}"),
+            Failpoint::AfterLoadSkMsg => f.write_str("after-load:skmsg"),
+            Failpoint::AfterAttachSkMsg => f.write_str("after-attach:skmsg"),
             Failpoint::AfterAttach(h) => write!(f, "after-attach:{h}"),
             Failpoint::AfterPinLink(h) => write!(f, "after-pin-link:{h}"),
             Failpoint::BeforeFirstFill => f.write_str("before-first-fill"),
@@ -117,7 +138,7 @@ mod tests {
     #[test]
     fn every_name_round_trips() {
         let all = Failpoint::all();
-        assert_eq!(all.len(), 5 + 4 + 8 + 2);
+        assert_eq!(all.len(), 8 + 5 + 2 + 10 + 2);
         for f in all {
             assert_eq!(f.to_string().parse::<Failpoint>().ok(), Some(f));
         }
@@ -127,12 +148,18 @@ mod tests {
     fn names_are_the_documented_ones() {
         let names: Vec<String> = Failpoint::all().iter().map(|f| f.to_string()).collect();
         assert_eq!(names[0], "after-pin-map:dp_services");
-        assert_eq!(names[4], "after-pin-map:dp_meta");
-        assert_eq!(names[5], "after-load:connect4");
-        assert_eq!(names[9], "after-attach:connect4");
-        assert_eq!(names[10], "after-pin-link:connect4");
-        assert_eq!(names[17], "before-first-fill");
-        assert_eq!(names[18], "after-first-fill");
+        assert_eq!(names[4], "after-pin-map:dp_sockhash");
+        assert_eq!(names[7], "after-pin-map:dp_meta");
+        assert_eq!(names[8], "after-load:connect4");
+        assert_eq!(names[12], "after-load:sockops");
+        assert_eq!(names[13], "after-load:skmsg");
+        assert_eq!(names[14], "after-attach:skmsg");
+        assert_eq!(names[15], "after-attach:connect4");
+        assert_eq!(names[16], "after-pin-link:connect4");
+        assert_eq!(names[23], "after-attach:sockops");
+        assert_eq!(names[24], "after-pin-link:sockops");
+        assert_eq!(names[25], "before-first-fill");
+        assert_eq!(names[26], "after-first-fill");
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! The four cgroup sock_addr hooks the datapath attaches to, and what each needs.
+//! The cgroup hooks the datapath attaches to, and what each needs: the four sock_addr
+//! hooks of socket-LB and the sock_ops hook of socket acceleration.
 
 use aya_obj::generated::bpf_attach_type;
-use datapath_common::{PROG_CONNECT4, PROG_GETPEERNAME4, PROG_RECVMSG4, PROG_SENDMSG4};
+use datapath_common::{
+    PROG_CONNECT4, PROG_GETPEERNAME4, PROG_RECVMSG4, PROG_SENDMSG4, PROG_SOCKOPS,
+};
 
 /// One cgroup hook: its program, its attach type, and the name of its link pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -10,15 +13,18 @@ pub enum Hook {
     Sendmsg4,
     Recvmsg4,
     Getpeername4,
+    /// sock_ops: puts established node <-> local pod connections into `dp_sockhash`.
+    SockOps,
 }
 
 impl Hook {
     /// In load and attach order.
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::Connect4,
         Hook::Sendmsg4,
         Hook::Recvmsg4,
         Hook::Getpeername4,
+        Hook::SockOps,
     ];
 
     /// Short name: the pin file under `links/` and the suffix of failpoint names.
@@ -28,6 +34,7 @@ impl Hook {
             Hook::Sendmsg4 => "sendmsg4",
             Hook::Recvmsg4 => "recvmsg4",
             Hook::Getpeername4 => "getpeername4",
+            Hook::SockOps => "sockops",
         }
     }
 
@@ -38,6 +45,7 @@ impl Hook {
             Hook::Sendmsg4 => PROG_SENDMSG4,
             Hook::Recvmsg4 => PROG_RECVMSG4,
             Hook::Getpeername4 => PROG_GETPEERNAME4,
+            Hook::SockOps => PROG_SOCKOPS,
         }
     }
 
@@ -48,6 +56,7 @@ impl Hook {
             Hook::Sendmsg4 => bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG,
             Hook::Recvmsg4 => bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG,
             Hook::Getpeername4 => bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME,
+            Hook::SockOps => bpf_attach_type::BPF_CGROUP_SOCK_OPS,
         }) as u32
     }
 
@@ -58,6 +67,7 @@ impl Hook {
             Hook::Sendmsg4 => "cgroup_udp4_sendmsg",
             Hook::Recvmsg4 => "cgroup_udp4_recvmsg",
             Hook::Getpeername4 => "cgroup_inet4_getpeername",
+            Hook::SockOps => "sock_ops",
         }
     }
 
@@ -68,6 +78,8 @@ impl Hook {
             Hook::Sendmsg4 => (4, 18),
             Hook::Recvmsg4 => (5, 2),
             Hook::Getpeername4 => (5, 8),
+            // sock_ops 4.13, sockhash 4.18, bpf_msg_redirect_hash 4.18, sockmap prog query 5.19.
+            Hook::SockOps => (4, 18),
         }
     }
 }

@@ -18,10 +18,13 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use aya::{
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
     Ebpf, EbpfLoader,
 };
-use datapath_common::{Meta, LAYOUT_VERSION, MAP_META, META_KEY};
+use datapath_common::{
+    AccelConfig, Meta, ACCEL_MAX_CIDRS, INSERT_ANY, INSERT_NOEXIST, LAYOUT_VERSION, MAP_META,
+    META_KEY, PROG_SKMSG,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -29,7 +32,8 @@ use crate::{
     failpoint::{Failpoint, Failpoints, MAP_ORDER},
     hooks::Hook,
     layout::{self, Layout},
-    maps::{BpfMap, DpMaps, MapError, MapSpec, Sizes},
+    maps::{AccelMaps, BpfMap, DpMaps, MapError, MapSpec, Sizes},
+    masq::Cidr,
     mutant::Mutant,
     sys::{self, Obj, SysError, BPF_LINK_TYPE_CGROUP},
 };
@@ -91,6 +95,10 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error("at most {ACCEL_MAX_CIDRS} --accelerate prefixes are supported, got {0}")]
+    TooManyPrefixes(usize),
+    #[error("attaching {PROG_SKMSG} to dp_sockhash (BPF_SK_MSG_VERDICT)")]
+    AttachSkMsg(#[source] SysError),
     #[error("program {program} uses map {map} id {used}, but the pin holds id {pinned}")]
     WrongMap {
         program: &'static str,
@@ -107,6 +115,8 @@ pub struct StartOptions<'a> {
     pub sizes: Sizes,
     pub mutant: Option<Mutant>,
     pub failpoints: Failpoints,
+    /// Prefixes whose connections are accelerated (both ends in one of them).
+    pub accelerate: &'a [Cidr],
 }
 
 /// A started datapath: programs attached, maps ready to program.
@@ -114,6 +124,7 @@ pub struct Started {
     /// Keeps the loaded programs' fds for the agent's lifetime.
     pub _ebpf: Ebpf,
     pub maps: DpMaps,
+    pub accel: AccelMaps,
 }
 
 pub fn start(object: &[u8], opts: &StartOptions<'_>) -> Result<Started, LoadError> {
@@ -158,20 +169,53 @@ pub fn start(object: &[u8], opts: &StartOptions<'_>) -> Result<Started, LoadErro
         }
     }
 
+    if opts.accelerate.len() > ACCEL_MAX_CIDRS {
+        return Err(LoadError::TooManyPrefixes(opts.accelerate.len()));
+    }
     for hook in Hook::ALL {
-        let prog = program(&mut ebpf, hook)?;
-        prog.load().map_err(|source| LoadError::Load {
-            program: hook.program(),
-            source,
-        })?;
+        load_hook(&mut ebpf, hook)?;
         info!(program = hook.program(), "loaded");
         fp.hit(Failpoint::AfterLoad(hook));
     }
+    skmsg(&mut ebpf)?.load().map_err(|source| LoadError::Load {
+        program: PROG_SKMSG,
+        source,
+    })?;
+    info!(program = PROG_SKMSG, "loaded");
+    fp.hit(Failpoint::AfterLoadSkMsg);
 
     let maps = program_maps(&mut ebpf)?;
+    let accel = accel_maps(&mut ebpf)?;
     if !legacy {
-        check_pinned_maps(opts.layout, &maps)?;
+        check_pinned_maps(opts.layout, &maps, &accel)?;
     }
+
+    // Socket acceleration: the scope first, then dp_skmsg on the map, and only then (with
+    // the cgroup hooks below) dp_sockops, so no socket enters the map before the sk_msg
+    // program is there to redirect its messages.
+    let config = accel_config(opts.accelerate, opts.mutant);
+    accel.accel.put(&0u32, &config)?;
+    info!(
+        prefixes = ?opts.accelerate.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        insert = if config.insert_flags == INSERT_NOEXIST { "BPF_NOEXIST" } else { "BPF_ANY" },
+        "socket acceleration configured"
+    );
+    let skmsg_fd = skmsg_fd(&mut ebpf)?;
+    // A legacy attach to the map (the attachment lives as long as the map); on a reused
+    // pinned map it replaces the previous agent's program.
+    sys::prog_attach(
+        accel.sockhash.fd(),
+        skmsg_fd.as_fd(),
+        aya_obj::generated::bpf_attach_type::BPF_SK_MSG_VERDICT as u32,
+        0,
+    )
+    .map_err(LoadError::AttachSkMsg)?;
+    info!(
+        program = PROG_SKMSG,
+        map = accel.sockhash.info.id,
+        "attached to dp_sockhash"
+    );
+    fp.hit(Failpoint::AfterAttachSkMsg);
 
     for hook in Hook::ALL {
         if legacy {
@@ -182,7 +226,28 @@ pub fn start(object: &[u8], opts: &StartOptions<'_>) -> Result<Started, LoadErro
             attach_linked(&mut ebpf, opts.cgroup, opts.layout, hook, fp)?;
         }
     }
-    Ok(Started { _ebpf: ebpf, maps })
+    Ok(Started {
+        _ebpf: ebpf,
+        maps,
+        accel,
+    })
+}
+
+/// `dp_accel[0]` for these prefixes (the mutant inserts with `BPF_NOEXIST`).
+pub fn accel_config(prefixes: &[Cidr], mutant: Option<Mutant>) -> AccelConfig {
+    let mut c = AccelConfig {
+        count: prefixes.len().min(ACCEL_MAX_CIDRS) as u32,
+        insert_flags: if mutant == Some(Mutant::SockmapNoexist) {
+            INSERT_NOEXIST
+        } else {
+            INSERT_ANY
+        },
+        ..AccelConfig::default()
+    };
+    for (i, p) in prefixes.iter().take(ACCEL_MAX_CIDRS).enumerate() {
+        (c.nets[i], c.masks[i]) = p.raw();
+    }
+    c
 }
 
 fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut CgroupSockAddr, LoadError> {
@@ -195,22 +260,104 @@ fn program(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut CgroupSockAddr, LoadError
     })
 }
 
-fn prog_fd(ebpf: &mut Ebpf, hook: Hook) -> Result<OwnedFd, LoadError> {
-    let prog = program(ebpf, hook)?;
-    let fd = prog.fd().map_err(|source| LoadError::Load {
+fn sockops(ebpf: &mut Ebpf) -> Result<&mut SockOps, LoadError> {
+    let name = Hook::SockOps.program();
+    let prog = ebpf.program_mut(name).ok_or(LoadError::NoProgram(name))?;
+    prog.try_into().map_err(|source| LoadError::Load {
+        program: name,
+        source,
+    })
+}
+
+fn skmsg(ebpf: &mut Ebpf) -> Result<&mut SkMsg, LoadError> {
+    let prog = ebpf
+        .program_mut(PROG_SKMSG)
+        .ok_or(LoadError::NoProgram(PROG_SKMSG))?;
+    prog.try_into().map_err(|source| LoadError::Load {
+        program: PROG_SKMSG,
+        source,
+    })
+}
+
+fn load_hook(ebpf: &mut Ebpf, hook: Hook) -> Result<(), LoadError> {
+    let result = match hook {
+        Hook::SockOps => sockops(ebpf)?.load(),
+        _ => program(ebpf, hook)?.load(),
+    };
+    result.map_err(|source| LoadError::Load {
         program: hook.program(),
         source,
+    })
+}
+
+fn dup(fd: std::os::fd::BorrowedFd<'_>, hook: Hook) -> Result<OwnedFd, LoadError> {
+    fd.try_clone_to_owned().map_err(|io_error| LoadError::Link {
+        what: "duplicating the program fd".into(),
+        hook,
+        source: SysError {
+            call: "dup",
+            io_error,
+        },
+    })
+}
+
+fn prog_fd(ebpf: &mut Ebpf, hook: Hook) -> Result<OwnedFd, LoadError> {
+    let err = |source| LoadError::Load {
+        program: hook.program(),
+        source,
+    };
+    match hook {
+        Hook::SockOps => {
+            let prog = sockops(ebpf)?;
+            dup(prog.fd().map_err(err)?.as_fd(), hook)
+        }
+        _ => {
+            let prog = program(ebpf, hook)?;
+            dup(prog.fd().map_err(err)?.as_fd(), hook)
+        }
+    }
+}
+
+fn skmsg_fd(ebpf: &mut Ebpf) -> Result<OwnedFd, LoadError> {
+    let prog = skmsg(ebpf)?;
+    let fd = prog.fd().map_err(|source| LoadError::Load {
+        program: PROG_SKMSG,
+        source,
     })?;
-    fd.as_fd()
-        .try_clone_to_owned()
-        .map_err(|io_error| LoadError::Link {
-            what: "duplicating the program fd".into(),
-            hook,
-            source: SysError {
-                call: "dup",
-                io_error,
-            },
+    fd.as_fd().try_clone_to_owned().map_err(|io_error| {
+        LoadError::AttachSkMsg(SysError {
+            call: "dup",
+            io_error,
         })
+    })
+}
+
+/// A new link of `hook`'s program on the cgroup (`bpf_link_create`).
+fn attach_new_link(ebpf: &mut Ebpf, cgroup: &Cgroup, hook: Hook) -> Result<FdLink, LoadError> {
+    let attach_err = |source| LoadError::Attach {
+        program: hook.program(),
+        hook,
+        source,
+    };
+    let fd_link = |r: Result<FdLink, aya::programs::links::LinkError>| {
+        r.map_err(|source| LoadError::NotFdLink { hook, source })
+    };
+    match hook {
+        Hook::SockOps => {
+            let prog = sockops(ebpf)?;
+            let id = prog
+                .attach(cgroup.fd(), CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            fd_link(prog.take_link(id).map_err(attach_err)?.try_into())
+        }
+        _ => {
+            let prog = program(ebpf, hook)?;
+            let id = prog
+                .attach(cgroup.fd(), CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            fd_link(prog.take_link(id).map_err(attach_err)?.try_into())
+        }
+    }
 }
 
 /// Step 1: make every map pin valid for this agent (see the module docs).
@@ -313,13 +460,33 @@ fn program_maps(ebpf: &mut Ebpf) -> Result<DpMaps, LoadError> {
     Ok(DpMaps::from_map_ids(info.id, &info.map_ids)?)
 }
 
+/// The maps the loaded sock_ops program uses (dp_skmsg shares dp_sockhash and the stats).
+fn accel_maps(ebpf: &mut Ebpf) -> Result<AccelMaps, LoadError> {
+    let fd = prog_fd(ebpf, Hook::SockOps)?;
+    let info = sys::prog_info(fd.as_fd()).map_err(|source| LoadError::Link {
+        what: "reading program info".into(),
+        hook: Hook::SockOps,
+        source,
+    })?;
+    Ok(AccelMaps::from_map_ids(info.id, &info.map_ids)?)
+}
+
 /// The programs must read exactly the pinned maps.
-fn check_pinned_maps(layout: &Layout, maps: &DpMaps) -> Result<(), LoadError> {
-    for m in [&maps.services, &maps.slots, &maps.backends, &maps.revnat] {
+fn check_pinned_maps(layout: &Layout, maps: &DpMaps, accel: &AccelMaps) -> Result<(), LoadError> {
+    let all = [
+        (Hook::Connect4, &maps.services),
+        (Hook::Connect4, &maps.slots),
+        (Hook::Connect4, &maps.backends),
+        (Hook::Connect4, &maps.revnat),
+        (Hook::SockOps, &accel.sockhash),
+        (Hook::SockOps, &accel.accel),
+        (Hook::SockOps, &accel.stats),
+    ];
+    for (hook, m) in all {
         let pinned = BpfMap::open_pin(&layout.map_pin(&m.info.name))?;
         if pinned.info.id != m.info.id {
             return Err(LoadError::WrongMap {
-                program: Hook::Connect4.program(),
+                program: hook.program(),
                 map: m.info.name.clone(),
                 used: m.info.id,
                 pinned: pinned.info.id,
@@ -463,20 +630,8 @@ fn attach_linked(
             for a in cgroup.sweep(hook, None)? {
                 warn!(%hook, prog_id = a.prog.id, name = %a.prog.name, link = ?a.link_id, "detached a stale program of ours");
             }
-            let prog = program(ebpf, hook)?;
-            let attach_err = |source| LoadError::Attach {
-                program: hook.program(),
-                hook,
-                source,
-            };
-            let link_id = prog
-                .attach(cgroup.fd(), CgroupAttachMode::Single)
-                .map_err(attach_err)?;
+            let link = attach_new_link(ebpf, cgroup, hook)?;
             fp.hit(Failpoint::AfterAttach(hook));
-            let link = prog.take_link(link_id).map_err(attach_err)?;
-            let link: FdLink = link
-                .try_into()
-                .map_err(|source| LoadError::NotFdLink { hook, source })?;
             link.pin(&pin).map_err(|source| LoadError::PinLink {
                 hook,
                 path: pin.display().to_string(),

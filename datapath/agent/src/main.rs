@@ -17,6 +17,7 @@ mod prereq;
 mod programming;
 mod run;
 mod services;
+mod sockgc;
 mod status;
 mod sys;
 

@@ -11,8 +11,9 @@ use std::{
 use aya::Pod;
 use aya_obj::generated::bpf_map_type;
 use datapath_common::{
-    Backend, Meta, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, MAP_BACKENDS,
-    MAP_META, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS,
+    AccelConfig, Backend, Meta, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, SockKey,
+    MAP_ACCEL, MAP_ACCEL_STATS, MAP_BACKENDS, MAP_META, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS,
+    MAP_SOCKHASH, SOCKHASH_VALUE_SIZE, STAT_COUNT,
 };
 
 use crate::sys::{self, MapInfo, Obj, SysError};
@@ -45,6 +46,8 @@ pub struct Sizes {
     pub backends: u32,
     pub slots: u32,
     pub revnat: u32,
+    /// dp_sockhash: two entries per accelerated connection.
+    pub sockhash: u32,
 }
 
 impl Default for Sizes {
@@ -54,6 +57,7 @@ impl Default for Sizes {
             backends: 65_536,
             slots: 65_536,
             revnat: 65_536,
+            sockhash: 65_536,
         }
     }
 }
@@ -89,6 +93,24 @@ impl MapSpec {
                 size::<RevNatKey>(),
                 size::<RevNatValue>(),
                 sizes.revnat,
+            ),
+            MAP_SOCKHASH => (
+                bpf_map_type::BPF_MAP_TYPE_SOCKHASH as u32,
+                size::<SockKey>(),
+                SOCKHASH_VALUE_SIZE,
+                sizes.sockhash,
+            ),
+            MAP_ACCEL => (
+                bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+                size::<u32>(),
+                size::<AccelConfig>(),
+                1,
+            ),
+            MAP_ACCEL_STATS => (
+                bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32,
+                size::<u32>(),
+                size::<u64>(),
+                STAT_COUNT,
             ),
             MAP_META => (
                 bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
@@ -128,6 +150,8 @@ pub fn map_type_name(t: u32) -> String {
         x if x == bpf_map_type::BPF_MAP_TYPE_HASH as u32 => "hash".into(),
         x if x == bpf_map_type::BPF_MAP_TYPE_ARRAY as u32 => "array".into(),
         x if x == bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32 => "lru_hash".into(),
+        x if x == bpf_map_type::BPF_MAP_TYPE_SOCKHASH as u32 => "sockhash".into(),
+        x if x == bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32 => "percpu_array".into(),
         other => format!("type {other}"),
     }
 }
@@ -206,7 +230,7 @@ impl BpfMap {
         self.fd.as_fd()
     }
 
-    fn err(&self, op: &'static str) -> impl FnOnce(SysError) -> MapError + '_ {
+    pub(crate) fn err(&self, op: &'static str) -> impl FnOnce(SysError) -> MapError + '_ {
         move |source| MapError::Sys {
             op,
             map: format!("{} (id {})", self.info.name, self.info.id),
@@ -277,6 +301,33 @@ impl BpfMap {
         Ok(out)
     }
 
+    /// A per-CPU `u64` slot summed over every possible CPU.
+    pub fn percpu_u64_sum(&self, index: u32) -> Result<u64, MapError> {
+        let cpus = possible_cpus().map_err(|io_error| MapError::Sys {
+            op: "counting possible CPUs",
+            map: self.info.name.clone(),
+            source: SysError {
+                call: "read /sys/devices/system/cpu/possible",
+                io_error,
+            },
+        })?;
+        // Per-CPU values are 8-byte aligned slots, one per possible CPU.
+        let mut value = vec![0u8; 8 * cpus];
+        let found =
+            sys::map_lookup(self.fd(), bytes_of(&index), &mut value).map_err(self.err("lookup"))?;
+        if !found {
+            return Ok(0);
+        }
+        Ok(value
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                u64::from_ne_bytes(b)
+            })
+            .fold(0u64, u64::wrapping_add))
+    }
+
     /// Number of keys (a walk: maps have no cheap count).
     pub fn count(&self) -> Result<usize, MapError> {
         let limit = (self.info.max_entries as usize).saturating_mul(2).max(16);
@@ -284,6 +335,61 @@ impl BpfMap {
             .map_err(self.err("walk"))?;
         let unique: std::collections::HashSet<_> = keys.into_iter().collect();
         Ok(unique.len())
+    }
+}
+
+/// Number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-3`): the number
+/// of slots in a per-CPU map value.
+pub fn possible_cpus() -> std::io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    parse_cpu_list(text.trim()).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unreadable CPU list {text:?}"),
+        )
+    })
+}
+
+/// The highest CPU number + 1 of a list like `0-3,5`.
+fn parse_cpu_list(s: &str) -> Option<usize> {
+    let mut max = None;
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let last = part.rsplit('-').next()?;
+        let n: usize = last.trim().parse().ok()?;
+        max = Some(max.map_or(n, |m: usize| m.max(n)));
+    }
+    max.map(|m| m + 1)
+}
+
+/// The socket-acceleration maps, found through `dp_sockops`'s map ids.
+#[derive(Debug)]
+pub struct AccelMaps {
+    pub sockhash: BpfMap,
+    pub accel: BpfMap,
+    pub stats: BpfMap,
+}
+
+impl AccelMaps {
+    pub fn from_map_ids(prog_id: u32, ids: &[u32]) -> Result<Self, MapError> {
+        let mut found: Vec<BpfMap> = Vec::new();
+        for &id in ids {
+            let m = BpfMap::from_id(id)?;
+            if m.info.name.starts_with(datapath_common::OBJECT_PREFIX) {
+                found.push(m);
+            }
+        }
+        let mut take = |name: &'static str| -> Result<BpfMap, MapError> {
+            let pos = found
+                .iter()
+                .position(|m| m.info.name == name)
+                .ok_or(MapError::Missing { prog_id, map: name })?;
+            Ok(found.swap_remove(pos))
+        };
+        Ok(AccelMaps {
+            sockhash: take(MAP_SOCKHASH)?,
+            accel: take(MAP_ACCEL)?,
+            stats: take(MAP_ACCEL_STATS)?,
+        })
     }
 }
 
@@ -319,5 +425,19 @@ impl DpMaps {
             backends: take(MAP_BACKENDS)?,
             revnat: take(MAP_REVNAT)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0-3"), Some(4));
+        assert_eq!(parse_cpu_list("0-3,5"), Some(6));
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(parse_cpu_list(""), None);
     }
 }

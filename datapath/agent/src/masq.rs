@@ -142,7 +142,7 @@ impl Cidr {
     }
 
     /// Network and mask as the packet carries them (network byte order in memory).
-    fn raw(self) -> (u32, u32) {
+    pub(crate) fn raw(self) -> (u32, u32) {
         let mask = self.mask();
         let net = u32::from(self.addr) & mask;
         (net.to_be(), mask.to_be())

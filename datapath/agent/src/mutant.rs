@@ -11,15 +11,23 @@ pub enum Mutant {
     /// Incident B: the `DP_FORWARD` jump is appended (`-A FORWARD`) once at start and its
     /// order never reconciled, so kube-proxy's `KUBE-FORWARD` (INVALID drop) runs first.
     KubeProxyFirst,
+    /// Incident C: `dp_sockops` inserts with `BPF_NOEXIST` (a stale key keeps a new
+    /// connection's socket out of `dp_sockhash`) and the agent never garbage-collects keys.
+    SockmapNoexist,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 2] = [Mutant::StaleCgroupProg, Mutant::KubeProxyFirst];
+    pub const ALL: [Mutant; 3] = [
+        Mutant::StaleCgroupProg,
+        Mutant::KubeProxyFirst,
+        Mutant::SockmapNoexist,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mutant::StaleCgroupProg => "stale-cgroup-prog",
             Mutant::KubeProxyFirst => "kube-proxy-first",
+            Mutant::SockmapNoexist => "sockmap-noexist",
         }
     }
 
@@ -30,6 +38,9 @@ impl Mutant {
             }
             Mutant::KubeProxyFirst => {
                 "incident B: the DP_FORWARD jump is appended once and its order never reconciled"
+            }
+            Mutant::SockmapNoexist => {
+                "incident C: sockhash inserts with BPF_NOEXIST and no garbage collection of stale keys"
             }
         }
     }
@@ -82,7 +93,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, kube-proxy-first"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, kube-proxy-first, sockmap-noexist"
         );
     }
 }

@@ -19,10 +19,12 @@ use crate::{
     failpoint::{Failpoint, Failpoints},
     layout::Layout,
     loader::{self, StartOptions},
-    maps::{DpMaps, Sizes},
+    maps::{BpfMap, DpMaps, Sizes},
+    masq::Cidr,
     mutant::Mutant,
     prereq, programming,
     services::{self, DirWatcher, LoadReport},
+    sockgc::Gc,
 };
 
 /// How often the services directory is polled (inotify does not see changes over 9p).
@@ -41,6 +43,10 @@ pub struct RunOptions {
     pub sizes: Sizes,
     /// The BPF masquerade and the DP_FORWARD chain (incident B); see netsync.rs.
     pub net: Option<crate::netsync::NetSyncOptions>,
+    /// Prefixes whose connections are accelerated (sock_ops + sk_msg, incident C).
+    pub accelerate: Vec<Cidr>,
+    /// How often stale dp_sockhash keys are garbage-collected (also once before `ready`).
+    pub sockhash_gc: Duration,
 }
 
 pub fn run(mut opts: RunOptions) -> Result<()> {
@@ -78,9 +84,18 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
             sizes: opts.sizes,
             mutant: opts.mutant,
             failpoints,
+            accelerate: &opts.accelerate,
         },
     )
     .context("starting the datapath")?;
+    // Stale sockhash keys a previous run (or anyone) left: collected before `ready`, then
+    // on a period. The mutant never collects (incident C).
+    let mut gc = (opts.mutant != Some(Mutant::SockmapNoexist)).then(Gc::default);
+    if let Some(gc) = gc.as_mut() {
+        gc_round(gc, &started.accel.sockhash);
+    } else {
+        warn!("mutant sockmap-noexist: dp_sockhash is never garbage-collected");
+    }
     // Masquerade and DP_FORWARD: attached and reconciled once before `ready`, then kept in
     // sync by their own thread (which ends with the process).
     let _netsync = match opts.net.take() {
@@ -105,7 +120,8 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(watch(&opts, &started.maps, &mut watcher))?;
+    let mut sockhash = gc.map(|gc| (gc, &started.accel.sockhash));
+    rt.block_on(watch(&opts, &started.maps, &mut watcher, &mut sockhash))?;
     info!("exiting; pinned links and maps stay in place (`datapathd cleanup` removes them)");
     Ok(())
 }
@@ -116,7 +132,19 @@ fn log_problems(report: &LoadReport) {
     }
 }
 
-async fn watch(opts: &RunOptions, maps: &DpMaps, watcher: &mut DirWatcher) -> Result<()> {
+/// One garbage-collection round; a failure is logged and retried next period.
+fn gc_round(gc: &mut Gc, sockhash: &BpfMap) {
+    if let Err(e) = gc.round(sockhash) {
+        warn!("sockhash garbage collection failed (retried next period): {e:#}");
+    }
+}
+
+async fn watch(
+    opts: &RunOptions,
+    maps: &DpMaps,
+    watcher: &mut DirWatcher,
+    sockhash: &mut Option<(Gc, &BpfMap)>,
+) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
@@ -128,12 +156,19 @@ async fn watch(opts: &RunOptions, maps: &DpMaps, watcher: &mut DirWatcher) -> Re
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sync = Instant::now();
+    let mut last_gc = Instant::now();
     let mut failed_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM"); return Ok(()); }
             _ = sigint.recv() => { info!("SIGINT"); return Ok(()); }
             _ = tick.tick() => {}
+        }
+        if let Some((gc, map)) = sockhash.as_mut() {
+            if last_gc.elapsed() >= opts.sockhash_gc {
+                last_gc = Instant::now();
+                gc_round(gc, map);
+            }
         }
         let changed = match watcher.changed() {
             Ok(c) => c,

@@ -55,6 +55,37 @@ pub struct Status {
     pub masquerade: Option<crate::masq::MasqStatus>,
     /// The DP_FORWARD chain (iptables.rs); null when not managed here. Filled by the CLI.
     pub forward_chain: Option<crate::iptables::ChainStatus>,
+    /// Socket acceleration: dp_sockhash's keys judged against the live sockets; null when
+    /// dp_sockhash is not pinned.
+    pub sockhash: Option<SockhashStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SockhashStatus {
+    pub map_id: u32,
+    pub pinned: String,
+    pub max_entries: u32,
+    pub entries: usize,
+    /// Keys whose cookie names a live socket whose own tuple is the key.
+    pub live_entries: usize,
+    pub keys: Vec<crate::sockgc::KeyStatus>,
+    /// The accelerated prefixes in dp_accel.
+    pub accelerate: Vec<String>,
+    /// "any" (BPF_ANY, replace) or "noexist" (the sockmap-noexist mutant).
+    pub insert: &'static str,
+    /// Programs attached to dp_sockhash as its sk_msg verdict (BPF_PROG_QUERY on the map).
+    pub skmsg_programs: Vec<ProgRef>,
+    /// dp_accel_stats summed over CPUs: inserts, insert failures, messages seen,
+    /// redirected, passed to TCP, bytes redirected, in-scope established callbacks.
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Why keys could not be judged (sock_diag failed): then every `live` is false.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgRef {
+    pub id: u32,
+    pub name: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -384,6 +415,7 @@ pub fn collect(bpffs: &Path, cgroup_path: Option<&Path>) -> Result<Status, Statu
         None => Vec::new(),
     };
 
+    let sockhash = sockhash_status(&layout, &mut problems);
     Ok(Status {
         schema: SCHEMA,
         bpffs: layout.root().display().to_string(),
@@ -401,6 +433,109 @@ pub fn collect(bpffs: &Path, cgroup_path: Option<&Path>) -> Result<Status, Statu
         problems,
         masquerade: None,
         forward_chain: None,
+        sockhash,
+    })
+}
+
+/// `sockhash` of the status, from the pinned dp_sockhash, dp_accel and dp_accel_stats.
+fn sockhash_status(layout: &Layout, problems: &mut Vec<String>) -> Option<SockhashStatus> {
+    use datapath_common::{
+        AccelConfig, SockKey, INSERT_NOEXIST, MAP_ACCEL, MAP_ACCEL_STATS, MAP_SOCKHASH,
+        STAT_BYTES_REDIRECTED, STAT_ESTABLISHED, STAT_INSERT_FAILED, STAT_INSERT_OK, STAT_MSG,
+        STAT_MSG_PASSED, STAT_MSG_REDIRECTED,
+    };
+    let pin = layout.map_pin(MAP_SOCKHASH);
+    if pin.symlink_metadata().is_err() {
+        return None;
+    }
+    let map = match BpfMap::open_pin(&pin) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(format!("dp_sockhash: {e}"));
+            return None;
+        }
+    };
+    let mut error = None;
+    let entries = map.entries::<SockKey, u64>().unwrap_or_else(|e| {
+        error = Some(format!("reading dp_sockhash: {e}"));
+        Vec::new()
+    });
+    let live = crate::sockgc::live_sockets().unwrap_or_else(|e| {
+        error = Some(format!("listing live sockets: {e}"));
+        Default::default()
+    });
+    let mut keys: Vec<_> = entries
+        .iter()
+        .map(|(k, c)| crate::sockgc::key_status(k, *c, &live))
+        .collect();
+    keys.sort_by(|a, b| (a.family, &a.src, &a.dst).cmp(&(b.family, &b.src, &b.dst)));
+    let live_entries = keys.iter().filter(|k| k.live).count();
+    if live_entries < keys.len() && error.is_none() {
+        problems.push(format!(
+            "dp_sockhash: {} of {} key(s) are not owned by a live socket with that tuple",
+            keys.len() - live_entries,
+            keys.len()
+        ));
+    }
+
+    let (mut accelerate, mut insert) = (Vec::new(), "any");
+    if let Ok(Some(cfg)) =
+        BpfMap::open_pin(&layout.map_pin(MAP_ACCEL)).and_then(|m| m.get::<u32, AccelConfig>(&0))
+    {
+        for i in 0..(cfg.count as usize).min(cfg.nets.len()) {
+            let net = std::net::Ipv4Addr::from(cfg.nets[i].to_ne_bytes());
+            let len = u32::from_be(cfg.masks[i]).count_ones();
+            accelerate.push(format!("{net}/{len}"));
+        }
+        if cfg.insert_flags == INSERT_NOEXIST {
+            insert = "noexist";
+        }
+    }
+    let mut counters = BTreeMap::new();
+    if let Ok(stats) = BpfMap::open_pin(&layout.map_pin(MAP_ACCEL_STATS)) {
+        for (name, idx) in [
+            ("established", STAT_ESTABLISHED),
+            ("inserted", STAT_INSERT_OK),
+            ("insert_failed", STAT_INSERT_FAILED),
+            ("messages", STAT_MSG),
+            ("redirected", STAT_MSG_REDIRECTED),
+            ("passed", STAT_MSG_PASSED),
+            ("bytes_redirected", STAT_BYTES_REDIRECTED),
+        ] {
+            if let Ok(v) = stats.percpu_u64_sum(idx) {
+                counters.insert(name, v);
+            }
+        }
+    }
+    let skmsg_programs = sys::prog_query(
+        map.fd(),
+        aya_obj::generated::bpf_attach_type::BPF_SK_MSG_VERDICT as u32,
+    )
+    .unwrap_or_default()
+    .into_iter()
+    .map(|id| ProgRef {
+        id,
+        name: sys::fd_by_id(sys::Obj::Prog, id)
+            .and_then(|fd| sys::prog_info(fd.as_fd()))
+            .map(|p| p.name)
+            .unwrap_or_default(),
+    })
+    .collect::<Vec<_>>();
+    if skmsg_programs.is_empty() {
+        problems.push("dp_sockhash has no sk_msg program attached".into());
+    }
+    Some(SockhashStatus {
+        map_id: map.info.id,
+        pinned: pin.display().to_string(),
+        max_entries: map.info.max_entries,
+        entries: keys.len(),
+        live_entries,
+        keys,
+        accelerate,
+        insert,
+        skmsg_programs,
+        counters,
+        error,
     })
 }
 

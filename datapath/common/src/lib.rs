@@ -197,6 +197,103 @@ pub struct NatEndpoint {
     pub pad: u16,
 }
 
+// ---------------------------------------------------------------------------------------
+// Socket acceleration: sock_ops + sockhash + sk_msg (incident C in shared/DESIGN.md). These
+// maps are pinned next to the socket-LB maps (`maps/`), vouched for by the same `dp_meta`.
+
+/// Map names.
+pub const MAP_SOCKHASH: &str = "dp_sockhash";
+pub const MAP_ACCEL: &str = "dp_accel";
+pub const MAP_ACCEL_STATS: &str = "dp_accel_stats";
+
+/// Program names: `dp_sockops` on the cgroup, `dp_skmsg` on `dp_sockhash`.
+pub const PROG_SOCKOPS: &str = "dp_sockops";
+pub const PROG_SKMSG: &str = "dp_skmsg";
+
+/// Address families as the kernel numbers them (`AF_INET`, `AF_INET6`).
+pub const FAMILY_INET: u32 = 2;
+pub const FAMILY_INET6: u32 = 10;
+
+/// Key of `dp_sockhash`: a TCP connection as one of its ends sees it (its own address and
+/// port first). The peer's key is the same tuple reversed, which is what `dp_skmsg` looks
+/// up. Keys carry no network namespace: two connections with the same tuple in two
+/// namespaces collide (see DESIGN.md, incident C).
+///
+/// Every field is a `u32`, so there is no padding at all. Addresses in network byte order;
+/// an IPv4 address is `addr[0]` with `addr[1..4]` zero (IPv4-mapped IPv6 sockets are keyed
+/// as IPv4). Ports in host byte order in the low 16 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockKey {
+    /// [`FAMILY_INET`] or [`FAMILY_INET6`].
+    pub family: u32,
+    /// This end's address.
+    pub src_addr: [u32; 4],
+    /// The peer's address.
+    pub dst_addr: [u32; 4],
+    /// This end's port.
+    pub src_port: u32,
+    /// The peer's port.
+    pub dst_port: u32,
+}
+
+impl SockKey {
+    /// The key the peer socket computes for itself.
+    pub const fn reversed(&self) -> SockKey {
+        SockKey {
+            family: self.family,
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+}
+
+/// Value width of `dp_sockhash`: 8 bytes, so that a user-space lookup returns the socket's
+/// cookie (a 4-byte value would not: the kernel only returns cookies in 8-byte values).
+pub const SOCKHASH_VALUE_SIZE: u32 = 8;
+
+/// How many accelerated IPv4 prefixes [`AccelConfig`] holds (a bounded loop in the program).
+pub const ACCEL_MAX_CIDRS: usize = 8;
+
+/// `AccelConfig::insert_flags` values: the `flags` of `bpf_sock_hash_update`.
+pub const INSERT_ANY: u32 = 0;
+/// `BPF_NOEXIST`: only the `sockmap-noexist` mutant uses it (incident C).
+pub const INSERT_NOEXIST: u32 = 1;
+
+/// Value of `dp_accel[0]`, written by the agent: which connections are accelerated. A TCP
+/// connection is, when both its addresses fall in one of the prefixes (e.g. the node's
+/// address/32 and the node's pod CIDR). IPv4 only. `count` 0 = nothing is accelerated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AccelConfig {
+    /// How many entries of `nets`/`masks` are used.
+    pub count: u32,
+    /// [`INSERT_ANY`] (replace a key that exists) or [`INSERT_NOEXIST`] (the mutant).
+    pub insert_flags: u32,
+    /// Network addresses and masks, network byte order.
+    pub nets: [u32; ACCEL_MAX_CIDRS],
+    pub masks: [u32; ACCEL_MAX_CIDRS],
+}
+
+/// Counters in `dp_accel_stats` (a per-CPU array of `u64`; user space sums the CPUs).
+pub const STAT_INSERT_OK: u32 = 0;
+/// `bpf_sock_hash_update` failed (EEXIST under the mutant).
+pub const STAT_INSERT_FAILED: u32 = 1;
+/// `dp_skmsg` ran (once per `sendmsg` on an accelerated socket).
+pub const STAT_MSG: u32 = 2;
+/// ... and redirected the message to the peer socket found under the reversed key.
+pub const STAT_MSG_REDIRECTED: u32 = 3;
+/// ... or found no peer and let the message go through TCP.
+pub const STAT_MSG_PASSED: u32 = 4;
+/// Bytes in redirected messages.
+pub const STAT_BYTES_REDIRECTED: u32 = 5;
+/// Established callbacks that were in scope (both addresses accelerated).
+pub const STAT_ESTABLISHED: u32 = 6;
+/// Number of counters (`max_entries` of `dp_accel_stats`).
+pub const STAT_COUNT: u32 = 8;
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -213,6 +310,8 @@ mod user {
     unsafe impl aya::Pod for MasqConfig {}
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatEndpoint {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for AccelConfig {}
 }
 
 // Compile-time checks that the sizes are what the comments say (no implicit padding).
@@ -227,4 +326,6 @@ const _: () = {
     assert!(core::mem::size_of::<MasqConfig>() == 24 + 16 * MASQ_MAX_CIDRS);
     assert!(core::mem::size_of::<NatKey>() == 16);
     assert!(core::mem::size_of::<NatEndpoint>() == 8);
+    assert!(core::mem::size_of::<SockKey>() == 44);
+    assert!(core::mem::size_of::<AccelConfig>() == 8 + 8 * ACCEL_MAX_CIDRS);
 };

@@ -7,6 +7,10 @@
 #![no_std]
 #![no_main]
 
+// sock_ops + sk_msg socket acceleration (incident C); its programs and maps are part of
+// this object.
+mod sockmap;
+
 use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::{cgroup_sock_addr, map},
