@@ -130,6 +130,19 @@ pub struct ExternalHost {
     /// Where its server runs: a network namespace on the host (netns provider, the
     /// underlay's namespace for qemu) as a path; the run starts `dp-probe serve` there.
     pub netns: PathBuf,
+    /// `None`: the server is started through the first node (whose `dp-probe` can enter
+    /// that namespace: the netns provider). `Some`: started on the host itself (qemu: the
+    /// namespace is the host's, the nodes are VMs).
+    pub on_host: Option<HostServer>,
+}
+
+/// How to run the external host's server on the host.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostServer {
+    /// `dp-probe` as the host runs it.
+    pub dp_probe: PathBuf,
+    /// Where its stdout and stderr go (the run's directory, so they stay as artifacts).
+    pub log_dir: PathBuf,
 }
 
 /// What a provider brought up.

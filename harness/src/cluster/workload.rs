@@ -99,8 +99,14 @@ pub fn start_external(cluster: &Cluster, servers: &mut Vec<Server>) -> Result<()
     let (Some(ext), Some(cn)) = (&cluster.external, cluster.nodes.first()) else {
         return Ok(());
     };
+    let host = crate::node::netns::NetnsNode::host();
+    let (node, probe, dir): (&dyn crate::node::Node, &std::path::Path, &std::path::Path) =
+        match &ext.on_host {
+            Some(h) => (&host, &h.dp_probe, &h.log_dir),
+            None => (cn.node.as_ref(), &cn.dp_probe, &cn.work_dir),
+        };
     let argv = vec![
-        cn.dp_probe.display().to_string(),
+        probe.display().to_string(),
         "serve".into(),
         "--id".into(),
         ext.name.clone(),
@@ -109,27 +115,20 @@ pub fn start_external(cluster: &Cluster, servers: &mut Vec<Server>) -> Result<()
         "--tcp".into(),
         ext.addr.to_string(),
     ];
-    let log = cn.work_dir.join(format!("serve-{}.out", ext.name));
-    let err = cn.work_dir.join(format!("serve-{}.err", ext.name));
-    let mut proc = cn.node.spawn(&SpawnSpec {
+    let log = dir.join(format!("serve-{}.out", ext.name));
+    let err = dir.join(format!("serve-{}.err", ext.name));
+    let mut proc = node.spawn(&SpawnSpec {
         argv: argv.clone(),
         stdout: log.clone(),
         stderr: err.clone(),
         env: Vec::new(),
     })?;
-    if !wait_for_line(
-        cn.node.as_ref(),
-        proc.as_mut(),
-        &log,
-        "ready",
-        Duration::from_secs(10),
-    )? {
+    if !wait_for_line(node, proc.as_mut(), &log, "ready", Duration::from_secs(10))? {
         return Err(NodeError::Failed {
-            node: cn.name().to_string(),
+            node: node.name().to_string(),
             command: argv.join(" "),
             exit: proc.try_wait()?.unwrap_or(crate::node::Exit::Unknown),
-            stderr: String::from_utf8_lossy(&cn.node.read_file(&err).unwrap_or_default())
-                .into_owned(),
+            stderr: String::from_utf8_lossy(&node.read_file(&err).unwrap_or_default()).into_owned(),
         });
     }
     servers.push(Server {

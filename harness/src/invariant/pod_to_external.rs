@@ -196,6 +196,7 @@ mod tests {
             name: "external".into(),
             addr: "172.31.0.200:8080".parse().unwrap(),
             netns: "/run/netns/x".into(),
+            on_host: None,
         }
     }
     fn parse(l: &str) -> Attempt {

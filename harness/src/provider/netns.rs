@@ -359,6 +359,7 @@ impl NetnsProvider {
                 name: "external".into(),
                 addr: std::net::SocketAddrV4::new(EXTERNAL_ADDR, EXTERNAL_PORT),
                 netns: PathBuf::from(format!("/run/netns/{ext}")),
+                on_host: None,
             }),
         })
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{clean_leftovers, QemuCluster, QemuConfig, QemuError};
-use crate::cluster::{Cluster, ClusterNode, Pod};
+use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod};
 use crate::node::ssh::SshNode;
 use crate::node::Node;
 use crate::provider::{Cleaned, Facts, Limitation, Provider, ProviderError, UpRequest};
@@ -130,6 +130,13 @@ impl Provider for QemuProvider {
 
         let mut nodes = Vec::new();
         for vm in cluster.nodes() {
+            let net = NodeNet {
+                uplink: "eth0".into(),
+                addr: vm.cluster_ip,
+                pod_cidr: vm.pod_cidr.clone(),
+                cluster_cidr: "10.244.0.0/16".into(),
+                pod_iface_prefix: "lxc".into(),
+            };
             let node: Arc<dyn Node> = Arc::new(SshNode::new(&vm.name, vm.ssh_slot()));
             let services_dir = PathBuf::from(format!("{NODE_STATE}/services"));
             let work_dir = PathBuf::from(format!("{NODE_STATE}/work"));
@@ -154,7 +161,7 @@ impl Provider for QemuProvider {
                 work_dir,
                 datapathd,
                 dp_probe,
-                net: None,
+                net: Some(net),
             });
         }
 
@@ -178,10 +185,46 @@ impl Provider for QemuProvider {
                 cgroup,
             });
         }
+        // The external host: the cluster network's own namespace (the underlay, not a
+        // node), with an address on its bridge; its server runs on the host. It goes with
+        // the network at down.
+        let external = match (cluster.netns(), cluster.nodes().first()) {
+            (Some(ns), Some(vm0)) => {
+                let ns = ns.to_owned();
+                let links = cluster
+                    .netns_exec(&["ip", "-o", "link", "show", "type", "bridge"])
+                    .map_err(|e| provider_error(e, "finding the cluster bridge"))?;
+                let bridge = links
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split(": ").nth(1))
+                    .map(|b| b.split('@').next().unwrap_or(b).to_owned())
+                    .ok_or_else(|| ProviderError::Other {
+                        provider: NAME,
+                        what: format!("no bridge in the cluster network namespace {ns}"),
+                        source: None,
+                    })?;
+                let o = vm0.cluster_ip.octets();
+                let addr = std::net::Ipv4Addr::new(o[0], o[1], o[2], 250);
+                cluster
+                    .netns_exec(&["ip", "addr", "add", &format!("{addr}/24"), "dev", &bridge])
+                    .map_err(|e| provider_error(e, "addressing the external host"))?;
+                Some(ExternalHost {
+                    name: "external".into(),
+                    addr: std::net::SocketAddrV4::new(addr, 8080),
+                    netns: PathBuf::from(format!("/run/netns/{ns}")),
+                    on_host: Some(HostServer {
+                        dp_probe: req.binaries.dp_probe.clone(),
+                        log_dir: req.run_dir.to_path_buf(),
+                    }),
+                })
+            }
+            _ => None,
+        };
         Ok(Cluster {
             nodes,
             pods,
-            external: None,
+            external,
         })
     }
 
