@@ -50,8 +50,9 @@ pub enum Command {
     },
     /// Remove whatever earlier runs left on this host (found by their markers).
     Clean {
-        #[arg(long, default_value = DEFAULT_PROVIDER)]
-        provider: String,
+        /// Only this provider's leftovers (default: every provider's).
+        #[arg(long)]
+        provider: Option<String>,
     },
     /// Run the plan recorded in RUN_DIR/history.json again.
     Replay {
@@ -168,30 +169,42 @@ fn run(cli: Cli) -> ExitStatus {
             ExitStatus::Passed
         }
         Command::Clean { provider } => {
-            let Some(p) = provider::by_name(&provider) else {
-                eprintln!("harness: error: provider `{provider}` is not available here (available: netns)");
-                return ExitStatus::BadInput;
+            let names: Vec<&str> = match &provider {
+                Some(p) => vec![p.as_str()],
+                None => crate::provider::PROVIDERS.to_vec(),
             };
-            match p.clean_leftovers() {
-                Ok(c) => {
-                    for r in &c.removed {
-                        println!("removed {r}");
+            let mut status = ExitStatus::Passed;
+            for name in names {
+                let Some(p) = provider::by_name(name) else {
+                    eprintln!(
+                        "harness: error: unknown provider `{name}` (known: {})",
+                        crate::provider::PROVIDERS.join(", ")
+                    );
+                    return ExitStatus::BadInput;
+                };
+                match p.clean_leftovers() {
+                    Ok(c) => {
+                        for r in &c.removed {
+                            println!("{name}: removed {r}");
+                        }
+                        for r in &c.problems {
+                            eprintln!("harness: {name}: problem: {r}");
+                        }
+                        println!(
+                            "harness clean: {name}: removed {} object(s)",
+                            c.removed.len()
+                        );
+                        if !c.problems.is_empty() {
+                            status = ExitStatus::HarnessError;
+                        }
                     }
-                    for r in &c.problems {
-                        eprintln!("harness: problem: {r}");
+                    Err(e) => {
+                        eprintln!("harness: error: {name}: {}", crate::run::chain(&e));
+                        status = ExitStatus::HarnessError;
                     }
-                    println!("harness clean: removed {} object(s)", c.removed.len());
-                    if c.problems.is_empty() {
-                        ExitStatus::Passed
-                    } else {
-                        ExitStatus::HarnessError
-                    }
-                }
-                Err(e) => {
-                    eprintln!("harness: error: {}", crate::run::chain(&e));
-                    ExitStatus::HarnessError
                 }
             }
+            status
         }
     }
 }
@@ -270,6 +283,42 @@ fn check_datapathd(b: &Binaries, mutant: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A refusal when the plan has faults below the node's userland (reboot, links) and the
+/// provider has no machines to do them on: said before anything is brought up.
+fn needs_machines(
+    plan: &crate::plan::Plan,
+    provider: &mut dyn crate::provider::Provider,
+    s: &Suite,
+) -> Option<String> {
+    use crate::plan::{FaultPlan, PlannedStep};
+    let mut kinds: Vec<&str> = plan
+        .scenarios
+        .iter()
+        .flat_map(|sc| &sc.steps)
+        .filter_map(|st| match st {
+            PlannedStep::Fault(f @ (FaultPlan::NodeReboot(_) | FaultPlan::LinkDegrade(_))) => {
+                Some(f.kind().as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    if kinds.is_empty() || provider.machines().is_some() {
+        return None;
+    }
+    let name = provider.name();
+    Some(format!(
+        "suite {} needs nodes that are machines (fault {}); provider {name} cannot do that{}",
+        s.name,
+        kinds.join(", "),
+        s.providers
+            .get(name)
+            .map(|n| format!(": {}", n.trim()))
+            .unwrap_or_default()
+    ))
+}
+
 fn reports_root(opts: &RunOpts) -> PathBuf {
     opts.reports_dir.clone().unwrap_or_else(|| {
         let r = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../reports");
@@ -289,9 +338,9 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
             return ExitStatus::BadInput;
         }
     };
-    let Some(provider) = provider::by_name(&opts.provider) else {
+    let Some(mut provider) = provider::by_name(&opts.provider) else {
         eprintln!(
-            "harness: error: provider `{}` cannot run suites yet (available: netns; known: {})",
+            "harness: error: unknown provider `{}` (known: {})",
             opts.provider,
             crate::provider::PROVIDERS.join(", ")
         );
@@ -318,6 +367,10 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
         opts.datapath_mutant.as_deref(),
         opts.repeat,
     );
+    if let Some(msg) = needs_machines(&plan, provider.as_mut(), &s) {
+        eprintln!("harness: error: {msg}");
+        return ExitStatus::BadInput;
+    }
     let run_name = format!("{}-{}-{}", s.name, seed, crate::provider::RunId::fresh());
     let run_dir = reports_root(opts).join(&run_name);
     if let Err(e) = std::fs::create_dir_all(&run_dir) {

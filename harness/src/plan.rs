@@ -76,6 +76,24 @@ pub enum PlannedStep {
 pub enum FaultPlan {
     AgentRestartMidAttach(RestartPlan),
     KubeProxyOrderSwap(OrderSwapPlan),
+    NodeReboot(NodeRebootPlan),
+    LinkDegrade(LinkDegradePlan),
+}
+
+/// Every decision of one node-reboot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeRebootPlan {
+    pub node: String,
+}
+
+/// Every decision of one link-degrade: netem on `node`'s cluster link for `hold_ms`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinkDegradePlan {
+    pub node: String,
+    pub delay_ms: u32,
+    /// Loss in percent.
+    pub loss_pct: u32,
+    pub hold_ms: u64,
 }
 
 /// Every decision of one kube-proxy-order-swap: kube-proxy is first started on every node
@@ -124,6 +142,8 @@ impl FaultPlan {
         match self {
             FaultPlan::AgentRestartMidAttach(_) => FaultKind::AgentRestartMidAttach,
             FaultPlan::KubeProxyOrderSwap(_) => FaultKind::KubeProxyOrderSwap,
+            FaultPlan::NodeReboot(_) => FaultKind::NodeReboot,
+            FaultPlan::LinkDegrade(_) => FaultKind::LinkDegrade,
         }
     }
 }
@@ -221,6 +241,25 @@ pub fn plan(
                                 node,
                                 kube_proxy: "1.30/iptables".into(),
                                 actions,
+                            }))
+                        }
+                        FaultKind::NodeReboot => {
+                            let node = match &f.node {
+                                Some(n) => n.clone(),
+                                None => nodes.choose(&mut rng).copied().unwrap_or("").to_string(),
+                            };
+                            PlannedStep::Fault(FaultPlan::NodeReboot(NodeRebootPlan { node }))
+                        }
+                        FaultKind::LinkDegrade => {
+                            let node = match &f.node {
+                                Some(n) => n.clone(),
+                                None => nodes.choose(&mut rng).copied().unwrap_or("").to_string(),
+                            };
+                            PlannedStep::Fault(FaultPlan::LinkDegrade(LinkDegradePlan {
+                                node,
+                                delay_ms: rng.random_range(50..200),
+                                loss_pct: rng.random_range(5..30),
+                                hold_ms: rng.random_range(500..2000),
                             }))
                         }
                     },

@@ -411,7 +411,9 @@ impl Runner<'_> {
             }
             PlannedStep::Fault(f) => {
                 let fault = crate::fault::from_plan(f);
-                let rec = fault.inject(live).map_err(|e| chain(&e))?;
+                let rec = fault
+                    .inject_with(live, self.provider.machines())
+                    .map_err(|e| chain(&e))?;
                 live.remember();
                 Ok(rec.proof)
             }
@@ -509,6 +511,13 @@ pub fn describe(s: &PlannedStep) -> String {
             p.node,
             p.kube_proxy,
             p.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(",")
+        ),
+        PlannedStep::Fault(crate::plan::FaultPlan::NodeReboot(p)) => {
+            format!("fault node-reboot node={}", p.node)
+        }
+        PlannedStep::Fault(crate::plan::FaultPlan::LinkDegrade(p)) => format!(
+            "fault link-degrade node={} delay={}ms loss={}% hold={}ms",
+            p.node, p.delay_ms, p.loss_pct, p.hold_ms
         ),
         PlannedStep::WaitFor { condition, timeout_s } => format!("wait-for {condition:?} ({timeout_s} s)"),
         PlannedStep::Check { invariants } => format!(

@@ -4,6 +4,8 @@
 
 pub mod agent_restart;
 pub mod kube_proxy_order_swap;
+pub mod link_degrade;
+pub mod node_reboot;
 
 use crate::plan::FaultPlan;
 use crate::run::Live;
@@ -31,6 +33,16 @@ pub enum FaultError {
         #[source]
         source: Box<crate::node::NodeError>,
     },
+    #[error("fault {fault}: this provider cannot do it: {reason}")]
+    Unsupported { fault: &'static str, reason: String },
+    #[error("fault {fault} on node {node}: {what}")]
+    Provider {
+        fault: &'static str,
+        node: String,
+        what: String,
+        #[source]
+        source: Box<crate::provider::ProviderError>,
+    },
     #[error("fault interrupted")]
     Interrupted,
 }
@@ -39,6 +51,15 @@ pub trait Fault {
     fn name(&self) -> &'static str;
     /// Injects, proves, and heals (the agent is running again when it returns Ok).
     fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError>;
+    /// Like `inject`, with the provider's machine layer (`None` when the provider has
+    /// none). Faults below the node's userland (reboot, links) override this one.
+    fn inject_with(
+        &self,
+        live: &mut Live,
+        _machines: Option<&mut dyn crate::provider::Machines>,
+    ) -> Result<FaultRecord, FaultError> {
+        self.inject(live)
+    }
 }
 
 pub fn from_plan(p: &FaultPlan) -> Box<dyn Fault> {
@@ -49,5 +70,7 @@ pub fn from_plan(p: &FaultPlan) -> Box<dyn Fault> {
         FaultPlan::KubeProxyOrderSwap(p) => {
             Box::new(kube_proxy_order_swap::KubeProxyOrderSwap(p.clone()))
         }
+        FaultPlan::NodeReboot(p) => Box::new(node_reboot::NodeReboot(p.clone())),
+        FaultPlan::LinkDegrade(p) => Box::new(link_degrade::LinkDegrade(p.clone())),
     }
 }

@@ -8,6 +8,7 @@ pub mod no_invalid_drops;
 pub mod no_orphan;
 pub mod one_program;
 pub mod pod_to_external;
+pub mod pod_to_pod;
 pub mod rules_exactly_once;
 pub mod service_connectivity;
 
@@ -98,6 +99,7 @@ pub fn by_name(name: InvariantName) -> Option<Box<dyn Invariant>> {
         // Judged by the run after teardown, from host snapshots.
         InvariantName::HostCleanAfterDown => None,
         InvariantName::PodToExternal => Some(Box::new(pod_to_external::PodToExternal)),
+        InvariantName::PodToPod => Some(Box::new(pod_to_pod::PodToPod)),
         InvariantName::ForwardChainOrder => Some(Box::new(forward_chain_order::ForwardChainOrder)),
         InvariantName::RulesExactlyOnce => Some(Box::new(rules_exactly_once::RulesExactlyOnce)),
         InvariantName::NoInvalidDrops => Some(Box::new(no_invalid_drops::NoInvalidDrops)),

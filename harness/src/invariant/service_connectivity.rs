@@ -28,6 +28,9 @@ pub struct Attempt {
     pub errno: Option<serde_json::Value>,
     #[serde(default)]
     pub error: Option<String>,
+    /// The whole attempt (connect, request, answer), in microseconds.
+    #[serde(default)]
+    pub elapsed_us: Option<u64>,
 }
 
 pub fn judge(pod: &str, svc: &ServiceState, attempts: &[Attempt]) -> Judgement {

@@ -19,7 +19,7 @@ pub mod qemu;
 
 use std::path::{Path, PathBuf};
 
-use crate::cluster::{Binaries, Cluster, Topology};
+use crate::cluster::{Binaries, Cluster, ClusterNode, Pod, Topology};
 use crate::signal::Cancel;
 
 /// The provider used when `--provider` is not given. The single place to change it.
@@ -153,6 +153,33 @@ pub trait Provider: Send {
     /// Finds what earlier runs of this provider left (by their marker and state files)
     /// and removes it. For `harness clean`; must not touch objects of a live run.
     fn clean_leftovers(&self) -> Result<Cleaned, ProviderError>;
+
+    /// The machine layer under the nodes (reboot, links), for faults that need it.
+    /// `None`: this provider cannot do such faults, and they say so instead of passing.
+    fn machines(&mut self) -> Option<&mut dyn Machines> {
+        None
+    }
+}
+
+/// Faults below the node's userland: what only a provider whose nodes are machines (VMs)
+/// can do. Node names are the suite's.
+pub trait Machines {
+    /// Reboots `node` (a new kernel: bpffs, processes and pods are gone) and brings it
+    /// back to what `up` made: the node's directories, its `pods` (same names, addresses
+    /// and cgroups) and the pod routes. Returns the time until it answered again.
+    fn reboot(
+        &mut self,
+        node: &ClusterNode,
+        pods: &[Pod],
+        timeout: std::time::Duration,
+    ) -> Result<std::time::Duration, ProviderError>;
+    /// Takes the node's cluster link down (`false`: a partition) or up again.
+    fn set_link(&mut self, node: &str, up: bool) -> Result<(), ProviderError>;
+    /// Degrades the node's cluster link with tc netem (`["delay", "100ms"]`, `["loss",
+    /// "30%"]`) on the node's side of it (its egress).
+    fn link_netem(&mut self, node: &str, args: &[&str]) -> Result<(), ProviderError>;
+    /// Removes any netem from the node's link and brings it up.
+    fn link_heal(&mut self, node: &str) -> Result<(), ProviderError>;
 }
 
 /// Builds the provider named `name`.

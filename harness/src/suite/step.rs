@@ -1,7 +1,7 @@
 //! One step of a scenario: `deploy`, `fault`, `wait-for` or `check`, written as a map
 //! with that one key.
 
-pub const EXPECTED: &str = "a step is one of: {deploy: {}} | {fault: {name: agent-restart-mid-attach, \
+pub const EXPECTED: &str = "a step is one of: {deploy: {}} | {fault: {name: agent-restart-mid-attach|kube-proxy-order-swap|node-reboot|link-degrade, \
 node: NAME (optional; default: chosen from the seed)}} | {wait-for: {condition: agents-ready|services-reachable, \
 timeout-s: 30}} | {check: {invariants: [service-connectivity, one-program-per-hook, no-orphan-bpf-objects]}}";
 
@@ -37,17 +37,26 @@ pub enum FaultKind {
     /// Incident B: kube-proxy (fixture) and the agent started in both orders, restarted
     /// alone, kube-proxy's rules flushed and re-added.
     KubeProxyOrderSwap,
+    /// Reboot a node (a VM): its kernel, bpffs and pods start over; the datapath must
+    /// come back clean. Needs a provider whose nodes are machines.
+    NodeReboot,
+    /// Degrade a node's cluster link (tc netem delay and loss), prove it, heal it.
+    LinkDegrade,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 2] = [
+    pub const ALL: [FaultKind; 4] = [
         FaultKind::AgentRestartMidAttach,
         FaultKind::KubeProxyOrderSwap,
+        FaultKind::NodeReboot,
+        FaultKind::LinkDegrade,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
             FaultKind::AgentRestartMidAttach => "agent-restart-mid-attach",
             FaultKind::KubeProxyOrderSwap => "kube-proxy-order-swap",
+            FaultKind::NodeReboot => "node-reboot",
+            FaultKind::LinkDegrade => "link-degrade",
         }
     }
 }
@@ -98,10 +107,12 @@ pub enum InvariantName {
     RulesExactlyOnce,
     /// Incident B: kube-proxy's INVALID DROP counts nothing during pod-to-external probes.
     NoInvalidDrops,
+    /// Every pod reaches every other pod's server directly, across nodes, with payload.
+    PodToPod,
 }
 
 impl InvariantName {
-    pub const ALL: [InvariantName; 8] = [
+    pub const ALL: [InvariantName; 9] = [
         InvariantName::ServiceConnectivity,
         InvariantName::OneProgramPerHook,
         InvariantName::NoOrphanBpfObjects,
@@ -110,6 +121,7 @@ impl InvariantName {
         InvariantName::ForwardChainOrder,
         InvariantName::RulesExactlyOnce,
         InvariantName::NoInvalidDrops,
+        InvariantName::PodToPod,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -121,6 +133,7 @@ impl InvariantName {
             InvariantName::ForwardChainOrder => "forward-chain-order",
             InvariantName::RulesExactlyOnce => "rules-exactly-once",
             InvariantName::NoInvalidDrops => "no-invalid-drops",
+            InvariantName::PodToPod => "pod-to-pod",
         }
     }
 }

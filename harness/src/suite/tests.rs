@@ -123,7 +123,7 @@ fn unknown_fault() {
         "      - check:\n",
         "      - fault:\n          name: reboot\n      - check:\n",
     ));
-    assert!(e.contains("at `scenarios[0].steps[1].fault.name`: unknown variant `reboot`, expected `agent-restart-mid-attach`"), "{e}");
+    assert!(e.contains("at `scenarios[0].steps[1].fault.name`: unknown variant `reboot`, expected one of `agent-restart-mid-attach`"), "{e}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod bench;
 pub mod cpio;
 pub mod error;
 pub mod image;
+pub mod machines;
 pub mod net;
 pub mod pod;
 pub mod provider;

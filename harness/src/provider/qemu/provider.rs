@@ -245,6 +245,10 @@ impl Provider for QemuProvider {
         Vec::new()
     }
 
+    fn machines(&mut self) -> Option<&mut dyn crate::provider::Machines> {
+        Some(self)
+    }
+
     fn clean_leftovers(&self) -> Result<Cleaned, ProviderError> {
         let c = clean_leftovers().map_err(|e| provider_error(e, "cleaning leftovers"))?;
         let mut removed = Vec::new();
