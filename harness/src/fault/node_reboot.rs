@@ -117,7 +117,15 @@ impl Fault for NodeReboot {
         for a in live.agents.iter_mut().filter(|a| a.node == node) {
             a.current = None;
         }
-        live.servers.retain(|s| s.node != node);
+        //    Only the node's pods' servers: the external host's runs elsewhere.
+        let gone: Vec<String> = live
+            .cluster
+            .pods
+            .iter()
+            .filter(|p| p.node == node)
+            .map(|p| p.name.clone())
+            .collect();
+        live.servers.retain(|s| !gone.contains(&s.pod));
 
         // 3. The datapath's pins were in the node's memory.
         let pins = cn
