@@ -23,7 +23,7 @@ use crate::cluster::{Binaries, Cluster, ClusterNode, Pod, Topology};
 use crate::signal::Cancel;
 
 /// The provider used when `--provider` is not given. The single place to change it.
-pub const DEFAULT_PROVIDER: &str = "netns";
+pub const DEFAULT_PROVIDER: &str = "qemu";
 
 /// Every provider name `--provider` accepts.
 pub const PROVIDERS: &[&str] = &["netns", "qemu"];
