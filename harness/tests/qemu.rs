@@ -1,0 +1,242 @@
+//! End to end on the qemu provider (the default): real VMs, SSH, datapathd and bpftool in
+//! each guest. Needs root, qemu-system-x86_64 and a node image (`images/build-node-image`,
+//! which ci/setup's packages make possible); skips with a message when one is missing.
+//!
+//! TCG on two cores boots a VM in 5-15 s, so this file makes two small runs (one node):
+//! a failing one (the stale-cgroup-prog mutant, caught) and an interrupted one (SIGINT
+//! while it deploys). A passing run ends through the same teardown as the failing one
+//! (after its artifacts); `suite sock-lb` is the passing run. After each, nothing of the
+//! run may remain: no QEMU process, network namespace (bridge and taps live in it),
+//! state directory or host interface carrying its marker. Only this test's own runs are
+//! judged (their markers come from their histories), so VM tests may run alongside.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn harness() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_harness"))
+}
+
+/// Why VM runs cannot happen here, if they cannot.
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root (taps, network namespaces, bpffs in the guests)".into());
+    }
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !qemu.is_ok_and(|s| s.success()) {
+        return Some("qemu-system-x86_64 not found (ci/setup installs qemu-system-x86)".into());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/build-node-image");
+    let out = Command::new(&script).output();
+    match out {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!(
+            "no node image: {} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Some(format!(
+            "no node image: cannot run {}: {e}",
+            script.display()
+        )),
+    }
+}
+
+/// A one-node suite: deploy, check, restart the agent mid-attach, check.
+const SUITE: &str = "name: qemu-one-node
+description: one VM node, an agent restart mid-attach
+topology:
+  nodes:
+    - name: node-a
+      pods: [client, web]
+services:
+  - name: web
+    vip: 10.96.0.10
+    port: 80
+    target-port: 8080
+    backends: [web]
+scenarios:
+  - name: restart
+    steps:
+      - deploy: {}
+      - check:
+          invariants: [service-connectivity, one-program-per-hook]
+      - fault:
+          name: agent-restart-mid-attach
+      - wait-for:
+          condition: agents-ready
+      - check:
+          invariants: [service-connectivity, one-program-per-hook, no-orphan-bpf-objects]
+";
+
+/// The qemu markers (`dpq-<id>`) of the runs under `dir`, from their histories.
+fn markers(dir: &Path) -> Vec<String> {
+    let mut m = Vec::new();
+    for run in std::fs::read_dir(dir).expect("reports dir").flatten() {
+        let Ok(h) = std::fs::read(run.path().join("history.json")) else {
+            continue;
+        };
+        let h: serde_json::Value = serde_json::from_slice(&h).expect("history is JSON");
+        for e in h["events"].as_array().into_iter().flatten() {
+            if e["event"] == "scenario-started" {
+                let dph = e["marker"].as_str().expect("marker");
+                m.push(dph.replacen("dph-", "dpq-", 1));
+            }
+        }
+    }
+    m
+}
+
+/// What of run `marker` is still on the host.
+fn leftovers(marker: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for p in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("qemu-system") && cmd.contains(&format!("{marker}-")) {
+            left.push(format!(
+                "process {}: {cmd}",
+                p.file_name().to_string_lossy()
+            ));
+        }
+    }
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip");
+    for l in String::from_utf8_lossy(&netns.stdout).lines() {
+        if l.starts_with(marker) {
+            left.push(format!("network namespace {l}"));
+        }
+    }
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip");
+    for l in String::from_utf8_lossy(&links.stdout).lines() {
+        if l.contains(marker) {
+            left.push(format!("interface {l}"));
+        }
+    }
+    for root in ["/run/dp-harness/qemu", "/run/dp-harness"] {
+        let d = Path::new(root).join(marker);
+        if d.exists() {
+            left.push(format!("state directory {}", d.display()));
+        }
+    }
+    left
+}
+
+fn assert_clean(dir: &Path) {
+    let ms = markers(dir);
+    assert!(
+        !ms.is_empty(),
+        "no run recorded a marker under {}",
+        dir.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = ms.iter().flat_map(|m| leftovers(m)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn command(suite: &Path, reports: &Path) -> Command {
+    let mut c = Command::new(harness());
+    c.arg("suite")
+        .arg(suite)
+        .args(["--seed", "4", "--reports-dir"])
+        .arg(reports)
+        .env("CI", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn failing_and_interrupted_vm_runs_leave_nothing_behind() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the qemu end-to-end test: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let suite = dir.path().join("qemu-one-node.yaml");
+    std::fs::write(&suite, SUITE).expect("write suite");
+
+    // 1. The mutant on the default provider (no --provider): caught, exit 1.
+    let failing = dir.path().join("failing");
+    let out = command(&suite, &failing)
+        .args(["--datapath-mutant", "stale-cgroup-prog"])
+        .output()
+        .expect("run harness");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the mutant must be caught:\n{err}"
+    );
+    assert!(
+        err.contains("up (qemu, marker"),
+        "qemu is the default:\n{err}"
+    );
+    assert!(
+        err.contains("one-program-per-hook: Fail"),
+        "names the invariant:\n{err}"
+    );
+    let junit = std::fs::read_dir(&failing)
+        .expect("run dir")
+        .flatten()
+        .map(|r| std::fs::read_to_string(r.path().join("junit.xml")).unwrap_or_default())
+        .collect::<String>();
+    for p in [
+        r#"name="provider" value="qemu""#,
+        r#"name="accelerator" value=""#,
+        r#"name="kernel" value=""#,
+    ] {
+        assert!(junit.contains(p), "JUnit property {p} missing:\n{junit}");
+    }
+    assert!(!junit.contains(r#"name="kernel" value="""#), "{junit}");
+    assert_clean(&failing);
+
+    // 2. Interrupted while it deploys: exit 130, after cleanup.
+    let interrupted = dir.path().join("interrupted");
+    let mut child = command(&suite, &interrupted)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn harness");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let log = std::fs::read_dir(&interrupted)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|r| std::fs::read_to_string(r.path().join("harness.log")).unwrap_or_default())
+            .collect::<String>();
+        if log.contains("step 1/") || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(130), "interrupted:\n{err}");
+    assert_clean(&interrupted);
+}
