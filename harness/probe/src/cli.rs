@@ -26,6 +26,103 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Sequential connect+request+response+close; latency percentiles as JSON.
     Bench(BenchArgs),
+    /// Plant stale keys in a pinned sockhash (value: an established decoy socket), print
+    /// `planted {json}`, and keep the decoy open until killed.
+    PlantSockhash(PlantArgs),
+    /// Many short connections (connect, one request, its answer, close); a JSON summary.
+    Churn(ChurnArgs),
+    /// Persistent connections, many requests each with a unique token; hung requests
+    /// (read timeout) and cross-delivered answers are counted; a JSON summary.
+    Reqresp(ReqRespArgs),
+}
+
+/// Whose view of the connection a planted key takes.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFor {
+    /// The key the server's socket will compute: server address first.
+    Server,
+    /// The key the client's socket will compute: client address first.
+    Client,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct PlantArgs {
+    /// The pinned sockhash (e.g. /sys/fs/bpf/datapathd/maps/dp_sockhash).
+    #[arg(long, value_name = "PATH")]
+    pub map: PathBuf,
+    #[arg(long, value_enum)]
+    pub key_for: KeyFor,
+    /// The server end of the future connection.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub server: SocketAddrV4,
+    /// The client end of a future connection (repeatable: one key each).
+    #[arg(long, value_name = "ADDR:PORT", required = true)]
+    pub client: Vec<SocketAddrV4>,
+    /// Address of the decoy connection (a listener and a client of our own on it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub decoy_ip: std::net::Ipv4Addr,
+    #[command(flatten)]
+    pub place: Placement,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ChurnArgs {
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: SocketAddrV4,
+    /// How many connections, one after the other.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// Bind each connection to the next port of this range (cycling), so that
+    /// connections reuse known tuples.
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_port_range)]
+    pub ports: Option<(u16, u16)>,
+    /// The source address used with --ports.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub bind_ip: std::net::Ipv4Addr,
+    /// Deadline for the connect, and for the answer (a read timeout), in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub place: Placement,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ReqRespArgs {
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: SocketAddrV4,
+    /// Requests per connection.
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub requests: u32,
+    /// Persistent connections, used in turn.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: u32,
+    /// Bind connection i to ADDR:(PORT+i).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub bind: Option<SocketAddrV4>,
+    /// Read timeout for each answer (a hung request), in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub timeout_ms: u64,
+    /// Pause between rounds of requests, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub interval_ms: u64,
+    #[command(flatten)]
+    pub place: Placement,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("expected MIN-MAX, got {s:?}"))?;
+    let lo: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let hi: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if lo == 0 || lo > hi {
+        return Err(format!("{s:?}: need 1 <= MIN <= MAX"));
+    }
+    Ok((lo, hi))
 }
 
 /// Where the probe runs: a cgroup to join (first) and a network namespace to enter.
@@ -53,6 +150,10 @@ pub struct ServeArgs {
     /// Enter this network namespace before binding.
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// Join this cgroup v2 directory first (e.g. the node's, so that sock_ops sees the
+    /// server's sockets).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +302,71 @@ mod tests {
         assert_eq!(args.tcp.len(), 2);
         assert_eq!(args.udp.len(), 1);
         assert_eq!(args.netns, None);
+        assert_eq!(args.cgroup, None);
+    }
+
+    #[test]
+    fn sockmap_commands() {
+        let cli = parse(&[
+            "plant-sockhash",
+            "--map",
+            "/sys/fs/bpf/x/maps/dp_sockhash",
+            "--key-for",
+            "server",
+            "--server",
+            "127.0.0.2:8080",
+            "--client",
+            "127.0.0.1:40000",
+            "--client",
+            "127.0.0.1:40001",
+        ])
+        .expect("valid arguments");
+        let Command::PlantSockhash(a) = cli.command else {
+            panic!("expected plant-sockhash")
+        };
+        assert_eq!((a.key_for, a.client.len()), (KeyFor::Server, 2));
+        let cli = parse(&[
+            "churn",
+            "--to",
+            "127.0.0.2:80",
+            "--count",
+            "5",
+            "--ports",
+            "40000-40009",
+        ])
+        .expect("valid arguments");
+        let Command::Churn(a) = cli.command else {
+            panic!("expected churn")
+        };
+        assert_eq!(a.ports, Some((40000, 40009)));
+        for bad in [
+            &[
+                "churn",
+                "--to",
+                "127.0.0.2:80",
+                "--count",
+                "5",
+                "--ports",
+                "9-1",
+            ][..],
+            &[
+                "plant-sockhash",
+                "--map",
+                "/x",
+                "--key-for",
+                "server",
+                "--server",
+                "127.0.0.1:1",
+            ],
+            &["reqresp", "--to", "127.0.0.2:80", "--connections", "0"],
+        ] {
+            let err = parse(bad).expect_err("must be rejected");
+            assert_eq!(
+                err.exit_code(),
+                i32::from(crate::EXIT_USAGE),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

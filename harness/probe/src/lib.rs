@@ -5,6 +5,7 @@
 //!   naming the backend (`--id`), so a client can tell which backend it reached.
 //! - `connect`: one or more attempts against an address, one JSON object per attempt.
 //! - `bench`: sequential connect+request+response+close, latency percentiles as JSON.
+//! - `plant-sockhash`, `churn`, `reqresp`: socket-acceleration workloads (sockmap.rs).
 //!
 //! It is deployed to nodes and VMs as well, so it stays small: std, clap, serde_json, libc.
 //!
@@ -18,6 +19,7 @@ pub mod connect;
 pub mod place;
 pub mod serve;
 pub mod sock;
+pub mod sockmap;
 pub mod wire;
 
 /// Every attempt succeeded (or `serve` ended, which it does not do by itself).
@@ -35,5 +37,8 @@ pub fn run(cli: cli::Cli) -> u8 {
         cli::Command::Serve(args) => serve::run(&args),
         cli::Command::Connect(args) => connect::run(&args),
         cli::Command::Bench(args) => bench::run(&args),
+        cli::Command::PlantSockhash(args) => sockmap::plant(&args),
+        cli::Command::Churn(args) => sockmap::churn(&args),
+        cli::Command::Reqresp(args) => sockmap::reqresp(&args),
     }
 }

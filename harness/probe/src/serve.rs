@@ -11,6 +11,12 @@ use crate::wire::{strip_line_end, Answer, MAX_LINE};
 use crate::{place, sock, EXIT_OK, EXIT_SETUP};
 
 pub fn run(args: &ServeArgs) -> u8 {
+    if let Some(cgroup) = &args.cgroup {
+        if let Err(e) = place::join_cgroup(cgroup) {
+            eprintln!("{}", e.report());
+            return EXIT_SETUP;
+        }
+    }
     if let Some(netns) = &args.netns {
         if let Err(e) = place::enter_netns(netns) {
             eprintln!("{}", e.report());
