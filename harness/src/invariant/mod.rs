@@ -4,13 +4,17 @@
 
 pub mod forward_chain_order;
 pub mod host_clean;
+pub mod no_cross_delivery;
 pub mod no_invalid_drops;
 pub mod no_orphan;
 pub mod one_program;
+pub mod payload_liveness;
 pub mod pod_to_external;
 pub mod pod_to_pod;
 pub mod rules_exactly_once;
 pub mod service_connectivity;
+pub mod sockhash_bounded;
+pub mod sockhash_keys_live;
 
 use crate::cluster::service::ServiceState;
 use crate::cluster::Cluster;
