@@ -3,25 +3,11 @@
 //! kube-proxy / datapath start order, and the `kube-proxy-first` mutant is caught with
 //! iptables evidence. Needs root, cgroup2, bpffs and iptables (ci/setup).
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Shared with the other end-to-end tests: global bpftool comparisons must not overlap.
-struct Lock(#[allow(dead_code)] File);
-fn lock() -> Lock {
-    let p = std::env::temp_dir().join("datapath-acceptance.lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .expect("lock file");
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
-    Lock(f)
-}
+mod common;
+use common::lock;
 
 /// Runs `harness suite kube-proxy-order --provider netns ARGS`; returns the exit status,
 /// stderr and the JUnit XML.

@@ -4,8 +4,6 @@
 //! directories, and bpf programs/maps/links of ours.
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,21 +12,8 @@ fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_harness"))
 }
 
-/// Shared with datapath/agent's acceptance tests: global bpftool comparisons must not see
-/// another test's agent half-way.
-struct Lock(#[allow(dead_code)] File);
-fn lock() -> Lock {
-    let p = std::env::temp_dir().join("datapath-acceptance.lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .expect("lock file");
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
-    Lock(f)
-}
+mod common;
+use common::lock;
 
 fn words(argv: &[&str], field: usize) -> BTreeSet<String> {
     let out = Command::new(argv[0])
