@@ -9,6 +9,12 @@
 //! seconds. A reorder inserts the new jump at the top *before* deleting the old one, so no
 //! packet ever meets a FORWARD without our accept.
 //!
+//! Rules in `FORWARD` are never deleted by number: between our read and a `-D FORWARD N`
+//! another writer (kube-proxy inserting at 1) shifts the numbers and we would delete its
+//! rule (seen on the qemu tier: KUBE-FORWARD vanished). Every jump we insert carries a
+//! generation in its comment, different from every jump already there, so the old ones
+//! can be deleted by their full spec without ever matching the new one.
+//!
 //! Everything goes through the node's real `iptables` command (iptables-nft or legacy,
 //! whichever it is), with `-w` so concurrent writers (kube-proxy) wait for the lock.
 //! Only our own chain and our own jump are ever changed.
@@ -22,7 +28,7 @@ use serde::Serialize;
 
 /// Our chain in the filter table.
 pub const CHAIN: &str = "DP_FORWARD";
-/// Comment on our jump in `FORWARD`.
+/// Comment on our jump in `FORWARD`, followed by ` #<generation>`.
 const JUMP_COMMENT: &str = "datapathd: pod forwarding";
 
 #[derive(Debug, thiserror::Error)]
@@ -250,24 +256,31 @@ impl ForwardChain {
         ]
     }
 
-    fn jump_rule() -> Vec<String> {
-        ["-m", "comment", "--comment", JUMP_COMMENT, "-j", CHAIN]
+    /// Our jump with generation `generation` in its comment.
+    fn jump_rule(generation: u32) -> Vec<String> {
+        let comment = format!("{JUMP_COMMENT} #{generation}");
+        ["-m", "comment", "--comment", &comment, "-j", CHAIN]
             .iter()
             .map(|s| s.to_string())
             .collect()
     }
 
+    /// Our jumps in `FORWARD`: (1-based position, the rule's words after `-A FORWARD`).
+    fn jumps(&self) -> Result<Vec<(usize, Vec<String>)>, IptablesError> {
+        Ok(our_jumps(&self.ipt.rules("FORWARD")?.unwrap_or_default()))
+    }
+
     /// 1-based positions in `FORWARD` of rules jumping to our chain.
     pub fn jump_positions(&self) -> Result<Vec<usize>, IptablesError> {
-        Ok(self
-            .ipt
-            .rules("FORWARD")?
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| jumps_to(r, CHAIN))
-            .map(|(i, _)| i + 1)
-            .collect())
+        Ok(self.jumps()?.into_iter().map(|(p, _)| p).collect())
+    }
+
+    fn insert_jump(&self, how: &[&str], generation: u32) -> Result<(), IptablesError> {
+        let jump = Self::jump_rule(generation);
+        let mut args = vec!["-t", "filter"];
+        args.extend_from_slice(how);
+        args.extend(jump.iter().map(String::as_str));
+        self.ipt.run(&args).map(|_| ())
     }
 
     /// Make the chain, its rules and the jump what they must be (see the module docs).
@@ -284,7 +297,8 @@ impl ForwardChain {
             Some(have) if have == wanted => {}
             Some(have) => {
                 // New rules first (appended), then the old ones deleted from the bottom up
-                // by number: the accept never disappears in between.
+                // by number: the accept never disappears in between, and nobody else
+                // writes to our own chain, so its numbers cannot move under us.
                 self.append_rules(&wanted)?;
                 for pos in (1..=have.len()).rev() {
                     self.ipt
@@ -294,32 +308,32 @@ impl ForwardChain {
             }
         }
 
-        let jump = Self::jump_rule();
-        let jump: Vec<&str> = jump.iter().map(String::as_str).collect();
-        let positions = self.jump_positions()?;
+        let jumps = self.jumps()?;
         match self.policy {
             JumpPolicy::AppendOnce => {
-                if positions.is_empty() {
-                    let mut args = vec!["-t", "filter", "-A", "FORWARD"];
-                    args.extend_from_slice(&jump);
-                    self.ipt.run(&args)?;
+                if jumps.is_empty() {
+                    self.insert_jump(&["-A", "FORWARD"], 1)?;
                     changes.jump_inserted = true;
                 }
             }
             JumpPolicy::KeepFirst => {
+                let positions: Vec<usize> = jumps.iter().map(|(p, _)| *p).collect();
                 if positions != [1] {
-                    if positions.first() != Some(&1) {
-                        let mut args = vec!["-t", "filter", "-I", "FORWARD", "1"];
-                        args.extend_from_slice(&jump);
-                        self.ipt.run(&args)?;
-                        changes.jump_inserted = true;
-                    }
-                    // Now delete every other jump, highest position first so the numbers
-                    // of the remaining ones do not move.
-                    let positions = self.jump_positions()?;
-                    for pos in positions.iter().rev().filter(|&&p| p != 1) {
-                        self.ipt
-                            .run(&["-t", "filter", "-D", "FORWARD", &pos.to_string()])?;
+                    let stale = match jumps.split_first() {
+                        // Ours is first and unique in spec: keep it, delete the others.
+                        Some(((1, top), rest)) if rest.iter().all(|(_, r)| r != top) => {
+                            rest.to_vec()
+                        }
+                        // Absent, not first, or first with an identical copy further down
+                        // (a delete by spec would hit the top one): insert a new generation.
+                        _ => {
+                            self.insert_jump(&["-I", "FORWARD", "1"], unused_generation(&jumps))?;
+                            changes.jump_inserted = true;
+                            jumps
+                        }
+                    };
+                    for (_, rule) in &stale {
+                        delete_rule(&self.ipt, "FORWARD", rule)?;
                         changes.jumps_deleted += 1;
                     }
                 }
@@ -338,19 +352,41 @@ impl ForwardChain {
     }
 }
 
+/// Our jumps in `FORWARD` rules: (1-based position, the rule's words).
+fn our_jumps(forward: &[Vec<String>]) -> Vec<(usize, Vec<String>)> {
+    forward
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| jumps_to(r, CHAIN))
+        .map(|(i, r)| (i + 1, r.clone()))
+        .collect()
+}
+
+/// The smallest generation (from 1) that no jump in `jumps` carries in its comment.
+fn unused_generation(jumps: &[(usize, Vec<String>)]) -> u32 {
+    (1..)
+        .find(|g| {
+            let comment = format!("{JUMP_COMMENT} #{g}");
+            !jumps.iter().any(|(_, r)| r.contains(&comment))
+        })
+        .unwrap_or(1)
+}
+
+/// Delete the first rule of `chain` matching `rule` (its words from `-S`) by spec, never by
+/// number (see the module docs).
+fn delete_rule(ipt: &Iptables, chain: &str, rule: &[String]) -> Result<(), IptablesError> {
+    let mut args = vec!["-t", "filter", "-D", chain];
+    args.extend(rule.iter().map(String::as_str));
+    ipt.run(&args).map(|_| ())
+}
+
 /// Remove our jump(s) from `FORWARD` and our chain, and nothing else. Returns how many
 /// rules were removed (jumps + the chain's rules); 0 when there was nothing.
 pub fn remove(ipt: &Iptables) -> Result<usize, IptablesError> {
     let mut removed = 0;
-    let forward = ipt.rules("FORWARD")?.unwrap_or_default();
-    let positions: Vec<usize> = forward
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| jumps_to(r, CHAIN))
-        .map(|(i, _)| i + 1)
-        .collect();
-    for pos in positions.iter().rev() {
-        ipt.run(&["-t", "filter", "-D", "FORWARD", &pos.to_string()])?;
+    // By spec: identical copies are each deleted by their own `-D` (it takes the first).
+    for (_, rule) in our_jumps(&ipt.rules("FORWARD")?.unwrap_or_default()) {
+        delete_rule(ipt, "FORWARD", &rule)?;
         removed += 1;
     }
     if let Some(rules) = ipt.rules(CHAIN)? {
@@ -469,5 +505,26 @@ mod tests {
         let r = split_words(r#"-m comment --comment "x y" -j DP_FORWARD"#);
         assert!(jumps_to(&r, CHAIN));
         assert!(!jumps_to(&split_words("-j KUBE-FORWARD"), CHAIN));
+    }
+
+    #[test]
+    fn a_new_jump_never_shares_a_spec_with_an_old_one() {
+        let forward: Vec<Vec<String>> = [
+            r#"-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD"#,
+            r#"-m comment --comment "datapathd: pod forwarding #1" -j DP_FORWARD"#,
+            r#"-m comment --comment "datapathd: pod forwarding #3" -j DP_FORWARD"#,
+        ]
+        .iter()
+        .map(|l| split_words(l))
+        .collect();
+        let jumps = our_jumps(&forward);
+        assert_eq!(
+            jumps.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        let g = unused_generation(&jumps);
+        assert_eq!(g, 2);
+        assert!(!jumps.iter().any(|(_, r)| *r == ForwardChain::jump_rule(g)));
+        assert_eq!(unused_generation(&[]), 1);
     }
 }

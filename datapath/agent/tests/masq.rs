@@ -496,6 +496,57 @@ fn chain_stays_first_and_once_after_someone_prepends() {
     );
 }
 
+/// The agent must never delete another component's rule, even when that component
+/// inserts at the top of FORWARD while the agent reorders (a delete by rule number races
+/// with the insert and removes the wrong rule: seen on the qemu tier as a vanished
+/// KUBE-FORWARD jump).
+#[test]
+fn others_rules_survive_prepends_racing_the_reorder() {
+    if !common::can_run("others_rules_survive_prepends_racing_the_reorder") {
+        return;
+    }
+    let mut w = World::new("masq-race");
+    w.start_agent(&[]);
+    w.ipt(&["-N", "OTHER"]);
+    // Prepend for a few reconcile periods, so reorders run while numbers keep moving.
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let mut inserted = 0;
+    while std::time::Instant::now() < until {
+        let comment = format!("other {inserted}");
+        w.ipt(&[
+            "-I",
+            "FORWARD",
+            "1",
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "OTHER",
+        ]);
+        inserted += 1;
+    }
+    let settled = wait_for(Duration::from_secs(10), || chain_first(&w).then_some(()));
+    assert!(
+        settled.is_some(),
+        "not first: {:?}\n{}",
+        w.forward(),
+        w.logs()
+    );
+    let forward = w.forward();
+    let others = forward.iter().filter(|l| l.ends_with("-j OTHER")).count();
+    let ours = forward
+        .iter()
+        .filter(|l| l.ends_with("-j DP_FORWARD"))
+        .count();
+    assert_eq!(
+        (others, ours),
+        (inserted, 1),
+        "FORWARD lost another component's rules or kept extra jumps of ours:\n{}",
+        forward.join("\n")
+    );
+}
+
 #[test]
 fn kube_proxy_first_is_healed_by_the_agent() {
     if !common::can_run("kube_proxy_first_is_healed_by_the_agent") {

@@ -18,11 +18,10 @@
 //!   would); never a flush of a whole table.
 
 use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::node::{Node, NodeError};
+use crate::node::{shell_quote, Node, NodeError};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -296,76 +295,92 @@ impl KubeProxy {
         s
     }
 
-    /// Start (or restart: the same thing, as for the real daemon) on `node`. `scratch` is a
-    /// file path on the node for the restore input.
-    pub fn start(&self, node: &dyn Node, scratch: &Path) -> Result<(), KubeProxyError> {
-        if self.mode != Mode::Iptables {
-            return Ok(());
-        }
-        let err = |source| KubeProxyError::Node {
-            node: node.name().to_string(),
-            source,
-        };
+    /// The shell script that starts (or restarts: the same thing, as for the real daemon)
+    /// kube-proxy's rules: chains, jumps ensured in order, then the chains' contents.
+    /// One script, so one round trip to a VM instead of one per iptables command.
+    pub fn start_script(&self) -> String {
+        let mut s = String::from("set -e\n");
         // The chains must exist before a jump to them can be checked or inserted.
         for (table, chain) in self.chains() {
-            let exists = node
-                .run(&["iptables", "-w", "5", "-t", table, "-S", chain], T)
-                .map_err(err)?;
-            if !exists.success() {
-                node.check(&["iptables", "-w", "5", "-t", table, "-N", chain], T)
-                    .map_err(err)?;
-            }
+            s.push_str(&format!(
+                "iptables -w 5 -t {table} -S {chain} >/dev/null 2>&1 || iptables -w 5 -t {table} -N {chain}\n"
+            ));
         }
         for j in self.jumps() {
-            let spec = j.spec();
-            let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
-            let mut check = vec!["iptables", "-w", "5", "-t", j.table, "-C", j.from];
-            check.extend_from_slice(&spec);
-            if !node.run(&check, T).map_err(err)?.success() {
-                let mut insert = vec!["iptables", "-w", "5", "-t", j.table, "-I", j.from, "1"];
-                insert.extend_from_slice(&spec);
-                node.check(&insert, T).map_err(err)?;
-            }
+            let spec = quoted(&j.spec());
+            s.push_str(&format!(
+                "iptables -w 5 -t {t} -C {f} {spec} 2>/dev/null || iptables -w 5 -t {t} -I {f} 1 {spec}\n",
+                t = j.table,
+                f = j.from
+            ));
         }
-        node.write_file(scratch, self.restore_text().as_bytes(), 0o600)
-            .map_err(err)?;
-        let file = scratch.display().to_string();
-        node.check(&["iptables-restore", "-w", "5", "--noflush", &file], T)
-            .map_err(err)?;
-        Ok(())
+        s.push_str("iptables-restore -w 5 --noflush <<'KUBE_PROXY_RULES'\n");
+        s.push_str(&self.restore_text());
+        s.push_str("KUBE_PROXY_RULES\n");
+        s
     }
 
-    /// Stop and clean up on `node`: its jumps, then its chains; nothing else.
-    pub fn stop(&self, node: &dyn Node) -> Result<(), KubeProxyError> {
-        let err = |source| KubeProxyError::Node {
-            node: node.name().to_string(),
-            source,
-        };
+    /// The shell script that stops kube-proxy and cleans up: its jumps (every copy), then
+    /// its chains; nothing else (what `kube-proxy --cleanup-iptables` would do).
+    pub fn stop_script(&self) -> String {
+        let mut s = String::new();
         for j in self.jumps() {
-            let spec = j.spec();
-            let spec: Vec<&str> = spec.iter().map(String::as_str).collect();
-            // -D by spec removes one copy per call; stop when -C finds none (bounded).
-            for _ in 0..16 {
-                let mut check = vec!["iptables", "-w", "5", "-t", j.table, "-C", j.from];
-                check.extend_from_slice(&spec);
-                if !node.run(&check, T).map_err(err)?.success() {
-                    break;
-                }
-                let mut del = vec!["iptables", "-w", "5", "-t", j.table, "-D", j.from];
-                del.extend_from_slice(&spec);
-                node.check(&del, T).map_err(err)?;
-            }
+            let spec = quoted(&j.spec());
+            // -D by spec removes one copy per call; bounded so a failing -D cannot spin.
+            s.push_str(&format!(
+                "n=0; while [ $n -lt 16 ] && iptables -w 5 -t {t} -C {f} {spec} 2>/dev/null; do iptables -w 5 -t {t} -D {f} {spec} || exit 1; n=$((n+1)); done\n",
+                t = j.table,
+                f = j.from
+            ));
         }
         // Flush every chain of ours first (they jump to each other), then delete them.
         let chains = self.chains();
         for (table, chain) in &chains {
-            let _ = node.run(&["iptables", "-w", "5", "-t", table, "-F", chain], T);
+            s.push_str(&format!(
+                "iptables -w 5 -t {table} -F {chain} 2>/dev/null || true\n"
+            ));
         }
         for (table, chain) in &chains {
-            let _ = node.run(&["iptables", "-w", "5", "-t", table, "-X", chain], T);
+            s.push_str(&format!(
+                "iptables -w 5 -t {table} -X {chain} 2>/dev/null || true\n"
+            ));
         }
-        Ok(())
+        s
     }
+
+    /// Start (or restart) on `node`.
+    pub fn start(&self, node: &dyn Node) -> Result<(), KubeProxyError> {
+        if self.mode != Mode::Iptables {
+            return Ok(());
+        }
+        self.run_script(node, &self.start_script())
+    }
+
+    /// Stop and clean up on `node`.
+    pub fn stop(&self, node: &dyn Node) -> Result<(), KubeProxyError> {
+        if self.mode != Mode::Iptables {
+            return Ok(());
+        }
+        self.run_script(node, &self.stop_script())
+    }
+
+    fn run_script(&self, node: &dyn Node, script: &str) -> Result<(), KubeProxyError> {
+        node.check(&["sh", "-c", script], T)
+            .map(|_| ())
+            .map_err(|source| KubeProxyError::Node {
+                node: node.name().to_string(),
+                source,
+            })
+    }
+}
+
+/// Words quoted for a POSIX shell, joined by spaces.
+fn quoted(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

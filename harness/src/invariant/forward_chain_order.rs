@@ -2,6 +2,10 @@
 //! to from `FORWARD` before kube-proxy's `KUBE-FORWARD` (whose first rule drops conntrack
 //! INVALID packets) whenever both exist. Incident B: with KUBE-FORWARD first, masqueraded
 //! pod connections establish and then carry nothing.
+//!
+//! It also fails when kube-proxy is installed (its `KUBE-FORWARD` chain exists) but
+//! `FORWARD` no longer jumps to it: something (a datapath deleting rules by number while
+//! kube-proxy inserts) removed another component's rule.
 
 use super::{merge, Context, Invariant, Judgement};
 use crate::observe::iptables::{self, Save};
@@ -35,6 +39,10 @@ pub fn judge(node: &str, save: &Save) -> Judgement {
     };
     match (dp.first(), kube.first()) {
         (None, _) => Judgement::fail(format!("node {node}: no jump to {DATAPATH_CHAIN} in FORWARD"), listing()),
+        (Some(_), None) if f.has_chain(KUBE_FORWARD) => Judgement::fail(
+            format!("node {node}: kube-proxy's chain {KUBE_FORWARD} exists but FORWARD no longer jumps to it (another component's rule was deleted)"),
+            listing(),
+        ),
         (Some(d), None) => Judgement::pass(format!("node {node}: {DATAPATH_CHAIN} is rule {d} of FORWARD; no {KUBE_FORWARD}")),
         (Some(d), Some(k)) if d < k => {
             Judgement::pass(format!("node {node}: {DATAPATH_CHAIN} (rule {d}) precedes {KUBE_FORWARD} (rule {k})"))
@@ -73,15 +81,29 @@ mod tests {
     use super::*;
     use crate::observe::iptables::parse;
 
-    fn save(forward: &[&str]) -> Save {
-        let mut t = String::from(
-            "*filter\n:FORWARD ACCEPT [0:0]\n:DP_FORWARD - [0:0]\n:KUBE-FORWARD - [0:0]\n",
-        );
+    /// A filter table whose FORWARD holds `forward`; KUBE-FORWARD exists when
+    /// `kube_proxy_installed`.
+    fn save_with(forward: &[&str], kube_proxy_installed: bool) -> Save {
+        let mut t = String::from("*filter\n:FORWARD ACCEPT [0:0]\n:DP_FORWARD - [0:0]\n");
+        if kube_proxy_installed {
+            t.push_str(":KUBE-FORWARD - [0:0]\n");
+        }
         for r in forward {
             t.push_str(&format!("[0:0] -A FORWARD {r}\n"));
         }
         t.push_str("COMMIT\n");
         parse(&t)
+    }
+
+    fn save(forward: &[&str]) -> Save {
+        save_with(forward, forward.iter().any(|r| r.contains(KUBE_FORWARD)))
+    }
+
+    #[test]
+    fn kube_proxys_jump_deleted_under_it_fails() {
+        let j = judge("n", &save_with(&["-j DP_FORWARD"], true));
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(j.summary.contains("no longer jumps to it"), "{}", j.summary);
     }
 
     #[test]

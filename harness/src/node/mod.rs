@@ -154,6 +154,11 @@ pub enum NodeError {
     Other { node: String, message: String },
 }
 
+/// Quotes a string for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// One node. `Send + Sync` so checks can run on several nodes from threads.
 pub trait Node: Send + Sync {
     /// Its name in the suite (`node-a`).

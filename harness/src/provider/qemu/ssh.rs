@@ -309,7 +309,4 @@ impl Drop for SshSession {
     }
 }
 
-/// Quotes a string for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use crate::node::shell_quote;
