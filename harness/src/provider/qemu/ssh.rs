@@ -15,6 +15,9 @@ use super::error::{QemuError, Result};
 /// PATH for remote commands: dropbear's default omits the sbin directories.
 const REMOTE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Longest script passed on the remote command line; longer ones go on stdin.
+const MAX_INLINE_SCRIPT: usize = 2048;
+
 /// Ends the stderr of every remote command: the command's exit status.
 const RC_TRAILER: &str = "__dp_harness_rc=";
 
@@ -190,18 +193,31 @@ impl SshSession {
             source,
         };
         let started = Instant::now();
+        // A long script goes on stdin: dropbear refuses command lines over a few KB (the
+        // session then ends with "the remote process has terminated").
+        let script_on_stdin = stdin.is_none() && script.len() > MAX_INLINE_SCRIPT;
+        let stdin = if script_on_stdin {
+            Some(script.as_bytes())
+        } else {
+            stdin
+        };
         let fut = async {
             // The wrapper reports the script's status on stderr and exits 0, because the
             // crate turns a remote exit status of 127 into an error without the output.
+            let run = if script_on_stdin {
+                format!("s=$(cat); timeout -k 2 {secs} bash -c \"$s\" </dev/null")
+            } else {
+                format!("timeout -k 2 {secs} bash -c \"$1\"")
+            };
             let wrapper = format!(
-                "export PATH={REMOTE_PATH}; timeout -k 2 {secs} bash -c \"$1\"; \
+                "export PATH={REMOTE_PATH}; {run}; \
                  rc=$?; printf '\\n{RC_TRAILER}%d\\n' \"$rc\" >&2; exit 0"
             );
             let mut cmd = session.command("bash");
             cmd.arg("-c")
                 .arg(wrapper)
                 .arg("dp-remote")
-                .arg(script)
+                .arg(if script_on_stdin { "-" } else { script })
                 .stdin(if stdin.is_some() {
                     Stdio::piped()
                 } else {

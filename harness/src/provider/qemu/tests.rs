@@ -65,6 +65,23 @@ fn two_vms_talk_over_ssh_and_the_cluster_network_then_leave_nothing() {
     }
     let a = &cluster.nodes()[0];
     let b = &cluster.nodes()[1];
+    // A script longer than a command line dropbear accepts (it goes on stdin), with a
+    // heredoc and an exit status that must come back.
+    let long = format!(
+        "cat <<'EOF' | wc -l\n{}EOF\nexit 3\n",
+        "a line of a long script\n".repeat(400)
+    );
+    let out = a
+        .ssh()
+        .expect("ssh session")
+        .run(&long, None, Duration::from_secs(30))
+        .expect("a long script over ssh");
+    assert_eq!(
+        (out.status, out.stdout_str().trim()),
+        (Some(3), "400"),
+        "{}",
+        out.stderr_str()
+    );
     let ping = a
         .ssh()
         .expect("ssh session")
