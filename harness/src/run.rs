@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::datapath::{Agent, READY_TIMEOUT};
 use crate::cluster::service::{self, ServiceState};
 use crate::cluster::workload::{self, Server};
-use crate::cluster::{Binaries, Cluster};
+use crate::cluster::{in_parallel, in_parallel_mut, Binaries, Cluster, ClusterNode};
 use crate::invariant::{self, host_clean, Judgement, Verdict};
 use crate::node::NodeError;
 use crate::observe::{bpf, host};
@@ -98,11 +98,11 @@ impl Live {
 
     /// Records the bpf objects attributable to the run right now.
     fn remember(&mut self) {
-        for cn in &self.cluster.nodes {
-            let (Ok(att), Ok(k)) = (
-                bpf::cgroup(cn.node.as_ref(), &cn.cgroup),
-                bpf::kernel(cn.node.as_ref()),
-            ) else {
+        let observed = in_parallel(&self.cluster.nodes, |cn| {
+            bpf::observe(cn.node.as_ref(), &cn.cgroup)
+        });
+        for (cn, obs) in self.cluster.nodes.iter().zip(observed) {
+            let Ok((att, k)) = obs else {
                 continue;
             };
             let b = format!("{}/", cn.bpffs.display());
@@ -396,12 +396,26 @@ impl Runner<'_> {
                 workload::start_external(&live.cluster, &mut live.servers)
                     .map_err(|e| chain(&e))?;
                 let mut detail = vec![format!("{} backend servers ready", live.servers.len())];
-                for cn in live.cluster.nodes.clone() {
-                    let mut a = Agent::new(cn.name(), self.plan.mutant.as_deref());
-                    a.start(&cn, None).map_err(|e| chain(&e))?;
-                    let r = a.wait_ready(&cn, READY_TIMEOUT).map_err(|e| chain(&e));
-                    live.agents.push(a);
-                    if let Some(exit) = r? {
+                // Every node's agent starts at once; each is kept (for its logs and its
+                // teardown) whether or not it became ready.
+                let mut started: Vec<(ClusterNode, Agent)> = live
+                    .cluster
+                    .nodes
+                    .iter()
+                    .map(|cn| {
+                        (
+                            cn.clone(),
+                            Agent::new(cn.name(), self.plan.mutant.as_deref()),
+                        )
+                    })
+                    .collect();
+                let results = in_parallel_mut(&mut started, |(cn, a)| {
+                    a.start(cn, None)?;
+                    a.wait_ready(cn, READY_TIMEOUT)
+                });
+                live.agents.extend(started.into_iter().map(|(_, a)| a));
+                for (cn, r) in live.cluster.nodes.iter().zip(results) {
+                    if let Some(exit) = r.map_err(|e| chain(&e))? {
                         return Err(format!("datapathd on {} ended with {exit} before it was ready (see its log in the artifacts)", cn.name()));
                     }
                     detail.push(format!("datapathd ready on {}", cn.name()));
@@ -424,20 +438,20 @@ impl Runner<'_> {
                 let deadline = Instant::now() + Duration::from_secs(*timeout_s);
                 match condition {
                     Condition::AgentsReady => {
-                        for i in 0..live.agents.len() {
-                            let cn = live
-                                .cluster
-                                .node(&live.agents[i].node)
-                                .cloned()
-                                .ok_or("agent of an unknown node")?;
+                        let cluster = &live.cluster;
+                        let results = in_parallel_mut(&mut live.agents, |a| {
+                            let cn = cluster
+                                .node(&a.node)
+                                .ok_or_else(|| format!("agent of an unknown node {}", a.node))?;
                             let left = deadline.saturating_duration_since(Instant::now());
-                            if let Some(e) = live.agents[i]
-                                .wait_ready(&cn, left)
-                                .map_err(|e| chain(&e))?
-                            {
-                                return Err(format!("datapathd on {} ended with {e}", cn.name()));
+                            match a.wait_ready(cn, left).map_err(|e| chain(&e))? {
+                                Some(e) => {
+                                    Err(format!("datapathd on {} ended with {e}", cn.name()))
+                                }
+                                None => Ok(()),
                             }
-                        }
+                        });
+                        results.into_iter().collect::<Result<(), String>>()?;
                         Ok(vec!["every agent ready".into()])
                     }
                     Condition::ServicesReachable => {

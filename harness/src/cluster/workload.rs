@@ -24,6 +24,7 @@ pub fn start_servers(
     services: &[ServiceState],
     servers: &mut Vec<Server>,
 ) -> Result<(), NodeError> {
+    let mut wanted: Vec<(&Pod, Vec<String>)> = Vec::new();
     for pod in &cluster.pods {
         let mut argv: Vec<String> = Vec::new();
         for s in services.iter().filter(|s| s.backends.contains(&pod.name)) {
@@ -37,12 +38,23 @@ pub fn start_servers(
                 argv.push(addr);
             }
         }
-        if argv.is_empty() {
-            continue;
+        if !argv.is_empty() {
+            wanted.push((pod, argv));
         }
-        servers.push(start_one(cluster, pod, argv)?);
     }
-    Ok(())
+    // All at once: each start is a few round trips to its node.
+    let started = super::in_parallel(&wanted, |(pod, argv)| start_one(cluster, pod, argv.clone()));
+    // Keep every server that started (so teardown stops it) before reporting a failure.
+    let mut first_error = None;
+    for s in started {
+        match s {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 fn start_one(cluster: &Cluster, pod: &Pod, listen: Vec<String>) -> Result<Server, NodeError> {

@@ -8,6 +8,7 @@
 //! kube-proxy inserts) removed another component's rule.
 
 use super::{merge, Context, Invariant, Judgement};
+use crate::cluster::in_parallel;
 use crate::observe::iptables::{self, Save};
 use crate::suite::InvariantName;
 
@@ -60,17 +61,14 @@ impl Invariant for ForwardChainOrder {
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let js: Vec<Judgement> = ctx
-            .cluster
-            .nodes
-            .iter()
-            .map(|cn| match iptables::save(cn.node.as_ref()) {
+        let js = in_parallel(&ctx.cluster.nodes, |cn| {
+            match iptables::save(cn.node.as_ref()) {
                 Ok((_, save)) => judge(cn.name(), &save),
                 Err(e) => {
                     Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
                 }
-            })
-            .collect();
+            }
+        });
         merge(&js)
     }
 }

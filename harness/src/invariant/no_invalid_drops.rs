@@ -8,6 +8,7 @@
 use super::forward_chain_order::KUBE_FORWARD;
 use super::pod_to_external::{self, ATTEMPTS};
 use super::{merge, Context, Invariant, Judgement};
+use crate::cluster::in_parallel;
 use crate::observe::iptables::{self, filter_section, Save};
 use crate::suite::InvariantName;
 
@@ -49,40 +50,35 @@ impl Invariant for NoInvalidDrops {
                 "the cluster has no external host to probe (the provider did not bring one up)",
             );
         };
-        let mut before = Vec::new();
-        for cn in &ctx.cluster.nodes {
-            match iptables::save(cn.node.as_ref()) {
-                Ok(s) => before.push(s),
-                Err(e) => {
-                    return Judgement::unknown(format!(
-                        "node {}: cannot read iptables: {e}",
-                        cn.name()
-                    ))
-                }
-            }
-        }
+        let save = |cn: &crate::cluster::ClusterNode| {
+            iptables::save(cn.node.as_ref())
+                .map_err(|e| format!("node {}: cannot read iptables: {e}", cn.name()))
+        };
+        let before: Result<Vec<_>, String> =
+            in_parallel(&ctx.cluster.nodes, save).into_iter().collect();
+        let before = match before {
+            Ok(b) => b,
+            Err(e) => return Judgement::unknown(e),
+        };
         // The probes' own verdict belongs to pod-to-external; here they are the traffic.
-        for pod in &ctx.cluster.pods {
-            if let Err(e) = pod_to_external::probe(ctx, pod, ext, ATTEMPTS) {
-                return Judgement::unknown(format!(
-                    "{} -> {}: cannot probe: {e}",
-                    pod.name, ext.name
-                ));
-            }
+        let probed = in_parallel(&ctx.cluster.pods, |pod| {
+            pod_to_external::probe(ctx, pod, ext, ATTEMPTS)
+                .map_err(|e| format!("{} -> {}: cannot probe: {e}", pod.name, ext.name))
+        });
+        if let Some(Err(e)) = probed.into_iter().find(Result::is_err) {
+            return Judgement::unknown(e);
         }
+        let after = in_parallel(&ctx.cluster.nodes, save);
         let js: Vec<Judgement> = ctx
             .cluster
             .nodes
             .iter()
             .zip(&before)
-            .map(
-                |(cn, (btext, bsave))| match iptables::save(cn.node.as_ref()) {
-                    Ok((atext, asave)) => judge(cn.name(), (btext, bsave), (&atext, &asave)),
-                    Err(e) => {
-                        Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
-                    }
-                },
-            )
+            .zip(after)
+            .map(|((cn, (btext, bsave)), after)| match after {
+                Ok((atext, asave)) => judge(cn.name(), (btext, bsave), (&atext, &asave)),
+                Err(e) => Judgement::unknown(e),
+            })
             .collect();
         merge(&js)
     }

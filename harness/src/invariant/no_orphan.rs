@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{merge, Context, Invariant, Judgement};
+use crate::cluster::in_parallel;
 use crate::observe::bpf::{self, Attached, Kernel, PREFIX};
 use crate::suite::InvariantName;
 
@@ -102,15 +103,12 @@ impl Invariant for NoOrphanBpfObjects {
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let mut js = Vec::new();
-        for cn in &ctx.cluster.nodes {
-            let obs = bpf::cgroup(cn.node.as_ref(), &cn.cgroup)
-                .and_then(|a| bpf::kernel(cn.node.as_ref()).map(|k| (a, k)));
-            js.push(match obs {
+        let js = in_parallel(&ctx.cluster.nodes, |cn| {
+            match bpf::observe(cn.node.as_ref(), &cn.cgroup) {
                 Ok((a, k)) => judge(cn.name(), &cn.bpffs.display().to_string(), &a, &k),
                 Err(e) => Judgement::unknown(format!("node {}: cannot observe: {e}", cn.name())),
-            });
-        }
+            }
+        });
         merge(&js)
     }
 }

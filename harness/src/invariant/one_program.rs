@@ -2,6 +2,7 @@
 //! program of ours, and it is the program of the live pinned link under the node's bpffs.
 
 use super::{merge, Context, Invariant, Judgement};
+use crate::cluster::in_parallel;
 use crate::observe::bpf::{self, Attached, Link, PREFIX};
 use crate::suite::InvariantName;
 
@@ -61,11 +62,8 @@ impl Invariant for OneProgramPerHook {
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let mut js = Vec::new();
-        for cn in &ctx.cluster.nodes {
-            let obs = bpf::cgroup(cn.node.as_ref(), &cn.cgroup)
-                .and_then(|a| bpf::kernel(cn.node.as_ref()).map(|k| (a, k)));
-            js.push(match obs {
+        let js = in_parallel(&ctx.cluster.nodes, |cn| {
+            match bpf::observe(cn.node.as_ref(), &cn.cgroup) {
                 Ok((attached, k)) => judge(
                     cn.name(),
                     &cn.bpffs.display().to_string(),
@@ -73,8 +71,8 @@ impl Invariant for OneProgramPerHook {
                     &k.links,
                 ),
                 Err(e) => Judgement::unknown(format!("node {}: cannot observe: {e}", cn.name())),
-            });
-        }
+            }
+        });
         merge(&js)
     }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use super::{merge, Context, Invariant, Judgement};
+use crate::cluster::in_parallel;
 use crate::cluster::{ExternalHost, Pod};
 use crate::suite::InvariantName;
 
@@ -162,17 +163,14 @@ impl Invariant for PodToExternal {
                 "the cluster has no external host (the provider did not bring one up)",
             );
         };
-        let js: Vec<Judgement> = ctx
-            .cluster
-            .pods
-            .iter()
-            .map(|pod| match probe(ctx, pod, ext, ATTEMPTS) {
+        let js = in_parallel(&ctx.cluster.pods, |pod| {
+            match probe(ctx, pod, ext, ATTEMPTS) {
                 Ok(a) => judge(pod, ext, &a),
                 Err(e) => {
                     Judgement::unknown(format!("{} -> {}: cannot probe: {e}", pod.name, ext.name))
                 }
-            })
-            .collect();
+            }
+        });
         merge(&js)
     }
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use super::forward_chain_order::{forward_listing, DATAPATH_CHAIN};
 use super::{merge, Context, Invariant, Judgement};
+use crate::cluster::in_parallel;
 use crate::observe::iptables::{self, Save};
 use crate::suite::InvariantName;
 
@@ -77,17 +78,14 @@ impl Invariant for RulesExactlyOnce {
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let js: Vec<Judgement> = ctx
-            .cluster
-            .nodes
-            .iter()
-            .map(|cn| match iptables::save(cn.node.as_ref()) {
+        let js = in_parallel(&ctx.cluster.nodes, |cn| {
+            match iptables::save(cn.node.as_ref()) {
                 Ok((_, save)) => judge(cn.name(), &save),
                 Err(e) => {
                     Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
                 }
-            })
-            .collect();
+            }
+        });
         merge(&js)
     }
 }

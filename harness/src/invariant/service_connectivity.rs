@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use super::{merge, Context, Invariant, Judgement};
 use crate::cluster::service::ServiceState;
+use crate::cluster::{in_parallel, ClusterNode, Pod};
+use crate::node::Exit;
 use crate::suite::InvariantName;
 
 /// Attempts per pod and service: several, because TCP picks a random slot.
@@ -77,61 +79,72 @@ pub fn judge(pod: &str, svc: &ServiceState, attempts: &[Attempt]) -> Judgement {
     }
 }
 
-/// Runs the probe for one pod and service.
-pub fn probe(
+/// The `dp-probe connect` command line for one pod and service.
+fn probe_argv(cn: &ClusterNode, pod: &Pod, svc: &ServiceState, count: u32) -> Vec<String> {
+    [
+        &cn.dp_probe.display().to_string(),
+        "connect",
+        "--to",
+        &svc.addr(),
+        "--proto",
+        svc.protocol.as_str(),
+        "--payload",
+        &format!("{}->{}", pod.name, svc.name),
+        "--timeout-ms",
+        "2000",
+        "--netns",
+        &pod.netns.display().to_string(),
+        "--cgroup",
+        &pod.cgroup.display().to_string(),
+        "--count",
+        &count.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Probes every service from `pod` (one round trip to its node); one result per service.
+pub fn probe_all(
     ctx: &Context<'_>,
-    pod: &crate::cluster::Pod,
-    svc: &ServiceState,
+    pod: &Pod,
+    services: &[ServiceState],
     count: u32,
-) -> Result<Vec<Attempt>, String> {
+) -> Result<Vec<Result<Vec<Attempt>, String>>, String> {
     let cn = ctx
         .cluster
         .node(&pod.node)
         .ok_or_else(|| format!("no node {}", pod.node))?;
-    let probe = cn.dp_probe.display().to_string();
-    let netns = pod.netns.display().to_string();
-    let cgroup = pod.cgroup.display().to_string();
-    let payload = format!("{}->{}", pod.name, svc.name);
-    let count = count.to_string();
-    let addr = svc.addr();
-    let argv = [
-        probe.as_str(),
-        "connect",
-        "--to",
-        &addr,
-        "--proto",
-        svc.protocol.as_str(),
-        "--payload",
-        &payload,
-        "--timeout-ms",
-        "2000",
-        "--netns",
-        &netns,
-        "--cgroup",
-        &cgroup,
-        "--count",
-        &count,
-    ];
-    let out = cn
+    let argvs: Vec<Vec<String>> = services
+        .iter()
+        .map(|svc| probe_argv(cn, pod, svc, count))
+        .collect();
+    let outs = cn
         .node
-        .run(&argv, Duration::from_secs(60))
+        .run_batch(&argvs, Duration::from_secs(60))
         .map_err(|e| e.to_string())?;
-    if !matches!(
-        out.exit,
-        crate::node::Exit::Code(0) | crate::node::Exit::Code(1)
-    ) {
-        return Err(format!(
-            "`{}` {}: {}",
-            argv.join(" "),
-            out.exit,
-            out.stderr_str().trim()
-        ));
-    }
-    out.stdout_str()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| format!("dp-probe printed `{l}`: {e}")))
-        .collect()
+    Ok(argvs
+        .iter()
+        .zip(outs)
+        .map(|(argv, out)| {
+            // dp-probe exits 1 when an attempt failed: its lines still say how.
+            if !matches!(out.exit, Exit::Code(0) | Exit::Code(1)) {
+                return Err(format!(
+                    "`{}` {}: {}",
+                    argv.join(" "),
+                    out.exit,
+                    out.stderr_str().trim()
+                ));
+            }
+            out.stdout_str()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    serde_json::from_str(l).map_err(|e| format!("dp-probe printed `{l}`: {e}"))
+                })
+                .collect()
+        })
+        .collect())
 }
 
 impl Invariant for ServiceConnectivity {
@@ -140,19 +153,27 @@ impl Invariant for ServiceConnectivity {
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let mut js = Vec::new();
-        for pod in &ctx.cluster.pods {
-            for svc in ctx.services {
-                js.push(match probe(ctx, pod, svc, ATTEMPTS) {
-                    Ok(a) => judge(&pod.name, svc, &a),
-                    Err(e) => Judgement::unknown(format!(
-                        "{} -> {}: cannot probe: {e}",
-                        pod.name, svc.name
-                    )),
-                });
+        let per_pod = in_parallel(&ctx.cluster.pods, |pod| {
+            match probe_all(ctx, pod, ctx.services, ATTEMPTS) {
+                Ok(results) => ctx
+                    .services
+                    .iter()
+                    .zip(results)
+                    .map(|(svc, r)| match r {
+                        Ok(a) => judge(&pod.name, svc, &a),
+                        Err(e) => Judgement::unknown(format!(
+                            "{} -> {}: cannot probe: {e}",
+                            pod.name, svc.name
+                        )),
+                    })
+                    .collect(),
+                Err(e) => vec![Judgement::unknown(format!(
+                    "{}: cannot probe its services: {e}",
+                    pod.name
+                ))],
             }
-        }
-        merge(&js)
+        });
+        merge(&per_pod.into_iter().flatten().collect::<Vec<_>>())
     }
 }
 

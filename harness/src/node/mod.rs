@@ -189,6 +189,36 @@ pub trait Node: Send + Sync {
     /// Writes (creates or replaces) a file on the node, creating its parent directories.
     fn write_file(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), NodeError>;
 
+    /// Runs several commands one after the other, each within `timeout`, and returns each
+    /// one's output (a failing command does not stop the next). A VM node does it in one
+    /// round trip; the default runs them one by one.
+    fn run_batch(
+        &self,
+        argvs: &[Vec<String>],
+        timeout: Duration,
+    ) -> Result<Vec<Output>, NodeError> {
+        argvs
+            .iter()
+            .map(|argv| {
+                let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                self.run(&argv, timeout)
+            })
+            .collect()
+    }
+
+    /// Waits until a line equal to `line` appears in `file` on the node, `proc` ends, or
+    /// `timeout` passes (see [`wait_for_line`]). A VM node waits on the node itself, in
+    /// one round trip; the default polls.
+    fn wait_for_line(
+        &self,
+        proc: &mut dyn Process,
+        file: &Path,
+        line: &str,
+        timeout: Duration,
+    ) -> Result<bool, NodeError> {
+        poll_for_line(self, proc, file, line, timeout)
+    }
+
     /// Like [`Node::run`], but a non-zero exit is [`NodeError::Failed`].
     fn check(&self, argv: &[&str], timeout: Duration) -> Result<Output, NodeError> {
         let out = self.run(argv, timeout)?;
@@ -205,7 +235,7 @@ pub trait Node: Send + Sync {
     }
 }
 
-/// Polls `file` on `node` until a line equal to `line` appears, the process ends, or
+/// Waits until a line equal to `line` appears in `file` on `node`, the process ends, or
 /// `timeout` passes. Returns Ok(true) when the line appeared, Ok(false) when the process
 /// ended first (its exit is then available from `proc`).
 pub fn wait_for_line(
@@ -215,27 +245,32 @@ pub fn wait_for_line(
     line: &str,
     timeout: Duration,
 ) -> Result<bool, NodeError> {
+    node.wait_for_line(proc, file, line, timeout)
+}
+
+/// Does `data` hold a line equal to `line` (surrounding blanks ignored)?
+pub fn has_line(data: &[u8], line: &str) -> bool {
+    String::from_utf8_lossy(data)
+        .lines()
+        .any(|l| l.trim() == line)
+}
+
+/// [`Node::wait_for_line`] by polling: read the file, check the process, sleep briefly.
+pub fn poll_for_line<N: Node + ?Sized>(
+    node: &N,
+    proc: &mut dyn Process,
+    file: &Path,
+    line: &str,
+    timeout: Duration,
+) -> Result<bool, NodeError> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(data) = node.read_file(file) {
-            if String::from_utf8_lossy(&data)
-                .lines()
-                .any(|l| l.trim() == line)
-            {
-                return Ok(true);
-            }
+        if node.read_file(file).is_ok_and(|d| has_line(&d, line)) {
+            return Ok(true);
         }
         if proc.try_wait()?.is_some() {
             // One more read: the line may have been written just before the exit.
-            if let Ok(data) = node.read_file(file) {
-                if String::from_utf8_lossy(&data)
-                    .lines()
-                    .any(|l| l.trim() == line)
-                {
-                    return Ok(true);
-                }
-            }
-            return Ok(false);
+            return Ok(node.read_file(file).is_ok_and(|d| has_line(&d, line)));
         }
         if Instant::now() >= deadline {
             return Err(NodeError::Timeout {

@@ -73,6 +73,52 @@ fn exit_of(status: Option<i32>) -> Exit {
     }
 }
 
+/// Starts each command's part of a batch's output: `<marker> <status> <stdout bytes>
+/// <stderr bytes>`, then the stdout and stderr bytes.
+const BATCH_PART: &str = "__dp_batch_part";
+
+/// One command's part of a batch: (status, stdout, stderr).
+type BatchPart = (i32, Vec<u8>, Vec<u8>);
+
+/// Splits a batch's output into `n` parts; `None` if it is malformed.
+fn split_batch(mut data: &[u8], n: usize) -> Option<Vec<BatchPart>> {
+    let mut parts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let eol = data.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&data[..eol]).ok()?;
+        let mut words = header.split_whitespace();
+        if words.next()? != BATCH_PART {
+            return None;
+        }
+        let rc: i32 = words.next()?.parse().ok()?;
+        let out_len: usize = words.next()?.parse().ok()?;
+        let err_len: usize = words.next()?.parse().ok()?;
+        let body = &data[eol + 1..];
+        if body.len() < out_len + err_len {
+            return None;
+        }
+        parts.push((
+            rc,
+            body[..out_len].to_vec(),
+            body[out_len..out_len + err_len].to_vec(),
+        ));
+        data = &body[out_len + err_len..];
+    }
+    Some(parts)
+}
+
+/// `s` with the characters special to a basic regular expression escaped.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '.' | '[' | ']' | '\\' | '*' | '^' | '$') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// argv as one shell command line.
 fn command_line(argv: &[&str]) -> String {
     argv.iter()
@@ -95,6 +141,105 @@ impl Node for SshNode {
             stderr: out.stderr,
             duration: out.duration,
         })
+    }
+
+    fn run_batch(
+        &self,
+        argvs: &[Vec<String>],
+        timeout: Duration,
+    ) -> Result<Vec<Output>, NodeError> {
+        if argvs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let what = argvs
+            .iter()
+            .map(|a| a.join(" "))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let secs = timeout.as_secs().max(1);
+        let mut script = String::from("d=$(mktemp -d /run/dp-batch.XXXXXX) || exit 1\n");
+        for (i, argv) in argvs.iter().enumerate() {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            script.push_str(&format!(
+                "timeout -k 2 {secs} {} >\"$d/{i}.out\" 2>\"$d/{i}.err\" </dev/null; echo $? >\"$d/{i}.rc\"\n",
+                command_line(&argv)
+            ));
+        }
+        script.push_str(&format!(
+            "for i in $(seq 0 {}); do printf '{BATCH_PART} %s %s %s\\n' \"$(cat \"$d/$i.rc\")\" \
+             \"$(stat -c %s \"$d/$i.out\")\" \"$(stat -c %s \"$d/$i.err\")\"; \
+             cat \"$d/$i.out\" \"$d/$i.err\"; done\nrm -rf \"$d\"\n",
+            argvs.len() - 1
+        ));
+        let total = timeout * argvs.len() as u32 + Duration::from_secs(5);
+        let out = self.script(&script, None, total, &what)?;
+        let parts = split_batch(&out.stdout, argvs.len()).ok_or_else(|| NodeError::Failed {
+            node: self.name.clone(),
+            command: what.clone(),
+            exit: exit_of(out.status),
+            stderr: format!("its output could not be split: {}", out.stderr_str().trim()),
+        })?;
+        parts
+            .into_iter()
+            .zip(argvs)
+            .map(|((rc, stdout, stderr), argv)| {
+                // `timeout` exits 124 when it had to stop the command.
+                if rc == 124 {
+                    return Err(NodeError::Timeout {
+                        node: self.name.clone(),
+                        command: argv.join(" "),
+                        after: timeout,
+                    });
+                }
+                Ok(Output {
+                    exit: exit_of(Some(rc)),
+                    stdout,
+                    stderr,
+                    duration: out.duration,
+                })
+            })
+            .collect()
+    }
+
+    fn wait_for_line(
+        &self,
+        proc: &mut dyn Process,
+        file: &Path,
+        line: &str,
+        timeout: Duration,
+    ) -> Result<bool, NodeError> {
+        // The loop runs on the node: one round trip instead of two per poll.
+        let f = shell_quote(&file.to_string_lossy());
+        let pattern = shell_quote(&format!("^[[:space:]]*{}[[:space:]]*$", regex_escape(line)));
+        let script = format!(
+            "has() {{ grep -q -- {pattern} {f} 2>/dev/null; }}\n\
+             end=$(( SECONDS + {secs} ))\n\
+             while :; do\n\
+               has && exit 0\n\
+               kill -0 {pid} 2>/dev/null || {{ has && exit 0; exit 3; }}\n\
+               [ $SECONDS -ge $end ] && exit 4\n\
+               sleep 0.05\n\
+             done\n",
+            secs = timeout.as_secs().max(1),
+            pid = proc.pid()
+        );
+        let command = format!("wait for `{line}` in {}", file.display());
+        let out = self.script(&script, None, timeout + Duration::from_secs(10), &command)?;
+        match out.status {
+            Some(0) => Ok(true),
+            Some(3) => Ok(false),
+            Some(4) => Err(NodeError::Timeout {
+                node: self.name.clone(),
+                command,
+                after: timeout,
+            }),
+            other => Err(NodeError::Failed {
+                node: self.name.clone(),
+                command,
+                exit: exit_of(other),
+                stderr: out.stderr_str().trim().to_owned(),
+            }),
+        }
     }
 
     fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn Process>, NodeError> {
@@ -228,8 +373,20 @@ impl Process for SshProcess {
     }
 
     fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Exit>, NodeError> {
+        // The loop runs on the node (one round trip); it gives up a little before the
+        // SSH command's own limit.
+        let status = format!("{}/status", shell_quote(&self.dir));
+        let polls = (timeout.min(Duration::from_secs(25)).as_millis() / 50).max(1);
+        let script = format!(
+            "for i in $(seq {polls}); do [ -s {status} ] && break; sleep 0.05; done; \
+             cat {status} 2>/dev/null || true"
+        );
+        let script = if timeout.is_zero() {
+            format!("cat {status} 2>/dev/null || true")
+        } else {
+            script
+        };
         let deadline = Instant::now() + timeout;
-        let script = format!("cat {}/status 2>/dev/null || true", shell_quote(&self.dir));
         loop {
             let out = self.run(&script)?;
             if let Ok(code) = out.stdout_str().trim().parse::<i32>() {
@@ -238,7 +395,6 @@ impl Process for SshProcess {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -251,7 +407,7 @@ impl std::fmt::Debug for SshProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::{command_line, exit_of};
+    use super::{command_line, exit_of, split_batch};
     use crate::node::Exit;
 
     #[test]
@@ -260,6 +416,19 @@ mod tests {
             command_line(&["echo", "a b", "it's", "$HOME"]),
             r#"'echo' 'a b' 'it'\''s' '$HOME'"#
         );
+    }
+
+    #[test]
+    fn a_batch_splits_by_the_lengths_it_announces() {
+        let data = b"__dp_batch_part 0 3 0\nab\n__dp_batch_part 2 0 5\noops\n";
+        let parts = split_batch(data, 2).expect("well formed");
+        assert_eq!(parts[0], (0, b"ab\n".to_vec(), Vec::new()));
+        assert_eq!(parts[1], (2, Vec::new(), b"oops\n".to_vec()));
+        // Output that looks like a marker is just output.
+        let tricky = b"__dp_batch_part 0 22 0\n__dp_batch_part 9 9 9\n";
+        assert_eq!(split_batch(tricky, 1).expect("one part")[0].1.len(), 22);
+        assert!(split_batch(b"__dp_batch_part 0 10 0\nshort", 1).is_none());
+        assert!(split_batch(data, 3).is_none());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::node::Node;
+use crate::node::{Node, Output};
 
 /// Our objects' names start with this (datapath/README.md).
 pub const PREFIX: &str = "dp_";
@@ -58,39 +58,69 @@ pub struct Kernel {
     pub links: Vec<Link>,
 }
 
-fn bpftool<T: DeserializeOwned>(node: &dyn Node, args: &[&str]) -> Result<T, String> {
-    let mut argv = vec!["bpftool"];
-    argv.extend_from_slice(args);
-    let out = node
-        .run(&argv, Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
+const KERNEL_ARGS: [&[&str]; 3] = [
+    &["-j", "-f", "prog", "show"],
+    &["-j", "-f", "map", "show"],
+    &["-j", "-f", "link", "show"],
+];
+
+/// Runs `bpftool` with each of `calls` on `node`, in one round trip.
+fn bpftool_batch(node: &dyn Node, calls: &[&[&str]]) -> Result<Vec<Output>, String> {
+    let argvs: Vec<Vec<String>> = calls
+        .iter()
+        .map(|args| {
+            std::iter::once("bpftool")
+                .chain(args.iter().copied())
+                .map(str::to_string)
+                .collect()
+        })
+        .collect();
+    node.run_batch(&argvs, Duration::from_secs(30))
+        .map_err(|e| e.to_string())
+}
+
+/// Parses one bpftool call's JSON (empty output is an empty list).
+fn parse<T: DeserializeOwned>(node: &dyn Node, args: &[&str], out: &Output) -> Result<T, String> {
+    let command = format!("bpftool {}", args.join(" "));
     if !out.success() {
         return Err(format!(
-            "node {}: `{}` failed ({}): {}",
+            "node {}: `{command}` failed ({}): {}",
             node.name(),
-            argv.join(" "),
             out.exit,
             out.stderr_str().trim()
         ));
     }
-    let text = if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        b"[]".to_vec()
+    let text: &[u8] = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        b"[]"
     } else {
-        out.stdout
+        &out.stdout
     };
-    serde_json::from_slice(&text).map_err(|e| format!("`{}`: unexpected JSON: {e}", argv.join(" ")))
+    serde_json::from_slice(text).map_err(|e| format!("`{command}`: unexpected JSON: {e}"))
 }
 
-pub fn kernel(node: &dyn Node) -> Result<Kernel, String> {
+fn kernel_of(node: &dyn Node, outs: &[Output]) -> Result<Kernel, String> {
     Ok(Kernel {
-        progs: bpftool(node, &["-j", "-f", "prog", "show"])?,
-        maps: bpftool(node, &["-j", "-f", "map", "show"])?,
-        links: bpftool(node, &["-j", "-f", "link", "show"])?,
+        progs: parse(node, KERNEL_ARGS[0], &outs[0])?,
+        maps: parse(node, KERNEL_ARGS[1], &outs[1])?,
+        links: parse(node, KERNEL_ARGS[2], &outs[2])?,
     })
 }
 
-/// Programs attached directly to `cgroup` (not inherited).
-pub fn cgroup(node: &dyn Node, cgroup: &Path) -> Result<Vec<Attached>, String> {
+/// The kernel's programs, maps and links.
+pub fn kernel(node: &dyn Node) -> Result<Kernel, String> {
+    kernel_of(node, &bpftool_batch(node, &KERNEL_ARGS)?)
+}
+
+/// Programs attached directly to `cgroup` (not inherited), and the kernel's objects, in
+/// one round trip.
+pub fn observe(node: &dyn Node, cgroup: &Path) -> Result<(Vec<Attached>, Kernel), String> {
     let p = cgroup.display().to_string();
-    bpftool(node, &["-j", "cgroup", "show", &p])
+    let cgroup_args: &[&str] = &["-j", "cgroup", "show", &p];
+    let mut calls = vec![cgroup_args];
+    calls.extend(KERNEL_ARGS);
+    let outs = bpftool_batch(node, &calls)?;
+    Ok((
+        parse(node, cgroup_args, &outs[0])?,
+        kernel_of(node, &outs[1..])?,
+    ))
 }
