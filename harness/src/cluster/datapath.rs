@@ -24,6 +24,9 @@ pub struct AgentRun {
 pub struct Agent {
     pub node: String,
     pub mutant: Option<String>,
+    /// Flags every start adds (`--accelerate ...` when the suite deploys with
+    /// acceleration), so that restarts by faults keep the deployment's configuration.
+    pub extra_args: Vec<String>,
     pub starts: u32,
     pub current: Option<AgentRun>,
     /// Logs of every start, for artifacts.
@@ -35,6 +38,7 @@ impl Agent {
         Agent {
             node: node.to_string(),
             mutant: mutant.map(str::to_string),
+            extra_args: Vec::new(),
             starts: 0,
             current: None,
             logs: Vec::new(),
@@ -58,6 +62,7 @@ impl Agent {
         if let Some(net) = &cn.net {
             argv.extend(net.agent_args());
         }
+        argv.extend(self.extra_args.iter().cloned());
         if let Some(m) = &self.mutant {
             argv.push("--mutant".into());
             argv.push(m.clone());
