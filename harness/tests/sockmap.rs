@@ -81,7 +81,10 @@ fn sockmap_passes_with_the_correct_datapath_and_shows_acceleration() {
         "the agent's counters as extra evidence: {xml}"
     );
     // The fault proved itself: keys planted, seen by bpftool, churned over.
-    assert!(err.contains("bpftool map dump shows all"), "{err}");
+    assert!(
+        err.contains("planted key(s) with their decoys' cookies"),
+        "{err}"
+    );
     assert!(err.contains("churn of "), "{err}");
 }
 

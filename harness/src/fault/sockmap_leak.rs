@@ -7,8 +7,9 @@
 //! `node address:port` <-> `pod:port` will compute, its value an established decoy socket
 //! (127.0.0.1 in the node's namespace, outside the accelerated scope). First the planned
 //! number of keys as the pod's server socket will compute them (server address first),
-//! then the client's. plant-sockhash reads each key back (the decoy's cookie); the fault
-//! proves it again independently with `bpftool map dump`. Then `dp-probe churn` makes the
+//! then the client's. plant-sockhash reads each key back (the decoy's cookie, a kernel
+//! lookup: the proof); the fault looks again with `bpftool map dump` and records what the
+//! agent may already have collected. Then `dp-probe churn` makes the
 //! planned number of short connections from the node's address (in the node's cgroup, so
 //! they are accelerated), cycling over a port range whose first ports are the planted
 //! ones: a correct datapath replaces the keys (or collects them) and every exchange is
@@ -280,20 +281,27 @@ impl Fault for SockmapLeak {
             planted.push(got);
         }
 
-        // 2. Proof independent of the planter: the kernel's own dump.
+        // 2. A second look, independent of the planter: the kernel's own dump. The
+        // planter's lookups already proved every key; a correct agent's garbage collector
+        // may remove some before this dump (a key whose cookie names another socket goes
+        // at once; on a slow node a collection round can fall in between), so a missing
+        // key is recorded, not an error.
         let dump = obs::dump(&cn).map_err(|e| self.not(e))?;
+        let planted_n: usize = planted.iter().map(|p| p.keys.len()).sum();
         let missing: Vec<String> = planted.iter().flat_map(|p| not_in_dump(p, &dump)).collect();
-        if !missing.is_empty() {
-            return Err(self.not(format!(
-                "bpftool map dump does not show the planted key(s) {} with the decoy's cookie",
-                missing.join(", ")
-            )));
-        }
         rec.proof.push(format!(
-            "{}: bpftool map dump shows all {} planted key(s) with the decoys' cookies ({} key(s) in the map)",
+            "{}: bpftool map dump shows {} of {planted_n} planted key(s) with their decoys' cookies ({} key(s) in the map){}",
             p.node,
-            planted.iter().map(|p| p.keys.len()).sum::<usize>(),
-            dump.len()
+            planted_n - missing.len(),
+            dump.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; already gone (collected by the agent): {}",
+                    missing.join(", ")
+                )
+            }
         ));
 
         // 3. Churn at once, the planted ports first.
