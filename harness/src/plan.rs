@@ -60,7 +60,12 @@ pub struct PlannedScenario {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "step")]
 pub enum PlannedStep {
-    Deploy,
+    Deploy {
+        /// Socket acceleration of node <-> local pod TCP (absent in JSON when off, so
+        /// histories of other suites read as before).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        accelerate: bool,
+    },
     Fault(FaultPlan),
     WaitFor {
         condition: Condition,
@@ -78,7 +83,31 @@ pub enum FaultPlan {
     KubeProxyOrderSwap(OrderSwapPlan),
     NodeReboot(NodeRebootPlan),
     LinkDegrade(LinkDegradePlan),
+    SockmapLeak(SockmapLeakPlan),
 }
+
+/// Every decision of one sockmap-leak (incident C). On `node`, stale sockhash keys are
+/// planted for the connections `node address:port` <-> `pod:port` whose node-side ports
+/// are `base_port ..`: first `server_keys` keys as the pod's server socket will compute
+/// them, then `client_keys` as the node's client socket will; then `churn` short
+/// connections from `node address:base_port ..` (cycling over `churn_ports` ports, the
+/// planted ones first) to the pod.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SockmapLeakPlan {
+    pub node: String,
+    /// A pod on `node` whose server answers TCP on `port`.
+    pub pod: String,
+    pub port: u16,
+    pub base_port: u16,
+    pub server_keys: u16,
+    pub client_keys: u16,
+    pub churn: u32,
+    pub churn_ports: u16,
+}
+
+/// The node-side ports the sockmap-leak fault uses: below Linux's ephemeral range
+/// (32768-60999), so no connection of anyone else's takes them by chance.
+pub const SOCKMAP_LEAK_PORTS: std::ops::Range<u16> = 20000..30000;
 
 /// Every decision of one node-reboot.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -144,6 +173,7 @@ impl FaultPlan {
             FaultPlan::KubeProxyOrderSwap(_) => FaultKind::KubeProxyOrderSwap,
             FaultPlan::NodeReboot(_) => FaultKind::NodeReboot,
             FaultPlan::LinkDegrade(_) => FaultKind::LinkDegrade,
+            FaultPlan::SockmapLeak(_) => FaultKind::SockmapLeak,
         }
     }
 }
@@ -198,7 +228,9 @@ pub fn plan(
             let mut steps = Vec::new();
             for st in &sc.steps {
                 steps.push(match st {
-                    Step::Deploy(_) => PlannedStep::Deploy,
+                    Step::Deploy(d) => PlannedStep::Deploy {
+                        accelerate: d.accelerate,
+                    },
                     Step::WaitFor(w) => PlannedStep::WaitFor {
                         condition: w.condition,
                         timeout_s: w.timeout_s,
@@ -262,6 +294,9 @@ pub fn plan(
                                 hold_ms: rng.random_range(500..2000),
                             }))
                         }
+                        FaultKind::SockmapLeak => PlannedStep::Fault(FaultPlan::SockmapLeak(
+                            plan_sockmap_leak(&mut rng, suite, f.node.as_deref()),
+                        )),
                     },
                 });
             }
@@ -280,6 +315,50 @@ pub fn plan(
         mutant: mutant.map(str::to_string),
         repeat,
         scenarios,
+    }
+}
+
+/// The pods that serve TCP, with the target port of the first TCP service each backs,
+/// per node (suite order).
+pub fn tcp_servers(suite: &Suite) -> Vec<(&str, &str, u16)> {
+    let mut out = Vec::new();
+    for n in &suite.topology.nodes {
+        for p in &n.pods {
+            if let Some(s) = suite
+                .services
+                .iter()
+                .find(|s| s.protocol == crate::suite::Protocol::Tcp && s.backends.contains(p))
+            {
+                out.push((n.name.as_str(), p.as_str(), s.target_port));
+            }
+        }
+    }
+    out
+}
+
+/// Decides a sockmap-leak: the node (given, or from the seed among nodes with a local
+/// TCP server), the pod, the ports, how many keys of each side, how much churn. The suite
+/// was validated to have such a pod (an empty node name otherwise; the fault then says so).
+fn plan_sockmap_leak(rng: &mut ChaCha8Rng, suite: &Suite, node: Option<&str>) -> SockmapLeakPlan {
+    let servers: Vec<(&str, &str, u16)> = tcp_servers(suite)
+        .into_iter()
+        .filter(|(n, _, _)| node.is_none_or(|want| want == *n))
+        .collect();
+    let (node, pod, port) = servers.choose(rng).copied().unwrap_or(("", "", 0));
+    let churn_ports: u16 = 1000;
+    // A block of ports for this fault, aligned so that the whole block fits in the range.
+    let blocks = (SOCKMAP_LEAK_PORTS.end - SOCKMAP_LEAK_PORTS.start) / churn_ports;
+    let base_port = SOCKMAP_LEAK_PORTS.start + rng.random_range(0..blocks) * churn_ports;
+    SockmapLeakPlan {
+        node: node.to_string(),
+        pod: pod.to_string(),
+        port,
+        base_port,
+        server_keys: rng.random_range(2..=4),
+        client_keys: rng.random_range(1..=3),
+        // Thousands of short connections: each port is reused two or three times.
+        churn: rng.random_range(2000..=3000),
+        churn_ports,
     }
 }
 
@@ -326,6 +405,47 @@ mod tests {
 
     fn sock_lb() -> Suite {
         Suite::load(&crate::suite::default_dir().join("sock-lb.yaml")).expect("sock-lb loads")
+    }
+
+    #[test]
+    fn sockmap_leak_is_decided_from_the_seed() {
+        let s =
+            Suite::load(&crate::suite::default_dir().join("sockmap.yaml")).expect("sockmap loads");
+        let leaks = |seed| -> Vec<SockmapLeakPlan> {
+            plan(&s, "x".into(), seed, "netns", None, None).scenarios[0]
+                .steps
+                .iter()
+                .filter_map(|st| match st {
+                    PlannedStep::Fault(FaultPlan::SockmapLeak(p)) => Some(p.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let all: Vec<SockmapLeakPlan> = (0..16).flat_map(leaks).collect();
+        assert_eq!(all.len(), 16, "one leak per plan");
+        for p in &all {
+            let pod_node = s
+                .topology
+                .nodes
+                .iter()
+                .find(|n| n.pods.contains(&p.pod))
+                .map(|n| n.name.as_str());
+            assert_eq!(pod_node, Some(p.node.as_str()), "{p:?}: a local pod");
+            assert_eq!(p.port, 8080);
+            assert!(SOCKMAP_LEAK_PORTS.contains(&p.base_port));
+            assert!(SOCKMAP_LEAK_PORTS.contains(&(p.base_port + p.churn_ports - 1)));
+            assert!(p.server_keys + p.client_keys < p.churn_ports);
+            assert!(p.churn >= 2000, "thousands of connections: {p:?}");
+        }
+        assert_eq!(leaks(3), leaks(3));
+        assert!(all.windows(2).any(|w| w[0] != w[1]), "seeds differ");
+        let deploy = &plan(&s, "x".into(), 1, "netns", None, None).scenarios[0].steps[0];
+        assert_eq!(deploy, &PlannedStep::Deploy { accelerate: true });
+        assert_eq!(
+            serde_json::to_string(&PlannedStep::Deploy { accelerate: false }).unwrap(),
+            r#"{"step":"deploy"}"#,
+            "histories without acceleration read as before"
+        );
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct Live {
     pub cancel: Cancel,
     /// bpf objects seen on the run's cgroups and pins (for host-clean-after-down).
     pub seen: bpf::Kernel,
+    /// The deployment accelerates node <-> local pod TCP (`deploy: {accelerate: true}`):
+    /// agents run with `--accelerate`, servers in their pod cgroups. Faults that restart
+    /// either keep it.
+    pub accelerate: bool,
 }
 
 impl Live {
@@ -260,6 +264,7 @@ impl Runner<'_> {
             services: self.suite.services.iter().map(ServiceState::from).collect(),
             cancel: self.cancel.clone(),
             seen: bpf::Kernel::default(),
+            accelerate: false,
         };
         let mut outcome = Outcome::Completed;
         let mut failed = false;
@@ -389,26 +394,53 @@ impl Runner<'_> {
         ev: &mut Vec<Event>,
     ) -> Result<Vec<String>, String> {
         match step {
-            PlannedStep::Deploy => {
+            PlannedStep::Deploy { accelerate } => {
+                live.accelerate = *accelerate;
                 live.write_services().map_err(|e| chain(&e))?;
-                workload::start_servers(&live.cluster, &live.services, &mut live.servers)
-                    .map_err(|e| chain(&e))?;
+                workload::start_servers(
+                    &live.cluster,
+                    &live.services,
+                    &mut live.servers,
+                    live.accelerate,
+                )
+                .map_err(|e| chain(&e))?;
                 workload::start_external(&live.cluster, &mut live.servers)
                     .map_err(|e| chain(&e))?;
-                let mut detail = vec![format!("{} backend servers ready", live.servers.len())];
+                let mut detail = vec![format!(
+                    "{} backend servers ready{}",
+                    live.servers.len(),
+                    if live.accelerate {
+                        " (in their pod cgroups)"
+                    } else {
+                        ""
+                    }
+                )];
                 // Every node's agent starts at once; each is kept (for its logs and its
                 // teardown) whether or not it became ready.
-                let mut started: Vec<(ClusterNode, Agent)> = live
-                    .cluster
-                    .nodes
-                    .iter()
-                    .map(|cn| {
-                        (
-                            cn.clone(),
-                            Agent::new(cn.name(), self.plan.mutant.as_deref()),
-                        )
-                    })
-                    .collect();
+                let mut started: Vec<(ClusterNode, Agent)> = Vec::new();
+                for cn in &live.cluster.nodes {
+                    let mut a = Agent::new(cn.name(), self.plan.mutant.as_deref());
+                    if live.accelerate {
+                        let net = cn.net.as_ref().ok_or_else(|| {
+                            format!(
+                                "node {}: the provider gives no node address and pod CIDR, which acceleration needs",
+                                cn.name()
+                            )
+                        })?;
+                        a.extra_args = net.accelerate_args();
+                        detail.push(format!(
+                            "datapathd on {} accelerates {}",
+                            cn.name(),
+                            a.extra_args
+                                .iter()
+                                .filter(|x| *x != "--accelerate")
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ));
+                    }
+                    started.push((cn.clone(), a));
+                }
                 let results = in_parallel_mut(&mut started, |(cn, a)| {
                     a.start(cn, None)?;
                     a.wait_ready(cn, READY_TIMEOUT)
@@ -515,7 +547,10 @@ impl Runner<'_> {
 
 pub fn describe(s: &PlannedStep) -> String {
     match s {
-        PlannedStep::Deploy => "deploy".into(),
+        PlannedStep::Deploy { accelerate: false } => "deploy".into(),
+        PlannedStep::Deploy { accelerate: true } => {
+            "deploy (socket acceleration node <-> local pods)".into()
+        }
         PlannedStep::Fault(crate::plan::FaultPlan::AgentRestartMidAttach(r)) => format!(
             "fault agent-restart-mid-attach node={} kill-after={}ms failpoint={} change={}->[{}] start-kill-after={}ms",
             r.node, r.kill_after_ms, r.failpoint, r.service_change.service, r.service_change.backends.join(","), r.start_kill_after_ms
@@ -529,6 +564,18 @@ pub fn describe(s: &PlannedStep) -> String {
         PlannedStep::Fault(crate::plan::FaultPlan::NodeReboot(p)) => {
             format!("fault node-reboot node={}", p.node)
         }
+        PlannedStep::Fault(crate::plan::FaultPlan::SockmapLeak(p)) => format!(
+            "fault sockmap-leak node={} target={}:{} planted server-side={} client-side={} from port {} churn={} over ports {}-{}",
+            p.node,
+            p.pod,
+            p.port,
+            p.server_keys,
+            p.client_keys,
+            p.base_port,
+            p.churn,
+            p.base_port,
+            p.base_port + p.churn_ports - 1
+        ),
         PlannedStep::Fault(crate::plan::FaultPlan::LinkDegrade(p)) => format!(
             "fault link-degrade node={} delay={}ms loss={}% hold={}ms",
             p.node, p.delay_ms, p.loss_pct, p.hold_ms

@@ -26,8 +26,8 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Sequential connect+request+response+close; latency percentiles as JSON.
     Bench(BenchArgs),
-    /// Plant stale keys in a pinned sockhash (value: an established decoy socket), print
-    /// `planted {json}`, and keep the decoy open until killed.
+    /// Plant stale keys in a pinned sockhash (each value: an established decoy socket of
+    /// its own), print `planted {json}`, and keep the decoys open until killed.
     PlantSockhash(PlantArgs),
     /// Many short connections (connect, one request, its answer, close); a JSON summary.
     Churn(ChurnArgs),
@@ -99,7 +99,8 @@ pub struct ReqRespArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub connections: u32,
-    /// Bind connection i to ADDR:(PORT+i).
+    /// Bind connection i to ADDR:(PORT+i); with PORT 0, every connection to ADDR and an
+    /// ephemeral port (a source address of one's choosing).
     #[arg(long, value_name = "ADDR:PORT")]
     pub bind: Option<SocketAddrV4>,
     /// Read timeout for each answer (a hung request), in milliseconds.

@@ -147,8 +147,10 @@ struct PlantedKey {
     family: &'static str,
     src: String,
     dst: String,
-    /// What a lookup of the key returned after the update: the decoy's cookie.
+    /// What a lookup of the key returned after the update: its decoy's cookie.
     cookie: u64,
+    /// The decoy this key points at.
+    decoy: Decoy,
 }
 
 #[derive(Serialize, Debug)]
@@ -156,10 +158,11 @@ struct Planted {
     map: String,
     key_for: &'static str,
     keys: Vec<PlantedKey>,
+    /// The first key's decoy (every key has its own: see `plant_inner`).
     decoy: Decoy,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, Clone)]
 struct Decoy {
     local: String,
     peer: String,
@@ -172,7 +175,7 @@ pub fn plant(args: &PlantArgs) -> u8 {
         return EXIT_SETUP;
     }
     match plant_inner(args) {
-        Ok((planted, _decoy)) => {
+        Ok((planted, _decoys)) => {
             let line = serde_json::to_string(&planted).unwrap_or_default();
             let mut out = io::stdout().lock();
             if writeln!(out, "planted {line}")
@@ -182,7 +185,7 @@ pub fn plant(args: &PlantArgs) -> u8 {
                 return EXIT_FAILED;
             }
             drop(out);
-            // Keep the decoy (and its accepted peer) open until we are killed.
+            // Keep the decoys (and their accepted peers) open until we are killed.
             loop {
                 // SAFETY: pause() has no preconditions; it returns only on a signal.
                 unsafe { libc::pause() };
@@ -195,11 +198,14 @@ pub fn plant(args: &PlantArgs) -> u8 {
     }
 }
 
-type DecoyPair = (TcpStream, TcpStream, std::net::TcpListener);
+/// The decoy connections (client, accepted server) and their listener, kept open.
+type Decoys = (Vec<(TcpStream, TcpStream)>, std::net::TcpListener);
 
-fn plant_inner(args: &PlantArgs) -> Result<(Planted, DecoyPair), String> {
+fn plant_inner(args: &PlantArgs) -> Result<(Planted, Decoys), String> {
     let map = obj_get(&args.map).map_err(|e| format!("opening {}: {e}", args.map.display()))?;
-    // An established, non-listening decoy: a connection to a listener of our own.
+    // Established, non-listening decoys: connections to a listener of our own. One per
+    // key: once the map has an sk_msg program, the kernel refuses (EBUSY) to put a
+    // socket that is already in it under a second key.
     let listener = sock::tcp_listener(SocketAddrV4::new(args.decoy_ip, 0))
         .map_err(|e| format!("decoy listener on {}: {e}", args.decoy_ip))?;
     let std::net::SocketAddr::V4(laddr) = listener
@@ -208,17 +214,29 @@ fn plant_inner(args: &PlantArgs) -> Result<(Planted, DecoyPair), String> {
     else {
         return Err("the decoy listener is not IPv4".into());
     };
-    let client = sock::tcp_connect(laddr, None, Duration::from_secs(5))
-        .map_err(|e| format!("decoy connect to {laddr}: {e:?}"))?;
-    let (server, _) = listener
-        .accept()
-        .map_err(|e| format!("decoy accept: {e}"))?;
-    let cookie = socket_cookie(client.as_raw_fd()).map_err(|e| format!("SO_COOKIE: {e}"))?;
-    let value = u64::try_from(client.as_raw_fd())
-        .map_err(|_| "negative fd".to_string())?
-        .to_ne_bytes();
+    let mut pairs = Vec::new();
     let mut keys = Vec::new();
     for c in &args.client {
+        let client = sock::tcp_connect(laddr, None, Duration::from_secs(5))
+            .map_err(|e| format!("decoy connect to {laddr}: {e:?}"))?;
+        let (server, _) = listener
+            .accept()
+            .map_err(|e| format!("decoy accept: {e}"))?;
+        let cookie = socket_cookie(client.as_raw_fd()).map_err(|e| format!("SO_COOKIE: {e}"))?;
+        let value = u64::try_from(client.as_raw_fd())
+            .map_err(|_| "negative fd".to_string())?
+            .to_ne_bytes();
+        let decoy = Decoy {
+            local: client
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            peer: client
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            cookie,
+        };
         let (src, dst) = match args.key_for {
             KeyFor::Server => (args.server, *c),
             KeyFor::Client => (*c, args.server),
@@ -238,8 +256,14 @@ fn plant_inner(args: &PlantArgs) -> Result<(Planted, DecoyPair), String> {
             src: src.to_string(),
             dst: dst.to_string(),
             cookie,
+            decoy,
         });
+        pairs.push((client, server));
     }
+    let first = keys
+        .first()
+        .map(|k| k.decoy.clone())
+        .ok_or("no --client given")?;
     let planted = Planted {
         map: args.map.display().to_string(),
         key_for: match args.key_for {
@@ -247,19 +271,9 @@ fn plant_inner(args: &PlantArgs) -> Result<(Planted, DecoyPair), String> {
             KeyFor::Client => "client",
         },
         keys,
-        decoy: Decoy {
-            local: client
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            peer: client
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            cookie,
-        },
+        decoy: first,
     };
-    Ok((planted, (client, server, listener)))
+    Ok((planted, (pairs, listener)))
 }
 
 // ---- churn ----
@@ -486,9 +500,11 @@ pub fn reqresp(args: &ReqRespArgs) -> u8 {
     };
     let mut conns: Vec<Option<Conn>> = Vec::new();
     for i in 0..args.connections {
-        let bind = args
-            .bind
-            .map(|b| SocketAddrV4::new(*b.ip(), b.port().wrapping_add(i as u16)));
+        // Port 0 binds only the address: every connection gets its own ephemeral port.
+        let bind = args.bind.map(|b| match b.port() {
+            0 => b,
+            p => SocketAddrV4::new(*b.ip(), p.wrapping_add(i as u16)),
+        });
         let report_bind = bind.map(|b| b.to_string()).unwrap_or_default();
         match sock::tcp_connect(args.to, bind, timeout) {
             Ok(stream) => {

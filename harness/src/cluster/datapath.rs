@@ -9,8 +9,10 @@ use crate::node::{wait_for_line, Exit, NodeError, Process, SpawnSpec};
 
 /// The line datapathd prints once it is serving.
 pub const READY_LINE: &str = "datapathd: ready";
-/// How long a start may take to print it.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a start may take to print it. Generous: the wait ends as soon as the line
+/// appears, and under TCG three agents starting at once on two host cores take ~30 s
+/// (the verifier and iptables-nft run emulated).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One start of the agent.
 pub struct AgentRun {
@@ -24,6 +26,9 @@ pub struct AgentRun {
 pub struct Agent {
     pub node: String,
     pub mutant: Option<String>,
+    /// Flags every start adds (`--accelerate ...` when the suite deploys with
+    /// acceleration), so that restarts by faults keep the deployment's configuration.
+    pub extra_args: Vec<String>,
     pub starts: u32,
     pub current: Option<AgentRun>,
     /// Logs of every start, for artifacts.
@@ -35,6 +40,7 @@ impl Agent {
         Agent {
             node: node.to_string(),
             mutant: mutant.map(str::to_string),
+            extra_args: Vec::new(),
             starts: 0,
             current: None,
             logs: Vec::new(),
@@ -58,6 +64,7 @@ impl Agent {
         if let Some(net) = &cn.net {
             argv.extend(net.agent_args());
         }
+        argv.extend(self.extra_args.iter().cloned());
         if let Some(m) = &self.mutant {
             argv.push("--mutant".into());
             argv.push(m.clone());

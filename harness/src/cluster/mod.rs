@@ -91,6 +91,19 @@ impl NodeNet {
         .map(|s| s.to_string())
         .collect()
     }
+
+    /// The `datapathd run` flags that accelerate node <-> local pod TCP (sockops/sockmap):
+    /// the node's address and its pod CIDR (datapath/README.md, "Socket acceleration").
+    /// Every node's addresses differ, so nodes that share a kernel (netns) never collide
+    /// in a sockhash key.
+    pub fn accelerate_args(&self) -> Vec<String> {
+        vec![
+            "--accelerate".into(),
+            format!("{}/32", self.addr),
+            "--accelerate".into(),
+            self.pod_cidr.clone(),
+        ]
+    }
 }
 
 impl ClusterNode {

@@ -18,11 +18,15 @@ pub struct Server {
 
 /// Starts a server in every pod that backs a service (in the suite, not only now: a
 /// backend removed from a service keeps answering, so a stale route to it is caught by
-/// the backend's name, not by a timeout).
+/// the backend's name, not by a timeout). `in_pod_cgroup`: each server joins its pod's
+/// cgroup (below the node's), as a real pod's processes do; the node's `sock_ops`
+/// program sees only sockets of processes in its cgroup subtree, so socket acceleration
+/// needs it. Without it the servers stay where the harness runs them.
 pub fn start_servers(
     cluster: &Cluster,
     services: &[ServiceState],
     servers: &mut Vec<Server>,
+    in_pod_cgroup: bool,
 ) -> Result<(), NodeError> {
     let mut wanted: Vec<(&Pod, Vec<String>)> = Vec::new();
     for pod in &cluster.pods {
@@ -38,9 +42,14 @@ pub fn start_servers(
                 argv.push(addr);
             }
         }
-        if !argv.is_empty() {
-            wanted.push((pod, argv));
+        if argv.is_empty() {
+            continue;
         }
+        if in_pod_cgroup {
+            argv.push("--cgroup".into());
+            argv.push(pod.cgroup.display().to_string());
+        }
+        wanted.push((pod, argv));
     }
     // All at once: each start is a few round trips to its node.
     let started = super::in_parallel(&wanted, |(pod, argv)| start_one(cluster, pod, argv.clone()));

@@ -6,6 +6,7 @@ pub mod agent_restart;
 pub mod kube_proxy_order_swap;
 pub mod link_degrade;
 pub mod node_reboot;
+pub mod sockmap_leak;
 
 use crate::plan::FaultPlan;
 use crate::run::Live;
@@ -72,5 +73,6 @@ pub fn from_plan(p: &FaultPlan) -> Box<dyn Fault> {
         }
         FaultPlan::NodeReboot(p) => Box::new(node_reboot::NodeReboot(p.clone())),
         FaultPlan::LinkDegrade(p) => Box::new(link_degrade::LinkDegrade(p.clone())),
+        FaultPlan::SockmapLeak(p) => Box::new(sockmap_leak::SockmapLeak(p.clone())),
     }
 }

@@ -168,7 +168,7 @@ impl Fault for NodeReboot {
             external: None,
         };
         let n = live.servers.len();
-        workload::start_servers(&here, &live.services, &mut live.servers)
+        workload::start_servers(&here, &live.services, &mut live.servers, live.accelerate)
             .map_err(nerr("restarting the node's backends"))?;
         rec.proof.push(format!(
             "{} backend servers restarted",

@@ -93,6 +93,35 @@ pub trait Invariant {
     fn check(&self, ctx: &Context<'_>) -> Judgement;
 }
 
+/// Runs `judge_node` for every node at once (one thread each: probes on slow VMs add up)
+/// and returns the judgements in node order. A node with nothing to judge gives `None`.
+pub fn per_node<F>(ctx: &Context<'_>, judge_node: F) -> Vec<Judgement>
+where
+    F: Fn(&crate::cluster::ClusterNode) -> Option<Judgement> + Sync,
+{
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ctx
+            .cluster
+            .nodes
+            .iter()
+            .map(|cn| {
+                let f = &judge_node;
+                (cn.name(), s.spawn(move || f(cn)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|(node, h)| {
+                h.join().unwrap_or_else(|_| {
+                    Some(Judgement::unknown(format!(
+                        "node {node}: the check's thread panicked"
+                    )))
+                })
+            })
+            .collect()
+    })
+}
+
 pub fn by_name(name: InvariantName) -> Option<Box<dyn Invariant>> {
     match name {
         InvariantName::ServiceConnectivity => {
@@ -107,6 +136,10 @@ pub fn by_name(name: InvariantName) -> Option<Box<dyn Invariant>> {
         InvariantName::ForwardChainOrder => Some(Box::new(forward_chain_order::ForwardChainOrder)),
         InvariantName::RulesExactlyOnce => Some(Box::new(rules_exactly_once::RulesExactlyOnce)),
         InvariantName::NoInvalidDrops => Some(Box::new(no_invalid_drops::NoInvalidDrops)),
+        InvariantName::PayloadLiveness => Some(Box::new(payload_liveness::PayloadLiveness)),
+        InvariantName::SockhashKeysLive => Some(Box::new(sockhash_keys_live::SockhashKeysLive)),
+        InvariantName::SockhashBounded => Some(Box::new(sockhash_bounded::SockhashBounded)),
+        InvariantName::NoCrossDelivery => Some(Box::new(no_cross_delivery::NoCrossDelivery)),
     }
 }
 

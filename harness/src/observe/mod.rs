@@ -5,3 +5,4 @@
 pub mod bpf;
 pub mod host;
 pub mod iptables;
+pub mod sockhash;

@@ -202,6 +202,7 @@ impl Suite {
                     step::EXPECTED,
                 );
             }
+            let accelerated = matches!(sc.steps.first(), Some(Step::Deploy(d)) if d.accelerate);
             for (j, st) in sc.steps.iter().enumerate() {
                 if let Step::Fault(f) = st {
                     if let Some(n) = &f.node {
@@ -213,6 +214,54 @@ impl Suite {
                                 step::EXPECTED,
                             );
                         }
+                    }
+                    if f.name == FaultKind::SockmapLeak {
+                        if !accelerated {
+                            return bad(
+                                format!("scenarios[{i}].steps[{j}].fault.name"),
+                                "sockmap-leak",
+                                format!(
+                                    "fault sockmap-leak in scenario `{}` needs the scenario's deploy step to be `deploy: {{accelerate: true}}`",
+                                    sc.name
+                                ),
+                                step::EXPECTED,
+                            );
+                        }
+                        let on_node = crate::plan::tcp_servers(self)
+                            .iter()
+                            .any(|(n, _, _)| f.node.as_deref().is_none_or(|want| want == *n));
+                        if !on_node {
+                            return bad(
+                                format!("scenarios[{i}].steps[{j}].fault.name"),
+                                "sockmap-leak",
+                                format!(
+                                    "fault sockmap-leak needs a pod that backs a TCP service on {} (node -> local pod connections go to it)",
+                                    f.node
+                                        .as_deref()
+                                        .map(|n| format!("node `{n}`"))
+                                        .unwrap_or_else(|| "some node".into())
+                                ),
+                                step::EXPECTED,
+                            );
+                        }
+                    }
+                }
+                if let Step::Check(c) = st {
+                    let needs: Vec<&InvariantName> = c
+                        .invariants
+                        .iter()
+                        .filter(|inv| inv.needs_acceleration())
+                        .collect();
+                    if let (Some(inv), false) = (needs.first(), accelerated) {
+                        return bad(
+                            format!("scenarios[{i}].steps[{j}].check.invariants"),
+                            inv.as_str(),
+                            format!(
+                                "invariant {inv} judges socket acceleration: scenario `{}` must start with `deploy: {{accelerate: true}}`",
+                                sc.name
+                            ),
+                            step::EXPECTED,
+                        );
                     }
                 }
             }

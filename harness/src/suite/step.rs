@@ -1,7 +1,8 @@
 //! One step of a scenario: `deploy`, `fault`, `wait-for` or `check`, written as a map
 //! with that one key.
 
-pub const EXPECTED: &str = "a step is one of: {deploy: {}} | {fault: {name: agent-restart-mid-attach|kube-proxy-order-swap|node-reboot|link-degrade, \
+pub const EXPECTED: &str = "a step is one of: {deploy: {accelerate: false (optional; true: sockops/sockmap \
+acceleration of node <-> local pod TCP)}} | {fault: {name: agent-restart-mid-attach|kube-proxy-order-swap|node-reboot|link-degrade|sockmap-leak, \
 node: NAME (optional; default: chosen from the seed)}} | {wait-for: {condition: agents-ready|services-reachable, \
 timeout-s: 30}} | {check: {invariants: [service-connectivity, one-program-per-hook, no-orphan-bpf-objects]}}";
 
@@ -17,7 +18,14 @@ pub enum Step {
 
 #[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct DeployStep {}
+pub struct DeployStep {
+    /// Start every agent with socket acceleration for node <-> local pod TCP
+    /// (`--accelerate <node addr>/32 --accelerate <pod CIDR>`) and the pods' servers in
+    /// their pod cgroups (below the node's, where `sock_ops` is attached), so that
+    /// `sock_ops` sees both ends. Off by default: other suites run as before.
+    #[serde(default)]
+    pub accelerate: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -42,14 +50,18 @@ pub enum FaultKind {
     NodeReboot,
     /// Degrade a node's cluster link (tc netem delay and loss), prove it, heal it.
     LinkDegrade,
+    /// Incident C: stale sockhash keys planted for tuples that later node -> local pod
+    /// connections use, then thousands of short connections over those tuples.
+    SockmapLeak,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 5] = [
         FaultKind::AgentRestartMidAttach,
         FaultKind::KubeProxyOrderSwap,
         FaultKind::NodeReboot,
         FaultKind::LinkDegrade,
+        FaultKind::SockmapLeak,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,6 +69,7 @@ impl FaultKind {
             FaultKind::KubeProxyOrderSwap => "kube-proxy-order-swap",
             FaultKind::NodeReboot => "node-reboot",
             FaultKind::LinkDegrade => "link-degrade",
+            FaultKind::SockmapLeak => "sockmap-leak",
         }
     }
 }
@@ -109,10 +122,21 @@ pub enum InvariantName {
     NoInvalidDrops,
     /// Every pod reaches every other pod's server directly, across nodes, with payload.
     PodToPod,
+    /// Incident C: every request from a node to its local pods over an accelerated
+    /// connection is answered within a bound; ESTABLISHED and silent is a failure.
+    PayloadLiveness,
+    /// Incident C: every sockhash key is owned by a live socket whose tuple is the key,
+    /// and every accelerated socket is in the map under its own key.
+    SockhashKeysLive,
+    /// Incident C: a node's sockhash holds at most 2 entries per live accelerated
+    /// connection.
+    SockhashBounded,
+    /// Incident C: bytes sent on a connection arrive on that connection only.
+    NoCrossDelivery,
 }
 
 impl InvariantName {
-    pub const ALL: [InvariantName; 9] = [
+    pub const ALL: [InvariantName; 13] = [
         InvariantName::ServiceConnectivity,
         InvariantName::OneProgramPerHook,
         InvariantName::NoOrphanBpfObjects,
@@ -122,6 +146,10 @@ impl InvariantName {
         InvariantName::RulesExactlyOnce,
         InvariantName::NoInvalidDrops,
         InvariantName::PodToPod,
+        InvariantName::PayloadLiveness,
+        InvariantName::SockhashKeysLive,
+        InvariantName::SockhashBounded,
+        InvariantName::NoCrossDelivery,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -134,7 +162,24 @@ impl InvariantName {
             InvariantName::RulesExactlyOnce => "rules-exactly-once",
             InvariantName::NoInvalidDrops => "no-invalid-drops",
             InvariantName::PodToPod => "pod-to-pod",
+            InvariantName::PayloadLiveness => "payload-liveness",
+            InvariantName::SockhashKeysLive => "sockhash-keys-live",
+            InvariantName::SockhashBounded => "sockhash-bounded",
+            InvariantName::NoCrossDelivery => "no-cross-delivery",
         }
+    }
+}
+
+impl InvariantName {
+    /// Judged only on a deployment with socket acceleration (incident C).
+    pub fn needs_acceleration(self) -> bool {
+        matches!(
+            self,
+            InvariantName::PayloadLiveness
+                | InvariantName::SockhashKeysLive
+                | InvariantName::SockhashBounded
+                | InvariantName::NoCrossDelivery
+        )
     }
 }
 

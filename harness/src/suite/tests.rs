@@ -48,7 +48,10 @@ fn good_minimal_suite() {
     let s = Suite::parse(Path::new("t.yaml"), GOOD).expect("parses");
     assert_eq!(s.repeat, 1);
     assert_eq!(s.services[0].protocol, Protocol::Tcp);
-    assert_eq!(s.scenarios[0].steps[0], Step::Deploy(step::DeployStep {}));
+    assert_eq!(
+        s.scenarios[0].steps[0],
+        Step::Deploy(step::DeployStep { accelerate: false })
+    );
     assert_eq!(s.topology().pods.len(), 2);
 }
 
@@ -164,4 +167,62 @@ fn not_yaml_at_all() {
     let e = err("name: [unclosed\n");
     assert!(e.starts_with("t.yaml:"), "{e}");
     assert!(e.contains("expected form"), "{e}");
+}
+
+#[test]
+fn deploy_accelerate_parses_and_defaults_off() {
+    let s = Suite::parse(
+        Path::new("t.yaml"),
+        &GOOD.replace("- deploy: {}", "- deploy: {accelerate: true}"),
+    )
+    .expect("parses");
+    assert_eq!(
+        s.scenarios[0].steps[0],
+        Step::Deploy(step::DeployStep { accelerate: true })
+    );
+    let e = err(&GOOD.replace("- deploy: {}", "- deploy: {accelerated: true}"));
+    assert!(
+        e.contains("at `scenarios[0].steps[0].deploy.accelerated`: unknown field `accelerated`, expected `accelerate`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sockmap_leak_needs_an_accelerated_deploy() {
+    let e = err(&GOOD.replace(
+        "      - check:\n",
+        "      - fault:\n          name: sockmap-leak\n      - check:\n",
+    ));
+    assert!(
+        e.starts_with("t.yaml:17:17: at `scenarios[0].steps[1].fault.name`: fault sockmap-leak in scenario `s` needs the scenario's deploy step to be `deploy: {accelerate: true}`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sockmap_leak_needs_a_local_tcp_server_on_its_node() {
+    let text = GOOD
+        .replace("- deploy: {}", "- deploy: {accelerate: true}")
+        .replace("      pods: [client, web]\n", "      pods: [client, web]\n    - name: node-b\n      pods: [other]\n")
+        .replace(
+            "      - check:\n",
+            "      - fault:\n          name: sockmap-leak\n          node: node-b\n      - check:\n",
+        );
+    let e = err(&text);
+    assert!(
+        e.contains("at `scenarios[0].steps[1].fault.name`: fault sockmap-leak needs a pod that backs a TCP service on node `node-b`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sockhash_invariants_need_an_accelerated_deploy() {
+    let e = err(&GOOD.replace(
+        "[service-connectivity]",
+        "[service-connectivity, sockhash-keys-live]",
+    ));
+    assert!(
+        e.contains("at `scenarios[0].steps[1].check.invariants`: invariant sockhash-keys-live judges socket acceleration: scenario `s` must start with `deploy: {accelerate: true}`"),
+        "{e}"
+    );
 }

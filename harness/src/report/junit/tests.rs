@@ -128,6 +128,27 @@ fn junit_shape() {
 }
 
 #[test]
+fn a_pass_with_evidence_shows_it_in_system_out() {
+    let mut pass = Judgement::pass("node-a: 100 requests answered");
+    pass.evidence
+        .push("node node-a: dp_accel_stats during the probes: redirected +200".into());
+    let events = vec![
+        v(1, InvariantName::PayloadLiveness, pass),
+        v(1, InvariantName::ServiceConnectivity, Judgement::pass("ok")),
+    ];
+    let x = to_xml(&build(&plan(), &Facts::default(), &[], &events)).expect("serializes");
+    assert!(
+        x.contains("<system-out>iteration 1: node-a: 100 requests answered\nnode node-a: dp_accel_stats during the probes: redirected +200</system-out>"),
+        "{x}"
+    );
+    assert_eq!(
+        x.matches("<system-out>").count(),
+        1,
+        "a pass without evidence has no system-out: {x}"
+    );
+}
+
+#[test]
 fn junit_validates_against_the_schema() {
     let xsd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/junit-10.xsd");
     if !xsd.exists() {
