@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::cluster::Binaries;
@@ -237,6 +238,10 @@ fn binaries() -> anyhow::Result<Binaries> {
         datapathd: dir.join("datapathd"),
         dp_probe: dir.join("dp-probe"),
     };
+    let missing = !b.datapathd.is_file() || !b.dp_probe.is_file();
+    if missing && std::env::var_os("DP_HARNESS_BIN_DIR").is_none() {
+        build_siblings(&dir)?;
+    }
     for (p, pkg) in [(&b.datapathd, "datapath-agent"), (&b.dp_probe, "dp-probe")] {
         if !p.is_file() {
             anyhow::bail!(
@@ -246,6 +251,42 @@ fn binaries() -> anyhow::Result<Binaries> {
         }
     }
     Ok(b)
+}
+
+/// Builds datapathd and dp-probe when the harness was started by `cargo run` (which
+/// builds only the harness) on a checkout where they were never built: the same
+/// `cargo build` as the README's test command (default members, so the same feature
+/// resolution and nothing rebuilt twice), into the harness's own target directory.
+fn build_siblings(dir: &std::path::Path) -> anyhow::Result<()> {
+    let (Some(cargo), Some(manifest_dir)) = (
+        std::env::var_os("CARGO"),
+        std::env::var_os("CARGO_MANIFEST_DIR"),
+    ) else {
+        return Ok(());
+    };
+    let workspace = PathBuf::from(manifest_dir).join("..").join("Cargo.toml");
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = std::process::Command::new(&cargo);
+    cmd.arg("build").arg("--manifest-path").arg(&workspace);
+    if release {
+        cmd.arg("--release");
+    }
+    if let Some(target) = dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    eprintln!(
+        "harness: datapathd or dp-probe not built yet: running `cargo build{}` (once)",
+        if release { " --release" } else { "" }
+    );
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {}", PathBuf::from(&cargo).display()))?;
+    if !status.success() {
+        anyhow::bail!(
+            "`cargo build` of datapathd and dp-probe failed ({status}); see its output above"
+        );
+    }
+    Ok(())
 }
 
 /// Checks that datapathd knows the failpoints and the mutant the plan uses.

@@ -288,6 +288,8 @@ impl Runner<'_> {
             for d in &detail {
                 self.progress.line(&format!("    {d}"));
             }
+            self.progress
+                .line(&format!("    ({:.1} s)", t.elapsed().as_secs_f64()));
             ev.push(Event::Step {
                 scenario: name.clone(),
                 iteration: it,

@@ -8,48 +8,62 @@ use std::time::Duration;
 use crate::run::Live;
 
 pub fn collect(live: &Live, dir: &Path) {
-    for cn in &live.cluster.nodes {
+    // The agents' logs by node, taken out first (agents hold processes, not Sync).
+    let agent_logs: Vec<(&str, &[std::path::PathBuf])> = live
+        .agents
+        .iter()
+        .map(|a| (a.node.as_str(), a.logs.as_slice()))
+        .collect();
+    // Every node at once, each node's commands in one batch (a round trip each on a VM).
+    crate::cluster::in_parallel(&live.cluster.nodes, |cn| {
         let d = dir.join(cn.name());
         if std::fs::create_dir_all(&d).is_err() {
-            continue;
+            return;
         }
         let node = cn.node.as_ref();
-        let save = |file: &str, argv: &[&str]| {
-            let text = match node.run(argv, Duration::from_secs(30)) {
-                Ok(o) => format!(
+        let dp = cn.datapathd.display().to_string();
+        let bpffs = cn.bpffs.display().to_string();
+        let cg = cn.cgroup.display().to_string();
+        let wanted: [(&str, &[&str]); 8] = [
+            (
+                "datapathd-status.json",
+                &[&dp, "status", "--json", "--bpffs", &bpffs, "--cgroup", &cg],
+            ),
+            (
+                "bpftool-prog.json",
+                &["bpftool", "-j", "-f", "prog", "show"],
+            ),
+            ("bpftool-map.json", &["bpftool", "-j", "-f", "map", "show"]),
+            (
+                "bpftool-link.json",
+                &["bpftool", "-j", "-f", "link", "show"],
+            ),
+            (
+                "bpftool-cgroup.json",
+                &["bpftool", "-j", "cgroup", "show", &cg],
+            ),
+            ("ip-addr.txt", &["ip", "addr"]),
+            ("ip-route.txt", &["ip", "route"]),
+            ("iptables-save.txt", &["iptables-save"]),
+        ];
+        let argvs: Vec<Vec<String>> = wanted
+            .iter()
+            .map(|(_, argv)| argv.iter().map(|a| a.to_string()).collect())
+            .collect();
+        let outs = node.run_batch(&argvs, Duration::from_secs(30));
+        for (i, (file, argv)) in wanted.iter().enumerate() {
+            let text = match &outs {
+                Ok(outs) => format!(
                     "$ {}\n# {}\n{}{}",
                     argv.join(" "),
-                    o.exit,
-                    o.stdout_str(),
-                    o.stderr_str()
+                    outs[i].exit,
+                    outs[i].stdout_str(),
+                    outs[i].stderr_str()
                 ),
                 Err(e) => format!("$ {}\n# error: {e}\n", argv.join(" ")),
             };
             let _ = std::fs::write(d.join(file), text);
-        };
-        let dp = cn.datapathd.display().to_string();
-        let bpffs = cn.bpffs.display().to_string();
-        let cg = cn.cgroup.display().to_string();
-        save(
-            "datapathd-status.json",
-            &[&dp, "status", "--json", "--bpffs", &bpffs, "--cgroup", &cg],
-        );
-        save(
-            "bpftool-prog.json",
-            &["bpftool", "-j", "-f", "prog", "show"],
-        );
-        save("bpftool-map.json", &["bpftool", "-j", "-f", "map", "show"]);
-        save(
-            "bpftool-link.json",
-            &["bpftool", "-j", "-f", "link", "show"],
-        );
-        save(
-            "bpftool-cgroup.json",
-            &["bpftool", "-j", "cgroup", "show", &cg],
-        );
-        save("ip-addr.txt", &["ip", "addr"]);
-        save("ip-route.txt", &["ip", "route"]);
-        save("iptables-save.txt", &["iptables-save"]);
+        }
         if let Ok(rd) = std::fs::read_dir(&cn.work_dir) {
             for e in rd.flatten() {
                 let p = e.path();
@@ -60,12 +74,12 @@ pub fn collect(live: &Live, dir: &Path) {
                 }
             }
         }
-        for a in live.agents.iter().filter(|a| a.node == cn.name()) {
-            for l in &a.logs {
+        for (_, logs) in agent_logs.iter().filter(|(n, _)| *n == cn.name()) {
+            for l in logs.iter() {
                 if let (Ok(data), Some(n)) = (node.read_file(l), l.file_name()) {
                     let _ = std::fs::write(d.join(n), data);
                 }
             }
         }
-    }
+    });
 }
