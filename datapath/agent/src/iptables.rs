@@ -127,31 +127,40 @@ impl Iptables {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The filter table's `-N`/`-P`/`-A` lines of `chain` as argument lists (split like a
-    /// shell would); `None` when the chain does not exist. Read from the whole table's
-    /// `-S`: iptables-nft answers `-S MISSING` with a misleading "incompatible" error.
-    pub fn list(&self, chain: &str) -> Result<Option<Vec<Vec<String>>>, IptablesError> {
+    /// The whole filter table as `-S` prints it, one exec: iptables-nft answers
+    /// `-S MISSING` with a misleading "incompatible" error, and each exec is costly on a
+    /// slow node (the periodic reconcile reads the table once).
+    pub fn filter_table(&self) -> Result<FilterTable, IptablesError> {
         let out = self.run(&["-t", "filter", "-S"])?;
-        let lines: Vec<Vec<String>> = out
-            .lines()
-            .map(split_words)
-            .filter(|w| w.get(1).map(String::as_str) == Some(chain))
-            .collect();
-        let exists = lines
-            .iter()
-            .any(|w| matches!(w.first().map(String::as_str), Some("-N" | "-P")));
-        Ok(exists.then_some(lines))
+        Ok(FilterTable(out.lines().map(split_words).collect()))
     }
 
-    /// The `-A` rules of a chain (each without the leading `-A CHAIN`), in order.
+    /// The `-A` rules of a chain (each without the leading `-A CHAIN`), in order; `None`
+    /// when the chain does not exist.
     pub fn rules(&self, chain: &str) -> Result<Option<Vec<Vec<String>>>, IptablesError> {
-        Ok(self.list(chain)?.map(|lines| {
-            lines
-                .into_iter()
+        Ok(self.filter_table()?.rules(chain))
+    }
+}
+
+/// The filter table's `-S` lines as argument lists (split like a shell would).
+pub struct FilterTable(Vec<Vec<String>>);
+
+impl FilterTable {
+    /// The `-A` rules of `chain` (each without the leading `-A CHAIN`), in order; `None`
+    /// when the chain does not exist.
+    pub fn rules(&self, chain: &str) -> Option<Vec<Vec<String>>> {
+        let of_chain = || {
+            self.0
+                .iter()
+                .filter(move |w| w.get(1).map(String::as_str) == Some(chain))
+        };
+        let exists = of_chain().any(|w| matches!(w.first().map(String::as_str), Some("-N" | "-P")));
+        exists.then(|| {
+            of_chain()
                 .filter(|l| l.first().map(String::as_str) == Some("-A"))
-                .map(|l| l.into_iter().skip(2).collect())
+                .map(|l| l.iter().skip(2).cloned().collect())
                 .collect()
-        }))
+        })
     }
 }
 
@@ -287,7 +296,9 @@ impl ForwardChain {
     pub fn reconcile(&self) -> Result<Changes, IptablesError> {
         let mut changes = Changes::default();
         let wanted = self.wanted_rules();
-        match self.ipt.rules(CHAIN)? {
+        // One read of the table when nothing has to change (the periodic case).
+        let table = self.ipt.filter_table()?;
+        match table.rules(CHAIN) {
             None => {
                 self.ipt.run(&["-t", "filter", "-N", CHAIN])?;
                 changes.created_chain = true;
@@ -308,7 +319,11 @@ impl ForwardChain {
             }
         }
 
-        let jumps = self.jumps()?;
+        let jumps = if changes.any() {
+            self.jumps()?
+        } else {
+            our_jumps(&table.rules("FORWARD").unwrap_or_default())
+        };
         match self.policy {
             JumpPolicy::AppendOnce => {
                 if jumps.is_empty() {
