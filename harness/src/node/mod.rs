@@ -191,7 +191,8 @@ pub trait Node: Send + Sync {
 
     /// Runs several commands one after the other, each within `timeout`, and returns each
     /// one's output (a failing command does not stop the next). A VM node does it in one
-    /// round trip; the default runs them one by one.
+    /// round trip; the default runs them one by one. For commands that observe or probe:
+    /// a VM node runs the batch again when the SSH transport failed.
     fn run_batch(
         &self,
         argvs: &[Vec<String>],

@@ -48,6 +48,26 @@ impl SshNode {
             .map_err(|e| self.error(e, command, timeout))
     }
 
+    /// Like [`SshNode::script`] for a script that only reads or waits (safe to run
+    /// twice): retried once when the SSH transport, not the script, failed. Under load the
+    /// ControlMaster now and then refuses a new session (ssh exits 255), which would end
+    /// a whole run as a harness error.
+    fn read_script(
+        &self,
+        script: &str,
+        timeout: Duration,
+        command: &str,
+    ) -> Result<RemoteOutput, NodeError> {
+        let session = self.session(command)?;
+        match session.run(script, None, timeout) {
+            Err(e) if e.is_transport() => self
+                .session(command)?
+                .run(script, None, timeout)
+                .map_err(|e| self.error(e, command, timeout)),
+            r => r.map_err(|e| self.error(e, command, timeout)),
+        }
+    }
+
     fn error(&self, e: QemuError, command: &str, timeout: Duration) -> NodeError {
         match e {
             QemuError::SshTimeout { .. } => NodeError::Timeout {
@@ -172,7 +192,7 @@ impl Node for SshNode {
             argvs.len() - 1
         ));
         let total = timeout * argvs.len() as u32 + Duration::from_secs(5);
-        let out = self.script(&script, None, total, &what)?;
+        let out = self.read_script(&script, total, &what)?;
         let parts = split_batch(&out.stdout, argvs.len()).ok_or_else(|| NodeError::Failed {
             node: self.name.clone(),
             command: what.clone(),
@@ -224,7 +244,7 @@ impl Node for SshNode {
             pid = proc.pid()
         );
         let command = format!("wait for `{line}` in {}", file.display());
-        let out = self.script(&script, None, timeout + Duration::from_secs(10), &command)?;
+        let out = self.read_script(&script, timeout + Duration::from_secs(10), &command)?;
         match out.status {
             Some(0) => Ok(true),
             Some(3) => Ok(false),
@@ -291,9 +311,8 @@ impl Node for SshNode {
 
     fn read_file(&self, path: &Path) -> Result<Vec<u8>, NodeError> {
         let command = format!("cat {}", path.display());
-        let out = self.script(
+        let out = self.read_script(
             &format!("cat {}", shell_quote(&path.to_string_lossy())),
-            None,
             Duration::from_secs(60),
             &command,
         )?;

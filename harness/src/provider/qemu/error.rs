@@ -160,3 +160,17 @@ pub(crate) fn tail_file(path: &std::path::Path, lines: usize) -> String {
         Err(e) => format!("(unreadable: {e})"),
     }
 }
+
+impl QemuError {
+    /// The SSH transport failed (the ControlMaster refused or lost the session: ssh exits
+    /// 255), as opposed to the remote command failing or timing out.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            QemuError::Ssh {
+                source: openssh::Error::RemoteProcessTerminated | openssh::Error::Disconnected,
+                ..
+            }
+        )
+    }
+}
