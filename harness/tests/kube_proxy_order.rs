@@ -3,49 +3,15 @@
 //! kube-proxy / datapath start order, and the `kube-proxy-first` mutant is caught with
 //! iptables evidence. Needs root, cgroup2, bpffs and iptables (ci/setup).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
 mod common;
-use common::lock;
+use common::{lock, netns_suite, skip_unless_root};
 
-/// Runs `harness suite kube-proxy-order --provider netns ARGS`; returns the exit status,
-/// stderr and the JUnit XML.
-fn suite(args: &[&str], dir: &Path) -> (i32, String, String) {
-    let junit = dir.join("junit.xml");
-    let out = Command::new(PathBuf::from(env!("CARGO_BIN_EXE_harness")))
-        .args([
-            "suite",
-            "kube-proxy-order",
-            "--provider",
-            "netns",
-            "--seed",
-            "5",
-        ])
-        .args(args)
-        .arg("--junit")
-        .arg(&junit)
-        .arg("--reports-dir")
-        .arg(dir.join("r"))
-        .env("CI", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run harness");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into(),
-        std::fs::read_to_string(&junit).unwrap_or_default(),
-    )
+fn suite(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    netns_suite("kube-proxy-order", args, dir)
 }
 
 fn skip() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI must run this as root");
-        eprintln!("SKIPPED: needs root (netns, cgroups, eBPF, iptables)");
-        return true;
-    }
-    false
+    skip_unless_root("netns, cgroups, eBPF, iptables")
 }
 
 #[test]

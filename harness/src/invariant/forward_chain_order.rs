@@ -7,9 +7,8 @@
 //! `FORWARD` no longer jumps to it: something (a datapath deleting rules by number while
 //! kube-proxy inserts) removed another component's rule.
 
-use super::{merge, Context, Invariant, Judgement};
-use crate::cluster::in_parallel;
-use crate::observe::iptables::{self, Save};
+use super::{Context, Invariant, Judgement};
+use crate::observe::iptables::Save;
 use crate::suite::InvariantName;
 
 pub const DATAPATH_CHAIN: &str = "DP_FORWARD";
@@ -61,15 +60,7 @@ impl Invariant for ForwardChainOrder {
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let js = in_parallel(&ctx.cluster.nodes, |cn| {
-            match iptables::save(cn.node.as_ref()) {
-                Ok((_, save)) => judge(cn.name(), &save),
-                Err(e) => {
-                    Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
-                }
-            }
-        });
-        merge(&js)
+        super::judge_iptables_per_node(ctx, judge)
     }
 }
 

@@ -143,6 +143,25 @@ pub fn by_name(name: InvariantName) -> Option<Box<dyn Invariant>> {
     }
 }
 
+/// Judges every node's `iptables-save -c` with `judge`, all nodes at once; a node whose
+/// rules cannot be read is Unknown.
+pub fn judge_iptables_per_node(
+    ctx: &Context<'_>,
+    judge: impl Fn(&str, &crate::observe::iptables::Save) -> Judgement + Sync,
+) -> Judgement {
+    let js =
+        crate::cluster::in_parallel(
+            &ctx.cluster.nodes,
+            |cn| match crate::observe::iptables::save(cn.node.as_ref()) {
+                Ok((_, save)) => judge(cn.name(), &save),
+                Err(e) => {
+                    Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
+                }
+            },
+        );
+    merge(&js)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,9 +6,8 @@
 use std::collections::BTreeMap;
 
 use super::forward_chain_order::{forward_listing, DATAPATH_CHAIN};
-use super::{merge, Context, Invariant, Judgement};
-use crate::cluster::in_parallel;
-use crate::observe::iptables::{self, Save};
+use super::{Context, Invariant, Judgement};
+use crate::observe::iptables::Save;
 use crate::suite::InvariantName;
 
 pub struct RulesExactlyOnce;
@@ -78,15 +77,7 @@ impl Invariant for RulesExactlyOnce {
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let js = in_parallel(&ctx.cluster.nodes, |cn| {
-            match iptables::save(cn.node.as_ref()) {
-                Ok((_, save)) => judge(cn.name(), &save),
-                Err(e) => {
-                    Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
-                }
-            }
-        });
-        merge(&js)
+        super::judge_iptables_per_node(ctx, judge)
     }
 }
 
