@@ -237,12 +237,19 @@ fn binaries() -> anyhow::Result<Binaries> {
     let b = Binaries {
         datapathd: dir.join("datapathd"),
         dp_probe: dir.join("dp-probe"),
+        dp_remote: dir.join("dp-remote"),
     };
-    let missing = !b.datapathd.is_file() || !b.dp_probe.is_file();
+    let missing = [&b.datapathd, &b.dp_probe, &b.dp_remote]
+        .iter()
+        .any(|p| !p.is_file());
     if missing && std::env::var_os("DP_HARNESS_BIN_DIR").is_none() {
         build_siblings(&dir)?;
     }
-    for (p, pkg) in [(&b.datapathd, "datapath-agent"), (&b.dp_probe, "dp-probe")] {
+    for (p, pkg) in [
+        (&b.datapathd, "datapath-agent"),
+        (&b.dp_probe, "dp-probe"),
+        (&b.dp_remote, "dp-remote"),
+    ] {
         if !p.is_file() {
             anyhow::bail!(
                 "{} not found: build it with `cargo build -p {pkg}` (or set DP_HARNESS_BIN_DIR)",
@@ -275,7 +282,7 @@ fn build_siblings(dir: &std::path::Path) -> anyhow::Result<()> {
         cmd.env("CARGO_TARGET_DIR", target);
     }
     eprintln!(
-        "harness: datapathd or dp-probe not built yet: running `cargo build{}` (once)",
+        "harness: datapathd, dp-probe or dp-remote not built yet: running `cargo build{}` (once)",
         if release { " --release" } else { "" }
     );
     let status = cmd

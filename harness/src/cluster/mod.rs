@@ -32,6 +32,8 @@ pub struct PodSpec {
 pub struct Binaries {
     pub datapathd: PathBuf,
     pub dp_probe: PathBuf,
+    /// The harness's helper on VM nodes (harness/remote).
+    pub dp_remote: PathBuf,
 }
 
 /// One node and the places on it that the datapath and the workload use. All paths are

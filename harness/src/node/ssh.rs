@@ -1,17 +1,19 @@
-//! A VM node driven over SSH (the qemu provider's nodes): commands, long-running
-//! processes and files through the node's ControlMaster session. The session lives in a
-//! slot shared with the provider, which replaces it when the node reboots.
+//! A VM node driven over SSH (the qemu provider's nodes): every operation is a request
+//! to the node's dp-remote helper (harness/remote), one long-lived process on the node's
+//! ControlMaster: a command is one fork/exec on the node, and files, waits and signals
+//! start no process at all. The session lives in a slot shared with the provider, which
+//! replaces it when the node reboots.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use dp_remote::wire::{Ended, Op, Reply};
 
 use super::{Exit, Node, NodeError, Output, Process, SpawnSpec};
-use crate::provider::qemu::ssh::{shell_quote, RemoteOutput, SshSession, SshSlot};
+use crate::provider::qemu::remote::Remote;
+use crate::provider::qemu::ssh::SshSlot;
 use crate::provider::qemu::QemuError;
-
-/// Where spawned processes keep their pid and exit status on the node.
-const PROCS_DIR: &str = "/var/lib/dp-harness/procs";
 
 /// A node reached over SSH.
 pub struct SshNode {
@@ -27,124 +29,128 @@ impl SshNode {
         }
     }
 
-    fn session(&self, command: &str) -> Result<Arc<SshSession>, NodeError> {
-        self.slot.get(&self.name).map_err(|e| NodeError::Spawn {
-            node: self.name.clone(),
+    fn remote(&self, command: &str) -> Result<Arc<Remote>, NodeError> {
+        remote_of(&self.slot, &self.name, command)
+    }
+
+    /// Sends `op`; a request that only reads or waits (`idempotent`) is sent once more
+    /// when the channel, not the operation, failed (under load a ControlMaster now and
+    /// then drops a session, which would end a whole run as a harness error).
+    fn call(
+        &self,
+        op: Op,
+        payload: &[u8],
+        timeout: Duration,
+        command: &str,
+        idempotent: bool,
+    ) -> Result<(Reply, Vec<Vec<u8>>), NodeError> {
+        let first = self
+            .remote(command)?
+            .call(op.clone(), payload, timeout, command);
+        match first {
+            Err(e) if idempotent && e.is_transport() => self
+                .remote(command)?
+                .call(op, payload, timeout, command)
+                .map_err(|e| node_error(&self.name, e, command, timeout)),
+            r => r.map_err(|e| node_error(&self.name, e, command, timeout)),
+        }
+    }
+}
+
+fn remote_of(slot: &SshSlot, node: &str, command: &str) -> Result<Arc<Remote>, NodeError> {
+    slot.get(node)
+        .and_then(|s| s.require_remote())
+        .map_err(|e| NodeError::Spawn {
+            node: node.to_owned(),
             command: command.to_owned(),
             source: std::io::Error::other(e),
         })
-    }
+}
 
-    /// Runs a shell script on the node; SSH failures become node errors.
-    fn script(
-        &self,
-        script: &str,
-        stdin: Option<&[u8]>,
-        timeout: Duration,
-        command: &str,
-    ) -> Result<RemoteOutput, NodeError> {
-        self.session(command)?
-            .run(script, stdin, timeout)
-            .map_err(|e| self.error(e, command, timeout))
-    }
-
-    /// Like [`SshNode::script`] for a script that only reads or waits (safe to run
-    /// twice): retried once when the SSH transport, not the script, failed. Under load the
-    /// ControlMaster now and then refuses a new session (ssh exits 255), which would end
-    /// a whole run as a harness error.
-    fn read_script(
-        &self,
-        script: &str,
-        timeout: Duration,
-        command: &str,
-    ) -> Result<RemoteOutput, NodeError> {
-        let session = self.session(command)?;
-        match session.run(script, None, timeout) {
-            Err(e) if e.is_transport() => self
-                .session(command)?
-                .run(script, None, timeout)
-                .map_err(|e| self.error(e, command, timeout)),
-            r => r.map_err(|e| self.error(e, command, timeout)),
-        }
-    }
-
-    fn error(&self, e: QemuError, command: &str, timeout: Duration) -> NodeError {
-        match e {
-            QemuError::SshTimeout { .. } => NodeError::Timeout {
-                node: self.name.clone(),
-                command: command.to_owned(),
-                after: timeout,
-            },
-            other => NodeError::Spawn {
-                node: self.name.clone(),
-                command: command.to_owned(),
-                source: std::io::Error::other(other),
-            },
-        }
+fn node_error(node: &str, e: QemuError, command: &str, timeout: Duration) -> NodeError {
+    match e {
+        QemuError::SshTimeout { .. } => NodeError::Timeout {
+            node: node.to_owned(),
+            command: command.to_owned(),
+            after: timeout,
+        },
+        other => NodeError::Spawn {
+            node: node.to_owned(),
+            command: command.to_owned(),
+            source: std::io::Error::other(other),
+        },
     }
 }
 
-/// A remote status as an [`Exit`]: bash reports a command killed by signal N as 128+N.
-fn exit_of(status: Option<i32>) -> Exit {
-    match status {
-        Some(c) if c > 128 && c <= 128 + 64 => Exit::Signal(c - 128),
-        Some(c) => Exit::Code(c),
-        None => Exit::Unknown,
+/// An answer the operation does not expect: the helper and the harness disagree.
+fn unexpected(node: &str, command: &str, reply: &Reply) -> NodeError {
+    match reply {
+        Reply::Error { message, .. } => NodeError::Other {
+            node: node.to_owned(),
+            message: format!("`{command}`: {message}"),
+        },
+        other => NodeError::Other {
+            node: node.to_owned(),
+            message: format!("`{command}`: unexpected answer from dp-remote: {other:?}"),
+        },
     }
 }
 
-/// Starts each command's part of a batch's output: `<marker> <status> <stdout bytes>
-/// <stderr bytes>`, then the stdout and stderr bytes.
-const BATCH_PART: &str = "__dp_batch_part";
-
-/// One command's part of a batch: (status, stdout, stderr).
-type BatchPart = (i32, Vec<u8>, Vec<u8>);
-
-/// Splits a batch's output into `n` parts; `None` if it is malformed.
-fn split_batch(mut data: &[u8], n: usize) -> Option<Vec<BatchPart>> {
-    let mut parts = Vec::with_capacity(n);
-    for _ in 0..n {
-        let eol = data.iter().position(|&b| b == b'\n')?;
-        let header = std::str::from_utf8(&data[..eol]).ok()?;
-        let mut words = header.split_whitespace();
-        if words.next()? != BATCH_PART {
-            return None;
-        }
-        let rc: i32 = words.next()?.parse().ok()?;
-        let out_len: usize = words.next()?.parse().ok()?;
-        let err_len: usize = words.next()?.parse().ok()?;
-        let body = &data[eol + 1..];
-        if body.len() < out_len + err_len {
-            return None;
-        }
-        parts.push((
-            rc,
-            body[..out_len].to_vec(),
-            body[out_len..out_len + err_len].to_vec(),
-        ));
-        data = &body[out_len + err_len..];
+fn exit_of(e: Ended) -> Exit {
+    match e {
+        Ended::Code(c) => Exit::Code(c),
+        Ended::Signal(s) => Exit::Signal(s),
+        Ended::TimedOut | Ended::Unknown => Exit::Unknown,
     }
-    Some(parts)
 }
 
-/// `s` with the characters special to a basic regular expression escaped.
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '.' | '[' | ']' | '\\' | '*' | '^' | '$') {
-            out.push('\\');
-        }
-        out.push(c);
+/// The outputs of a `Run` or `Batch` answer, one per command; a command stopped at its
+/// timeout is [`NodeError::Timeout`].
+fn outputs(
+    node: &str,
+    argvs: &[Vec<String>],
+    timeout: Duration,
+    reply: Reply,
+    payloads: Vec<Vec<u8>>,
+) -> Result<Vec<Output>, NodeError> {
+    let what = || {
+        argvs
+            .iter()
+            .map(|a| a.join(" "))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let Reply::Ran { ended, ms } = reply else {
+        return Err(unexpected(node, &what(), &reply));
+    };
+    if ended.len() != argvs.len() || payloads.len() != 2 * argvs.len() {
+        return Err(unexpected(node, &what(), &Reply::Ran { ended, ms }));
     }
-    out
-}
-
-/// argv as one shell command line.
-fn command_line(argv: &[&str]) -> String {
-    argv.iter()
-        .map(|a| shell_quote(a))
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut payloads = payloads.into_iter();
+    ended
+        .into_iter()
+        .zip(ms)
+        .zip(argvs)
+        .map(|((e, ms), argv)| {
+            let (stdout, stderr) = (
+                payloads.next().unwrap_or_default(),
+                payloads.next().unwrap_or_default(),
+            );
+            if e == Ended::TimedOut {
+                return Err(NodeError::Timeout {
+                    node: node.to_owned(),
+                    command: argv.join(" "),
+                    after: timeout,
+                });
+            }
+            Ok(Output {
+                exit: exit_of(e),
+                stdout,
+                stderr,
+                duration: Duration::from_millis(ms),
+            })
+        })
+        .collect()
 }
 
 impl Node for SshNode {
@@ -153,14 +159,15 @@ impl Node for SshNode {
     }
 
     fn run(&self, argv: &[&str], timeout: Duration) -> Result<Output, NodeError> {
-        let line = command_line(argv);
-        let out = self.script(&line, None, timeout, &argv.join(" "))?;
-        Ok(Output {
-            exit: exit_of(out.status),
-            stdout: out.stdout,
-            stderr: out.stderr,
-            duration: out.duration,
-        })
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let command = argv.join(" ");
+        let op = Op::Run {
+            argv: argv.clone(),
+            env: Vec::new(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let (reply, payloads) = self.call(op, &[], timeout, &command, false)?;
+        outputs(&self.name, &[argv], timeout, reply, payloads).map(|mut v| v.remove(0))
     }
 
     fn run_batch(
@@ -176,49 +183,13 @@ impl Node for SshNode {
             .map(|a| a.join(" "))
             .collect::<Vec<_>>()
             .join("; ");
-        let secs = timeout.as_secs().max(1);
-        let mut script = String::from("d=$(mktemp -d /run/dp-batch.XXXXXX) || exit 1\n");
-        for (i, argv) in argvs.iter().enumerate() {
-            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            script.push_str(&format!(
-                "timeout -k 2 {secs} {} >\"$d/{i}.out\" 2>\"$d/{i}.err\" </dev/null; echo $? >\"$d/{i}.rc\"\n",
-                command_line(&argv)
-            ));
-        }
-        script.push_str(&format!(
-            "for i in $(seq 0 {}); do printf '{BATCH_PART} %s %s %s\\n' \"$(cat \"$d/$i.rc\")\" \
-             \"$(stat -c %s \"$d/$i.out\")\" \"$(stat -c %s \"$d/$i.err\")\"; \
-             cat \"$d/$i.out\" \"$d/$i.err\"; done\nrm -rf \"$d\"\n",
-            argvs.len() - 1
-        ));
-        let total = timeout * argvs.len() as u32 + Duration::from_secs(5);
-        let out = self.read_script(&script, total, &what)?;
-        let parts = split_batch(&out.stdout, argvs.len()).ok_or_else(|| NodeError::Failed {
-            node: self.name.clone(),
-            command: what.clone(),
-            exit: exit_of(out.status),
-            stderr: format!("its output could not be split: {}", out.stderr_str().trim()),
-        })?;
-        parts
-            .into_iter()
-            .zip(argvs)
-            .map(|((rc, stdout, stderr), argv)| {
-                // `timeout` exits 124 when it had to stop the command.
-                if rc == 124 {
-                    return Err(NodeError::Timeout {
-                        node: self.name.clone(),
-                        command: argv.join(" "),
-                        after: timeout,
-                    });
-                }
-                Ok(Output {
-                    exit: exit_of(Some(rc)),
-                    stdout,
-                    stderr,
-                    duration: out.duration,
-                })
-            })
-            .collect()
+        let op = Op::Batch {
+            argvs: argvs.to_vec(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let total = timeout * argvs.len() as u32;
+        let (reply, payloads) = self.call(op, &[], total, &what, true)?;
+        outputs(&self.name, argvs, timeout, reply, payloads)
     }
 
     fn wait_for_line(
@@ -228,145 +199,106 @@ impl Node for SshNode {
         line: &str,
         timeout: Duration,
     ) -> Result<bool, NodeError> {
-        // The loop runs on the node: one round trip instead of two per poll.
-        let f = shell_quote(&file.to_string_lossy());
-        let pattern = shell_quote(&format!("^[[:space:]]*{}[[:space:]]*$", regex_escape(line)));
-        let script = format!(
-            "has() {{ grep -q -- {pattern} {f} 2>/dev/null; }}\n\
-             end=$(( SECONDS + {secs} ))\n\
-             while :; do\n\
-               has && exit 0\n\
-               kill -0 {pid} 2>/dev/null || {{ has && exit 0; exit 3; }}\n\
-               [ $SECONDS -ge $end ] && exit 4\n\
-               sleep 0.05\n\
-             done\n",
-            secs = timeout.as_secs().max(1),
-            pid = proc.pid()
-        );
+        // The wait runs on the node, in the helper: no process, no round trip per poll.
         let command = format!("wait for `{line}` in {}", file.display());
-        let out = self.read_script(&script, timeout + Duration::from_secs(10), &command)?;
-        match out.status {
-            Some(0) => Ok(true),
-            Some(3) => Ok(false),
-            Some(4) => Err(NodeError::Timeout {
+        let op = Op::WaitForLine {
+            path: file.to_string_lossy().into_owned(),
+            line: line.to_owned(),
+            pid: proc.pid(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.call(op, &[], timeout, &command, true)? {
+            (Reply::Line { found }, _) => Ok(found),
+            (Reply::TimedOut, _) => Err(NodeError::Timeout {
                 node: self.name.clone(),
                 command,
                 after: timeout,
             }),
-            other => Err(NodeError::Failed {
-                node: self.name.clone(),
-                command,
-                exit: exit_of(other),
-                stderr: out.stderr_str().trim().to_owned(),
-            }),
+            (other, _) => Err(unexpected(&self.name, &command, &other)),
         }
     }
 
     fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn Process>, NodeError> {
         let command = spec.argv.join(" ");
-        let argv: Vec<&str> = spec.argv.iter().map(String::as_str).collect();
-        let env: String = spec
-            .env
-            .iter()
-            .map(|(k, v)| format!("{} ", shell_quote(&format!("{k}={v}"))))
-            .collect();
-        let out = shell_quote(&spec.stdout.to_string_lossy());
-        let err = shell_quote(&spec.stderr.to_string_lossy());
-        // A waiter in its own session starts the process, records its pid, waits for it
-        // and records its status, so that both outlive this SSH command.
-        let waiter = format!(
-            "env {env}\"$@\" >{out} 2>{err} </dev/null & p=$!; echo $p > \"$0/pid\"; \
-             wait $p; echo $? > \"$0/status.tmp\"; mv \"$0/status.tmp\" \"$0/status\""
-        );
-        let script = format!(
-            "set -e\nmkdir -p \"$(dirname {out})\" \"$(dirname {err})\" {PROCS_DIR}\n\
-             d=$(mktemp -d {PROCS_DIR}/p.XXXXXX)\n\
-             setsid -f bash -c {} \"$d\" {} </dev/null >/dev/null 2>&1\n\
-             for i in $(seq 500); do [ -s \"$d/pid\" ] && break; sleep 0.01; done\n\
-             echo \"$d\"; cat \"$d/pid\"\n",
-            shell_quote(&waiter),
-            command_line(&argv)
-        );
-        let o = self.script(&script, None, Duration::from_secs(30), &command)?;
-        let text = o.stdout_str();
-        let mut lines = text.lines();
-        let dir = lines.next().unwrap_or("").trim().to_owned();
-        let pid = lines.next().and_then(|l| l.trim().parse::<u32>().ok());
-        match (o.status, pid) {
-            (Some(0), Some(pid)) if !dir.is_empty() => Ok(Box::new(SshProcess {
+        let op = Op::Spawn {
+            argv: spec.argv.clone(),
+            env: spec.env.clone(),
+            stdout: spec.stdout.to_string_lossy().into_owned(),
+            stderr: spec.stderr.to_string_lossy().into_owned(),
+        };
+        match self.call(op, &[], Duration::from_secs(30), &command, false)? {
+            (Reply::Spawned { pid }, _) => Ok(Box::new(SshProcess {
                 node: self.name.clone(),
                 slot: Arc::clone(&self.slot),
                 pid,
-                dir,
                 command,
             })),
-            _ => Err(NodeError::Failed {
+            (other, _) => Err(NodeError::Failed {
                 node: self.name.clone(),
-                command,
-                exit: exit_of(o.status),
-                stderr: format!("could not start it: {}", o.stderr_str().trim()),
+                command: command.clone(),
+                exit: Exit::Unknown,
+                stderr: format!(
+                    "could not start it: {}",
+                    match other {
+                        Reply::Error { message, .. } => message,
+                        o => format!("{o:?}"),
+                    }
+                ),
             }),
         }
     }
 
     fn read_file(&self, path: &Path) -> Result<Vec<u8>, NodeError> {
-        let command = format!("cat {}", path.display());
-        let out = self.read_script(
-            &format!("cat {}", shell_quote(&path.to_string_lossy())),
-            Duration::from_secs(60),
-            &command,
-        )?;
-        if out.success() {
-            Ok(out.stdout)
-        } else {
-            Err(NodeError::File {
+        let command = format!("read {}", path.display());
+        let op = Op::ReadFile {
+            path: path.to_string_lossy().into_owned(),
+        };
+        match self.call(op, &[], Duration::from_secs(60), &command, true)? {
+            (Reply::Data, mut p) if p.len() == 1 => Ok(p.remove(0)),
+            (Reply::Error { message, .. }, _) => Err(NodeError::File {
                 node: self.name.clone(),
                 what: "cannot read",
                 path: path.to_owned(),
-                source: std::io::Error::other(out.stderr_str().trim().to_owned()),
-            })
+                source: std::io::Error::other(message),
+            }),
+            (other, _) => Err(unexpected(&self.name, &command, &other)),
         }
     }
 
     fn write_file(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), NodeError> {
-        self.session("write_file")?
-            .write_file(path, data, mode)
-            .map_err(|e| NodeError::File {
+        let command = format!("write {}", path.display());
+        let op = Op::WriteFile {
+            path: path.to_string_lossy().into_owned(),
+            mode,
+        };
+        match self.call(op, data, Duration::from_secs(60), &command, true)? {
+            (Reply::Done, _) => Ok(()),
+            (Reply::Error { message, .. }, _) => Err(NodeError::File {
                 node: self.name.clone(),
                 what: "cannot write",
                 path: path.to_owned(),
-                source: std::io::Error::other(e),
-            })
+                source: std::io::Error::other(message),
+            }),
+            (other, _) => Err(unexpected(&self.name, &command, &other)),
+        }
     }
 }
 
-/// A process started by [`SshNode::spawn`]; its status is read from the node.
+/// A process started by [`SshNode::spawn`]; the helper that started it is its parent
+/// and keeps its exit status.
 struct SshProcess {
     node: String,
     slot: Arc<SshSlot>,
     pid: u32,
-    dir: String,
     command: String,
 }
 
 impl SshProcess {
-    fn run(&self, script: &str) -> Result<RemoteOutput, NodeError> {
-        let timeout = Duration::from_secs(30);
-        self.slot
-            .get(&self.node)
-            .and_then(|s| s.run(script, None, timeout))
-            .map_err(|e| match e {
-                QemuError::SshTimeout { .. } => NodeError::Timeout {
-                    node: self.node.clone(),
-                    command: script.to_owned(),
-                    after: timeout,
-                },
-                other => NodeError::Spawn {
-                    node: self.node.clone(),
-                    command: script.to_owned(),
-                    source: std::io::Error::other(other),
-                },
-            })
+    fn call(&self, op: Op, timeout: Duration, what: &str) -> Result<Reply, NodeError> {
+        remote_of(&self.slot, &self.node, what)?
+            .call(op, &[], timeout, what)
+            .map(|(r, _)| r)
+            .map_err(|e| node_error(&self.node, e, what, timeout))
     }
 }
 
@@ -376,44 +308,31 @@ impl Process for SshProcess {
     }
 
     fn kill(&mut self, signal: i32) -> Result<(), NodeError> {
-        let out = self.run(&format!("kill -s {signal} {}", self.pid))?;
-        if out.success() {
-            return Ok(());
-        }
-        // Already gone is not an error for the caller, who waits next.
-        if out.stderr_str().contains("No such process") {
-            return Ok(());
-        }
-        Err(NodeError::Signal {
-            node: self.node.clone(),
+        let what = format!("kill -s {signal} {}", self.pid);
+        let op = Op::Kill {
             pid: self.pid,
-            source: std::io::Error::other(out.stderr_str().trim().to_owned()),
-        })
+            signal,
+        };
+        match self.call(op, Duration::from_secs(30), &what)? {
+            Reply::Done => Ok(()),
+            Reply::Error { message, .. } => Err(NodeError::Signal {
+                node: self.node.clone(),
+                pid: self.pid,
+                source: std::io::Error::other(message),
+            }),
+            other => Err(unexpected(&self.node, &what, &other)),
+        }
     }
 
     fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Exit>, NodeError> {
-        // The loop runs on the node (one round trip); it gives up a little before the
-        // SSH command's own limit.
-        let status = format!("{}/status", shell_quote(&self.dir));
-        let polls = (timeout.min(Duration::from_secs(25)).as_millis() / 50).max(1);
-        let script = format!(
-            "for i in $(seq {polls}); do [ -s {status} ] && break; sleep 0.05; done; \
-             cat {status} 2>/dev/null || true"
-        );
-        let script = if timeout.is_zero() {
-            format!("cat {status} 2>/dev/null || true")
-        } else {
-            script
+        let what = format!("wait for {} (pid {})", self.command, self.pid);
+        let op = Op::WaitExit {
+            pid: self.pid,
+            timeout_ms: timeout.as_millis() as u64,
         };
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = self.run(&script)?;
-            if let Ok(code) = out.stdout_str().trim().parse::<i32>() {
-                return Ok(Some(exit_of(Some(code))));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
+        match self.call(op, timeout, &what)? {
+            Reply::Exit { ended } => Ok(ended.map(exit_of)),
+            other => Err(unexpected(&self.node, &what, &other)),
         }
     }
 }
@@ -426,35 +345,46 @@ impl std::fmt::Debug for SshProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::{command_line, exit_of, split_batch};
-    use crate::node::Exit;
+    use super::{exit_of, outputs};
+    use crate::node::{Exit, NodeError};
+    use dp_remote::wire::{Ended, Reply};
+    use std::time::Duration;
 
     #[test]
-    fn argv_is_quoted_for_the_remote_shell() {
-        assert_eq!(
-            command_line(&["echo", "a b", "it's", "$HOME"]),
-            r#"'echo' 'a b' 'it'\''s' '$HOME'"#
+    fn batch_answers_become_one_output_per_command() {
+        let argvs = vec![vec!["a".to_string()], vec!["b".to_string()]];
+        let reply = Reply::Ran {
+            ended: vec![Ended::Code(0), Ended::Signal(9)],
+            ms: vec![1, 2],
+        };
+        let payloads = vec![b"out".to_vec(), Vec::new(), Vec::new(), b"err".to_vec()];
+        let outs = outputs("n", &argvs, Duration::from_secs(1), reply, payloads).unwrap();
+        assert_eq!(outs[0].stdout, b"out");
+        assert_eq!(outs[1].exit, Exit::Signal(9));
+        assert_eq!(outs[1].stderr, b"err");
+        // A short answer is the helper's error, not a silent empty output.
+        let short = Reply::Ran {
+            ended: vec![Ended::Code(0)],
+            ms: vec![1],
+        };
+        assert!(outputs("n", &argvs, Duration::from_secs(1), short, Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_command_stopped_at_its_timeout_is_a_timeout() {
+        let argvs = vec![vec!["sleep".to_string(), "9".to_string()]];
+        let reply = Reply::Ran {
+            ended: vec![Ended::TimedOut],
+            ms: vec![1000],
+        };
+        let r = outputs(
+            "n",
+            &argvs,
+            Duration::from_secs(1),
+            reply,
+            vec![vec![], vec![]],
         );
-    }
-
-    #[test]
-    fn a_batch_splits_by_the_lengths_it_announces() {
-        let data = b"__dp_batch_part 0 3 0\nab\n__dp_batch_part 2 0 5\noops\n";
-        let parts = split_batch(data, 2).expect("well formed");
-        assert_eq!(parts[0], (0, b"ab\n".to_vec(), Vec::new()));
-        assert_eq!(parts[1], (2, Vec::new(), b"oops\n".to_vec()));
-        // Output that looks like a marker is just output.
-        let tricky = b"__dp_batch_part 0 22 0\n__dp_batch_part 9 9 9\n";
-        assert_eq!(split_batch(tricky, 1).expect("one part")[0].1.len(), 22);
-        assert!(split_batch(b"__dp_batch_part 0 10 0\nshort", 1).is_none());
-        assert!(split_batch(data, 3).is_none());
-    }
-
-    #[test]
-    fn statuses_above_128_are_signals() {
-        assert_eq!(exit_of(Some(0)), Exit::Code(0));
-        assert_eq!(exit_of(Some(127)), Exit::Code(127));
-        assert_eq!(exit_of(Some(137)), Exit::Signal(9));
-        assert_eq!(exit_of(None), Exit::Unknown);
+        assert!(matches!(r, Err(NodeError::Timeout { .. })));
+        assert_eq!(exit_of(Ended::Unknown), Exit::Unknown);
     }
 }

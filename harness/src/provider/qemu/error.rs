@@ -130,6 +130,20 @@ pub enum QemuError {
         stderr: String,
     },
 
+    #[error("node {node}: cannot start the helper {helper}: {reason}")]
+    RemoteStart {
+        node: String,
+        helper: PathBuf,
+        reason: String,
+    },
+
+    #[error("node {node}: `{command}`: the helper's channel ended: {reason}")]
+    RemoteLost {
+        node: String,
+        command: String,
+        reason: String,
+    },
+
     #[error("node {node}: no SSH session (not connected, rebooting or torn down)")]
     NotConnected { node: String },
 
@@ -165,12 +179,13 @@ impl QemuError {
     /// The SSH transport failed (the ControlMaster refused or lost the session: ssh exits
     /// 255), as opposed to the remote command failing or timing out.
     pub fn is_transport(&self) -> bool {
-        matches!(
-            self,
-            QemuError::Ssh {
-                source: openssh::Error::RemoteProcessTerminated | openssh::Error::Disconnected,
-                ..
-            }
-        )
+        matches!(self, QemuError::RemoteLost { .. })
+            || matches!(
+                self,
+                QemuError::Ssh {
+                    source: openssh::Error::RemoteProcessTerminated | openssh::Error::Disconnected,
+                    ..
+                }
+            )
     }
 }

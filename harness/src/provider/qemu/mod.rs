@@ -24,6 +24,7 @@ pub mod machines;
 pub mod net;
 pub mod pod;
 pub mod provider;
+pub mod remote;
 pub mod ssh;
 pub mod vm;
 
@@ -168,6 +169,9 @@ pub struct QemuCluster {
     key: PathBuf,
     known_hosts: PathBuf,
     torn_down: bool,
+    /// dp-remote on the host ([`QemuCluster::start_helpers`]); started again after a
+    /// reboot.
+    helper: Option<PathBuf>,
 }
 
 /// Where runs keep their state (pid files, keys, initrds, SSH control sockets).
@@ -184,6 +188,18 @@ pub fn state_root() -> PathBuf {
             .unwrap_or_else(std::env::temp_dir)
             .join("dp-harness/qemu")
     }
+}
+
+/// Host paths the guest does not see (it has tmpfs over them): binaries there are copied
+/// in; everything else is the host's own file through the 9p root.
+pub const GUEST_HIDDEN: &[&str] = &["/root/", "/tmp/", "/run/", "/var/tmp/", "/var/log/"];
+/// Where binaries the guest cannot see are copied to.
+pub const GUEST_BIN_DIR: &str = "/var/lib/dp-harness/bin";
+
+/// Does the guest see `host_path` (an absolute path) at the same path?
+pub fn guest_sees(host_path: &Path) -> bool {
+    let text = host_path.to_string_lossy();
+    !GUEST_HIDDEN.iter().any(|p| text.starts_with(p))
 }
 
 /// The user's cache directory for the harness.
@@ -278,6 +294,7 @@ impl QemuCluster {
             key: state_dir.join("id_ed25519"),
             known_hosts: state_dir.join("known_hosts"),
             torn_down: false,
+            helper: None,
             run_id,
         };
         cluster.accel = accel::decide(
@@ -547,6 +564,39 @@ impl QemuCluster {
         std::fs::write(&self.known_hosts, text).map_err(io_err("writing", &self.known_hosts))
     }
 
+    /// Starts every node's dp-remote helper (harness/remote) from `host_path`, in
+    /// parallel; from then on the nodes' commands, files and waits go through it.
+    pub fn start_helpers(&mut self, host_path: &Path) -> Result<()> {
+        self.helper = Some(host_path.to_owned());
+        let this = &*self;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..this.nodes.len())
+                .map(|i| s.spawn(move || this.start_helper(i)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(Err(QemuError::Interrupted)))
+                .collect::<Result<Vec<()>>>()
+        })?;
+        Ok(())
+    }
+
+    fn start_helper(&self, idx: usize) -> Result<()> {
+        let Some(host_path) = &self.helper else {
+            return Ok(());
+        };
+        let session = self.nodes[idx].ssh()?;
+        let guest_path = if guest_sees(host_path) {
+            host_path.clone()
+        } else {
+            let data = std::fs::read(host_path).map_err(io_err("cannot read", host_path))?;
+            let p = Path::new(GUEST_BIN_DIR).join(host_path.file_name().unwrap_or_default());
+            session.write_file(&p, &data, 0o755)?;
+            p
+        };
+        session.start_remote(&guest_path)
+    }
+
     pub fn nodes(&self) -> &[VmNode] {
         &self.nodes
     }
@@ -706,6 +756,7 @@ impl QemuCluster {
             session,
             self.rt.clone(),
         ))));
+        self.start_helper(idx)?;
         Ok(started.elapsed())
     }
 

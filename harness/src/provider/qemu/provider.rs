@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{clean_leftovers, QemuCluster, QemuConfig, QemuError};
+use super::{clean_leftovers, guest_sees, QemuCluster, QemuConfig, QemuError, GUEST_BIN_DIR};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod};
 use crate::node::ssh::SshNode;
 use crate::node::Node;
@@ -19,9 +19,6 @@ const PODS_CGROUP: &str = "/sys/fs/cgroup/pods";
 /// The node's datapath instance directory on the VM's own bpffs (datapathd's default).
 const NODE_BPFFS: &str = "/sys/fs/bpf/datapathd";
 const NODE_STATE: &str = "/var/lib/dp-harness";
-/// Host paths the guest does not see (tmpfs over them in the guest): binaries there are
-/// copied in; everything else is the host's own file through the 9p root.
-const GUEST_HIDDEN: &[&str] = &["/root/", "/tmp/", "/run/", "/var/tmp/", "/var/log/"];
 
 /// Disposable VMs, one kernel per node.
 #[derive(Default)]
@@ -95,12 +92,11 @@ fn deploy(node: &dyn Node, host_path: &Path) -> Result<PathBuf, ProviderError> {
         path: host_path.to_owned(),
         source,
     })?;
-    let text = abs.to_string_lossy();
-    if !GUEST_HIDDEN.iter().any(|p| text.starts_with(p)) {
+    if guest_sees(&abs) {
         return Ok(abs);
     }
     let name = abs.file_name().unwrap_or_default();
-    let remote = Path::new(NODE_STATE).join("bin").join(name);
+    let remote = Path::new(GUEST_BIN_DIR).join(name);
     node.copy_to(&abs, &remote, 0o755)
         .map_err(|e| node_error(e, format!("copying {} to {}", abs.display(), node.name())))?;
     Ok(remote)
@@ -124,6 +120,16 @@ impl Provider for QemuProvider {
         if req.cancel.is_cancelled() {
             return Err(ProviderError::Interrupted { provider: NAME });
         }
+        let helper =
+            std::fs::canonicalize(&req.binaries.dp_remote).map_err(|source| ProviderError::Io {
+                provider: NAME,
+                what: "cannot find binary",
+                path: req.binaries.dp_remote.clone(),
+                source,
+            })?;
+        cluster
+            .start_helpers(&helper)
+            .map_err(|e| provider_error(e, "starting the nodes' dp-remote helpers"))?;
         cluster
             .install_pod_routes()
             .map_err(|e| provider_error(e, "routing the pod CIDRs"))?;

@@ -2,15 +2,18 @@
 //! per command), over the node's forward on 127.0.0.1. The harness is synchronous, so a
 //! session blocks on a small tokio runtime shared by the run's sessions.
 
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 
+use dp_remote::wire::{Ended, Op, Reply};
+
 use super::error::{QemuError, Result};
+use super::remote::Remote;
 
 /// PATH for remote commands: dropbear's default omits the sbin directories.
 const REMOTE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -127,6 +130,9 @@ pub struct SshSession {
     node: String,
     session: RwLock<Option<Session>>,
     rt: Arc<Runtime>,
+    /// The node's dp-remote helper once started ([`SshSession::start_remote`]), and the
+    /// path it was started from (to start it again if its channel ends).
+    remote: Mutex<Option<(PathBuf, Arc<Remote>)>>,
 }
 
 /// The current session of a node, replaced when the node reboots; shared by the provider
@@ -164,7 +170,105 @@ impl SshSession {
             node: node.to_owned(),
             session: RwLock::new(Some(session)),
             rt,
+            remote: Mutex::new(None),
         }
+    }
+
+    /// Starts the node's helper (`helper`, a path on the node: harness/remote); from then
+    /// on [`SshSession::run`] and the node's operations go through it.
+    pub fn start_remote(&self, helper: &Path) -> Result<()> {
+        let r = self.spawn_remote(helper)?;
+        *self.remote.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((helper.to_owned(), Arc::new(r)));
+        Ok(())
+    }
+
+    fn spawn_remote(&self, helper: &Path) -> Result<Remote> {
+        let control = {
+            let guard = self.session.read().unwrap_or_else(PoisonError::into_inner);
+            let session = guard.as_ref().ok_or_else(|| QemuError::NotConnected {
+                node: self.node.clone(),
+            })?;
+            session.control_socket().to_owned()
+        };
+        Remote::start(&self.node, &control, helper)
+    }
+
+    /// The helper, started again when its channel has ended; `None` if it was never
+    /// started (plain SSH then).
+    pub fn remote(&self) -> Result<Option<Arc<Remote>>> {
+        let mut slot = self.remote.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            None => Ok(None),
+            Some((_, r)) if !r.is_gone() => Ok(Some(Arc::clone(r))),
+            Some((helper, _)) => {
+                let helper = helper.clone();
+                let r = Arc::new(self.spawn_remote(&helper)?);
+                *slot = Some((helper, Arc::clone(&r)));
+                Ok(Some(r))
+            }
+        }
+    }
+
+    /// The helper, or an error naming the node when none was started.
+    pub fn require_remote(&self) -> Result<Arc<Remote>> {
+        self.remote()?.ok_or_else(|| QemuError::RemoteStart {
+            node: self.node.clone(),
+            helper: PathBuf::from("dp-remote"),
+            reason: "the node's helper was never started".into(),
+        })
+    }
+
+    /// `script` through the helper: one bash, nothing around it.
+    fn run_remote(
+        &self,
+        remote: &Remote,
+        script: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<RemoteOutput> {
+        let started = Instant::now();
+        let (reply, mut payloads) = remote.call(
+            Op::Run {
+                argv: vec!["bash".into(), "-c".into(), script.to_owned()],
+                env: Vec::new(),
+                timeout_ms: timeout.as_millis() as u64,
+            },
+            stdin.unwrap_or_default(),
+            timeout,
+            script,
+        )?;
+        let ended = match reply {
+            Reply::Ran { ended, .. } if ended.len() == 1 && payloads.len() == 2 => ended[0],
+            other => {
+                return Err(QemuError::RemoteLost {
+                    node: self.node.clone(),
+                    command: script.to_owned(),
+                    reason: format!("unexpected answer {other:?}"),
+                })
+            }
+        };
+        let stderr = payloads.pop().unwrap_or_default();
+        let stdout = payloads.pop().unwrap_or_default();
+        let status = match ended {
+            Ended::Code(c) => Some(c),
+            // As bash reports a command killed by a signal.
+            Ended::Signal(s) => Some(128 + s),
+            Ended::Unknown => None,
+            Ended::TimedOut => {
+                return Err(QemuError::SshTimeout {
+                    node: self.node.clone(),
+                    command: script.to_owned(),
+                    timeout,
+                })
+            }
+        };
+        Ok(RemoteOutput {
+            status,
+            stdout,
+            stderr,
+            duration: started.elapsed(),
+        })
     }
 
     pub fn node(&self) -> &str {
@@ -179,6 +283,9 @@ impl SshSession {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<RemoteOutput> {
+        if let Some(remote) = self.remote()? {
+            return self.run_remote(&remote, script, stdin, timeout);
+        }
         let guard = self
             .session
             .read()
@@ -279,8 +386,28 @@ impl SshSession {
         Ok(out)
     }
 
-    /// Writes `data` to `path` on the node (through `cat`, no sftp needed).
+    /// Writes `data` to `path` on the node (through the helper, or `cat`: no sftp needed).
     pub fn write_file(&self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
+        if let Some(remote) = self.remote()? {
+            let what = format!("write {}", path.display());
+            return match remote.call(
+                Op::WriteFile {
+                    path: path.to_string_lossy().into_owned(),
+                    mode,
+                },
+                data,
+                Duration::from_secs(60),
+                &what,
+            )? {
+                (Reply::Done, _) => Ok(()),
+                (other, _) => Err(QemuError::RemoteFailed {
+                    node: self.node.clone(),
+                    command: what,
+                    status: "error".into(),
+                    stderr: format!("{other:?}"),
+                }),
+            };
+        }
         let p = shell_quote(&path.to_string_lossy());
         let script = format!(
             "mkdir -p \"$(dirname {p})\" && cat > {p}.dp-tmp && chmod {mode:o} {p}.dp-tmp \
@@ -300,12 +427,41 @@ impl SshSession {
 
     /// Reads `path` on the node.
     pub fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
+        if let Some(remote) = self.remote()? {
+            let what = format!("read {}", path.display());
+            return match remote.call(
+                Op::ReadFile {
+                    path: path.to_string_lossy().into_owned(),
+                },
+                &[],
+                Duration::from_secs(60),
+                &what,
+            )? {
+                (Reply::Data, mut p) if p.len() == 1 => Ok(p.remove(0)),
+                (other, _) => Err(QemuError::RemoteFailed {
+                    node: self.node.clone(),
+                    command: what,
+                    status: "error".into(),
+                    stderr: match other {
+                        Reply::Error { message, .. } => message,
+                        o => format!("{o:?}"),
+                    },
+                }),
+            };
+        }
         let script = format!("cat {}", shell_quote(&path.to_string_lossy()));
         Ok(self.check(&script, Duration::from_secs(60))?.stdout)
     }
 
     /// Ends the ControlMaster (after the commands in flight).
     pub fn close(&self) {
+        // The helper's ssh client first: it holds a channel of the master.
+        drop(
+            self.remote
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         let taken = self
             .session
             .write()

@@ -1,0 +1,217 @@
+//! The harness's end of `dp-remote serve` (harness/remote): one long-lived helper per VM,
+//! started over the node's ControlMaster, with many requests in flight on its one
+//! channel. Node operations (commands, batches, files, spawns, waits) go through it, so
+//! the guest starts only the commands themselves; see harness/remote/src/lib.rs for why.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dp_remote::wire::{read_header, read_payload, write_frame, Op, Reply, Request, Response};
+
+use super::error::{QemuError, Result};
+
+/// Added to a request's own timeout before the harness stops waiting for its answer.
+const ANSWER_MARGIN: Duration = Duration::from_secs(10);
+
+type Answer = (Reply, Vec<Vec<u8>>);
+type Pending = Arc<Mutex<HashMap<u64, mpsc::Sender<Answer>>>>;
+
+/// A running helper on one node.
+pub struct Remote {
+    node: String,
+    stdin: Mutex<ChildStdin>,
+    pending: Pending,
+    /// Why the channel ended, once it has.
+    gone: Arc<Mutex<Option<String>>>,
+    next_id: AtomicU64,
+    ssh: Mutex<Child>,
+}
+
+impl Remote {
+    /// Starts `helper` (a path on the node) through the ControlMaster at `control`.
+    pub fn start(node: &str, control: &Path, helper: &Path) -> Result<Remote> {
+        // As the openssh crate runs its own commands over the master (`-p 9`: never a
+        // fresh connection if the master is gone).
+        let mut ssh = Command::new("ssh")
+            .arg("-S")
+            .arg(control)
+            .args(["-o", "BatchMode=yes", "-T", "-p", "9", "none", "--"])
+            .arg(helper)
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| QemuError::RemoteStart {
+                node: node.to_owned(),
+                helper: helper.to_owned(),
+                reason: source.to_string(),
+            })?;
+        let (Some(stdin), Some(stdout)) = (ssh.stdin.take(), ssh.stdout.take()) else {
+            let _ = ssh.kill();
+            let _ = ssh.wait();
+            return Err(QemuError::RemoteStart {
+                node: node.to_owned(),
+                helper: helper.to_owned(),
+                reason: "no pipes to ssh".into(),
+            });
+        };
+        let pending: Pending = Arc::default();
+        let gone: Arc<Mutex<Option<String>>> = Arc::default();
+        {
+            let (pending, gone) = (Arc::clone(&pending), Arc::clone(&gone));
+            std::thread::Builder::new()
+                .name(format!("dp-remote-{node}"))
+                .spawn(move || {
+                    let mut r = BufReader::new(stdout);
+                    let why = loop {
+                        let h: Response = match read_header(&mut r) {
+                            Ok(Some(h)) => h,
+                            Ok(None) => break "the helper's channel closed".to_owned(),
+                            Err(e) => break format!("reading the helper's answer: {e}"),
+                        };
+                        let mut payloads = Vec::with_capacity(h.payloads.len());
+                        for &len in &h.payloads {
+                            match read_payload(&mut r, len) {
+                                Ok(p) => payloads.push(p),
+                                Err(_) => break,
+                            }
+                        }
+                        if payloads.len() != h.payloads.len() {
+                            break "the helper's answer was cut short".to_owned();
+                        }
+                        let tx = pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&h.id);
+                        if let Some(tx) = tx {
+                            let _ = tx.send((h.reply, payloads));
+                        }
+                    };
+                    *gone.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                    // Dropping the senders wakes every caller still waiting.
+                    pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clear();
+                })
+                .map_err(|source| QemuError::RemoteStart {
+                    node: node.to_owned(),
+                    helper: helper.to_owned(),
+                    reason: source.to_string(),
+                })?;
+        }
+        let remote = Remote {
+            node: node.to_owned(),
+            stdin: Mutex::new(stdin),
+            pending,
+            gone,
+            next_id: AtomicU64::new(1),
+            ssh: Mutex::new(ssh),
+        };
+        // Proves the helper runs (a missing binary shows here, not at the first command).
+        remote
+            .call(
+                Op::Kill { pid: 0, signal: 0 },
+                &[],
+                Duration::from_secs(60),
+                "start dp-remote",
+            )
+            .map_err(|e| QemuError::RemoteStart {
+                node: node.to_owned(),
+                helper: helper.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(remote)
+    }
+
+    /// Whether the channel has ended (the helper or its SSH channel died).
+    pub fn is_gone(&self) -> bool {
+        self.gone
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Sends `op` and waits for its answer, at most `timeout` plus a margin (the helper
+    /// enforces the operation's own timeout). `what` names it in errors.
+    pub fn call(&self, op: Op, payload: &[u8], timeout: Duration, what: &str) -> Result<Answer> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        if let Some(why) = self
+            .gone
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Err(self.lost(what, why));
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        let req = Request {
+            id,
+            op,
+            payload: payload.len(),
+        };
+        let sent = {
+            let mut w = self.stdin.lock().unwrap_or_else(PoisonError::into_inner);
+            write_frame(&mut *w, &req, &[payload]).and_then(|()| w.flush())
+        };
+        if let Err(e) = sent {
+            self.forget(id);
+            return Err(self.lost(what, format!("sending the request: {e}")));
+        }
+        match rx.recv_timeout(timeout + ANSWER_MARGIN) {
+            Ok(a) => Ok(a),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.forget(id);
+                Err(QemuError::SshTimeout {
+                    node: self.node.clone(),
+                    command: what.to_owned(),
+                    timeout,
+                })
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let why = self
+                    .gone
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_else(|| "the helper's channel closed".into());
+                Err(self.lost(what, why))
+            }
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    fn lost(&self, what: &str, why: String) -> QemuError {
+        QemuError::RemoteLost {
+            node: self.node.clone(),
+            command: what.to_owned(),
+            reason: why,
+        }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        // Our own ssh client, by its handle: the helper sees its stdin close and exits;
+        // processes it spawned live on in their own sessions.
+        let mut ssh = self.ssh.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = ssh.kill();
+        let _ = ssh.wait();
+    }
+}
