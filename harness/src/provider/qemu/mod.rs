@@ -691,13 +691,25 @@ impl QemuCluster {
     /// CIDR (10.244.<node+1>.<host>) and cgroup `cgroup` (a path on the node), and
     /// returns that address.
     pub fn add_pod(&self, node: &str, pod: &str, host: u8, cgroup: &Path) -> Result<Ipv4Addr> {
+        Ok(self.add_pods(node, &[(pod, host, cgroup)])?[0])
+    }
+
+    /// [`QemuCluster::add_pod`] for several pods of one node, in one remote script.
+    pub fn add_pods(&self, node: &str, pods: &[(&str, u8, &Path)]) -> Result<Vec<Ipv4Addr>> {
         let n = self.node(node)?;
-        let ip = Ipv4Addr::new(10, 244, n.index as u8 + 1, host);
-        n.ssh()?.check(
-            &pod::create_script(pod, ip, cgroup),
-            Duration::from_secs(30),
-        )?;
-        Ok(ip)
+        let plans: Vec<pod::PodPlan<'_>> = pods
+            .iter()
+            .map(|&(name, host, cgroup)| pod::PodPlan {
+                name,
+                ip: Ipv4Addr::new(10, 244, n.index as u8 + 1, host),
+                cgroup,
+            })
+            .collect();
+        if !plans.is_empty() {
+            n.ssh()?
+                .check(&pod::create_script(&plans), Duration::from_secs(60))?;
+        }
+        Ok(plans.iter().map(|p| p.ip).collect())
     }
 
     /// Reboots `name` (the guest's kernel restarts; QEMU, its tap and port stay) and

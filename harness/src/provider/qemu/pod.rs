@@ -15,26 +15,50 @@ pub fn host_veth(pod: &str) -> String {
     name
 }
 
-/// A shell script (run as root on the node) that creates pod `pod` with address `ip`
-/// and cgroup directory `cgroup`.
-pub fn create_script(pod: &str, ip: Ipv4Addr, cgroup: &Path) -> String {
-    let veth = host_veth(pod);
-    let cgroup = super::ssh::shell_quote(&cgroup.to_string_lossy());
-    format!(
-        "set -e
-ip netns add {pod}
-ip link add {veth} type veth peer name eth0 netns {pod}
-ip -n {pod} link set lo up
-ip -n {pod} addr add {ip}/32 dev eth0
-ip -n {pod} link set eth0 up
-ip -n {pod} route add 169.254.1.1 dev eth0 scope link
-ip -n {pod} route add default via 169.254.1.1 dev eth0
-ip link set {veth} up
-ip addr add 169.254.1.1/32 dev {veth} scope link
-ip route replace {ip}/32 dev {veth}
-mkdir -p {cgroup}
-"
-    )
+/// A pod to create: its name, address and cgroup directory on the node.
+pub struct PodPlan<'a> {
+    pub name: &'a str,
+    pub ip: Ipv4Addr,
+    pub cgroup: &'a Path,
+}
+
+/// A shell script (run as root on the node) that creates `pods`: one `ip -batch` for the
+/// node's side of all of them, one per pod for its namespace, instead of one `ip` per
+/// setting (each process costs ~0.1 s of CPU in a TCG guest).
+pub fn create_script(pods: &[PodPlan<'_>]) -> String {
+    let mut node_side = String::new();
+    let mut script = String::from("set -e\n");
+    for p in pods {
+        let (pod, ip, veth) = (p.name, p.ip, host_veth(p.name));
+        node_side.push_str(&format!(
+            "netns add {pod}\n\
+             link add {veth} type veth peer name eth0 netns {pod}\n\
+             link set {veth} up\n\
+             addr add 169.254.1.1/32 dev {veth} scope link\n\
+             route replace {ip}/32 dev {veth}\n"
+        ));
+    }
+    script.push_str(&format!("ip -batch - <<'EOF'\n{node_side}EOF\n"));
+    for p in pods {
+        let (pod, ip) = (p.name, p.ip);
+        script.push_str(&format!(
+            "ip -n {pod} -batch - <<'EOF'\n\
+             link set lo up\n\
+             addr add {ip}/32 dev eth0\n\
+             link set eth0 up\n\
+             route add 169.254.1.1 dev eth0 scope link\n\
+             route add default via 169.254.1.1 dev eth0\n\
+             EOF\n"
+        ));
+    }
+    let cgroups: Vec<String> = pods
+        .iter()
+        .map(|p| super::ssh::shell_quote(&p.cgroup.to_string_lossy()))
+        .collect();
+    if !cgroups.is_empty() {
+        script.push_str(&format!("mkdir -p {}\n", cgroups.join(" ")));
+    }
+    script
 }
 
 /// A shell script that removes pod `pod` (its veth goes with the namespace).

@@ -171,25 +171,56 @@ impl Provider for QemuProvider {
             });
         }
 
+        // Each node's pods in one remote script, every node at once.
+        if req.cancel.is_cancelled() {
+            return Err(ProviderError::Interrupted { provider: NAME });
+        }
         let mut pods = Vec::new();
         let mut next_host: std::collections::HashMap<&str, u8> = Default::default();
+        let mut hosts = Vec::new();
         for spec in &req.topology.pods {
-            if req.cancel.is_cancelled() {
-                return Err(ProviderError::Interrupted { provider: NAME });
-            }
             let host = next_host.entry(spec.node.as_str()).or_insert(10);
-            let cgroup = Path::new(PODS_CGROUP).join(&spec.name);
-            let ip = cluster
-                .add_pod(&spec.node, &spec.name, *host, &cgroup)
-                .map_err(|e| provider_error(e, &format!("creating pod {}", spec.name)))?;
+            hosts.push(*host);
             *host = host.saturating_add(1);
             pods.push(Pod {
                 name: spec.name.clone(),
                 node: spec.node.clone(),
-                ip,
+                ip: std::net::Ipv4Addr::UNSPECIFIED,
                 netns: PathBuf::from(format!("/run/netns/{}", spec.name)),
-                cgroup,
+                cgroup: Path::new(PODS_CGROUP).join(&spec.name),
             });
+        }
+        let cluster = &*cluster;
+        let made: Vec<(String, Result<Vec<std::net::Ipv4Addr>, QemuError>)> =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = cluster
+                    .nodes()
+                    .iter()
+                    .map(|vm| {
+                        let mine: Vec<(&str, u8, &Path)> = pods
+                            .iter()
+                            .zip(&hosts)
+                            .filter(|(p, _)| p.node == vm.name)
+                            .map(|(p, h)| (p.name.as_str(), *h, p.cgroup.as_path()))
+                            .collect();
+                        s.spawn(move || (vm.name.clone(), cluster.add_pods(&vm.name, &mine)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| (String::new(), Err(QemuError::Interrupted)))
+                    })
+                    .collect()
+            });
+        for (node, ips) in made {
+            let ips =
+                ips.map_err(|e| provider_error(e, &format!("creating the pods of {node}")))?;
+            let mut ips = ips.into_iter();
+            for p in pods.iter_mut().filter(|p| p.node == node) {
+                p.ip = ips.next().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+            }
         }
         // The external host: the cluster network's own namespace (the underlay, not a
         // node), with an address on its bridge; its server runs on the host. It goes with
