@@ -37,12 +37,19 @@ impl Remote {
     pub fn start(node: &str, control: &Path, helper: &Path) -> Result<Remote> {
         // As the openssh crate runs its own commands over the master (`-p 9`: never a
         // fresh connection if the master is gone).
-        let mut ssh = Command::new("ssh")
-            .arg("-S")
+        let mut cmd = Command::new("ssh");
+        cmd.arg("-S")
             .arg(control)
             .args(["-o", "BatchMode=yes", "-T", "-p", "9", "none", "--"])
             .arg(helper)
-            .arg("serve")
+            .arg("serve");
+        Remote::over(node, cmd, helper)
+    }
+
+    /// Starts `cmd`, which must speak the helper's protocol on its stdin and stdout (the
+    /// ssh command above; tests run dp-remote directly).
+    pub fn over(node: &str, mut cmd: Command, helper: &Path) -> Result<Remote> {
+        let mut ssh = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -155,6 +162,17 @@ impl Remote {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, tx);
+        // The reader may have ended between the check above and the insert, after it
+        // cleared the pending map: nobody would answer this request.
+        if let Some(why) = self
+            .gone
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            self.forget(id);
+            return Err(self.lost(what, why));
+        }
         let req = Request {
             id,
             op,
@@ -213,5 +231,92 @@ impl Drop for Remote {
         let mut ssh = self.ssh.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = ssh.kill();
         let _ = ssh.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workspace's dp-remote, beside this test binary's `deps/` directory.
+    fn helper() -> std::path::PathBuf {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let p = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps")
+            .join("dp-remote");
+        assert!(
+            p.is_file(),
+            "{} not found: run `cargo build` first",
+            p.display()
+        );
+        p
+    }
+
+    fn local() -> Remote {
+        let h = helper();
+        let mut cmd = Command::new(&h);
+        cmd.arg("serve");
+        Remote::over("local", cmd, &h).expect("dp-remote starts")
+    }
+
+    fn run(argv: &[&str]) -> Op {
+        Op::Run {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            timeout_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn answers_find_their_callers_when_many_are_in_flight() {
+        let r = local();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let r = &r;
+                    s.spawn(move || {
+                        // Later requests finish first: answers come back out of order.
+                        let script = format!("sleep 0.{}; echo {i}", 16 - i);
+                        let (reply, out) = r
+                            .call(
+                                run(&["sh", "-c", &script]),
+                                &[],
+                                Duration::from_secs(10),
+                                "t",
+                            )
+                            .expect("answered");
+                        assert!(matches!(reply, Reply::Ran { .. }));
+                        assert_eq!(String::from_utf8_lossy(&out[0]).trim(), i.to_string());
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("caller thread");
+            }
+        });
+    }
+
+    #[test]
+    fn a_helper_that_dies_fails_its_callers_at_once_instead_of_hanging() {
+        let r = local();
+        let started = std::time::Instant::now();
+        // The helper's own pid is its parent's child: kill it from inside.
+        let e = r
+            .call(
+                run(&["sh", "-c", "kill -9 $PPID; sleep 5"]),
+                &[],
+                Duration::from_secs(60),
+                "suicide",
+            )
+            .expect_err("the channel ended");
+        assert!(e.is_transport(), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert!(r.is_gone());
+        let again = r
+            .call(run(&["true"]), &[], Duration::from_secs(5), "after")
+            .expect_err("still gone");
+        assert!(again.is_transport(), "{again}");
     }
 }
