@@ -234,28 +234,30 @@ impl Drop for Remote {
     }
 }
 
+/// The workspace's dp-remote, beside the test binary's `deps/` directory (`cargo build`
+/// builds it; the README's test command runs that first).
+#[cfg(test)]
+pub(crate) fn test_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .join("dp-remote");
+    assert!(
+        p.is_file(),
+        "{} not found: run `cargo build` first (the README's test command does)",
+        p.display()
+    );
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The workspace's dp-remote, beside this test binary's `deps/` directory.
-    fn helper() -> std::path::PathBuf {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let p = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps")
-            .join("dp-remote");
-        assert!(
-            p.is_file(),
-            "{} not found: run `cargo build` first",
-            p.display()
-        );
-        p
-    }
-
     fn local() -> Remote {
-        let h = helper();
+        let h = test_binary();
         let mut cmd = Command::new(&h);
         cmd.arg("serve");
         Remote::over("local", cmd, &h).expect("dp-remote starts")

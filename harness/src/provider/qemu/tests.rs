@@ -26,23 +26,6 @@ fn artifacts(test: &str) -> PathBuf {
     dir
 }
 
-/// The workspace's dp-remote, beside this test binary's `deps/` directory (`cargo build`
-/// builds it; the README's test command runs that first).
-fn dp_remote_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let p = dir.join("dp-remote");
-    assert!(
-        p.is_file(),
-        "{} not found: run `cargo build` first (the README's test command does)",
-        p.display()
-    );
-    p
-}
-
 fn pid_alive(pid: u32) -> bool {
     // A zombie is dead for our purpose; a reaped child has no /proc entry at all.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -373,7 +356,7 @@ fn the_provider_brings_up_vm_nodes_with_pods_and_takes_them_down() {
     let binaries = Binaries {
         datapathd: PathBuf::from("/usr/bin/true"),
         dp_probe: PathBuf::from("/usr/bin/ping"),
-        dp_remote: dp_remote_binary(),
+        dp_remote: super::remote::test_binary(),
     };
     let run_id = RunId::fresh();
     let cancel = Cancel::new();
