@@ -337,6 +337,9 @@ impl Runner<'_> {
         live.stop_processes();
         if self.keep {
             self.progress.line(&format!("scenario {name} #{it}: --keep: cluster left up (marker {marker}; `harness clean` removes it)"));
+            for how in self.provider.keep() {
+                self.progress.line(&format!("    {how}"));
+            }
             return outcome;
         }
         self.down(&name, it, ev, &before, &marker, &live.seen);

@@ -240,3 +240,68 @@ fn failing_and_interrupted_vm_runs_leave_nothing_behind() {
     assert_eq!(status.code(), Some(130), "interrupted:\n{err}");
     assert_clean(&interrupted);
 }
+
+/// The `ssh ...` lines a `--keep` run printed, one per node.
+fn kept_ssh_lines(stderr: &str) -> Vec<Vec<String>> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once(": ssh ").map(|(_, rest)| rest))
+        .map(|rest| {
+            let cmd = rest.split(" (console ").next().unwrap_or(rest);
+            cmd.split_whitespace().map(str::to_string).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_kept_vm_cluster_answers_over_ssh_until_harness_clean_removes_it() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the qemu end-to-end test: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let suite = dir.path().join("qemu-one-node.yaml");
+    std::fs::write(&suite, SUITE).expect("write suite");
+    let kept = dir.path().join("kept");
+    let out = command(&suite, &kept)
+        .arg("--keep")
+        .output()
+        .expect("run harness");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the correct datapath passes:\n{err}"
+    );
+    let ms = markers(&kept);
+    assert_eq!(ms.len(), 1, "one iteration, one marker:\n{err}");
+    // Still there after the harness ended: the VM, and a way in.
+    let left = leftovers(&ms[0]);
+    assert!(
+        left.iter().any(|l| l.starts_with("process ")),
+        "--keep left no QEMU process: {left:#?}\n{err}"
+    );
+    let lines = kept_ssh_lines(&err);
+    assert_eq!(lines.len(), 1, "one ssh line per node:\n{err}");
+    let ssh = Command::new("ssh")
+        .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=30"])
+        .args(&lines[0])
+        .args(["cat", "/proc/sys/kernel/random/boot_id"])
+        .output()
+        .expect("run ssh");
+    assert!(
+        ssh.status.success() && !ssh.stdout.is_empty(),
+        "the printed ssh line does not reach the kept VM: {}",
+        String::from_utf8_lossy(&ssh.stderr)
+    );
+    let clean = Command::new(harness())
+        .arg("clean")
+        .output()
+        .expect("harness clean");
+    assert!(
+        clean.status.success(),
+        "harness clean: {}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert_clean(&kept);
+}

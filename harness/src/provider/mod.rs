@@ -144,6 +144,15 @@ pub trait Provider: Send {
     /// Removes everything this provider made for the run. Idempotent.
     fn down(&mut self) -> Result<(), ProviderError>;
 
+    /// Leaves the cluster up for a person to look at (`--keep`) instead of [`down`]:
+    /// nothing of it is stopped when the provider is dropped or brings up the next one;
+    /// `harness clean` removes it later. Returns how to reach it, one line per node.
+    ///
+    /// [`down`]: Provider::down
+    fn keep(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Kernel, accelerator, ... (valid after `up`; best effort before).
     fn facts(&self) -> Facts;
 

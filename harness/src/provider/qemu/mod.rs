@@ -811,6 +811,36 @@ impl QemuCluster {
     }
 }
 
+impl QemuCluster {
+    /// Leaves the VMs running for a person to look at (`--keep`): closes the harness's
+    /// SSH sessions and forgets the QEMU processes without stopping them. The state
+    /// directory stays, so `harness clean` removes them once this process has ended.
+    /// Returns how to reach each node.
+    pub fn keep(mut self) -> Vec<String> {
+        for node in &mut self.nodes {
+            if let Some(s) = node.ssh.set(None) {
+                s.close();
+            }
+            // Dropping a Child neither kills nor waits for it.
+            node.child.take();
+        }
+        self.torn_down = true;
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{}: ssh -i {} -o UserKnownHostsFile={} -p {} root@127.0.0.1 (console {})",
+                    n.name,
+                    self.key.display(),
+                    self.known_hosts.display(),
+                    n.ssh_port,
+                    n.console.display()
+                )
+            })
+            .collect()
+    }
+}
+
 impl Drop for QemuCluster {
     fn drop(&mut self) {
         let _ = self.teardown();

@@ -274,6 +274,13 @@ impl Provider for QemuProvider {
         }
     }
 
+    fn keep(&mut self) -> Vec<String> {
+        self.cluster
+            .take()
+            .map(QemuCluster::keep)
+            .unwrap_or_default()
+    }
+
     fn facts(&self) -> Facts {
         self.facts.clone()
     }
