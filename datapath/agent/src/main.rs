@@ -13,6 +13,7 @@ mod maps;
 mod masq;
 mod mutant;
 mod netsync;
+mod nftgen;
 mod prereq;
 mod programming;
 mod run;

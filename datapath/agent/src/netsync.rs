@@ -19,8 +19,11 @@ use crate::{
 /// How often pod interfaces are rescanned.
 pub const POD_SCAN: Duration = Duration::from_secs(1);
 /// How often the chain and its position in FORWARD are reconciled (Cilium: 30 min; ours:
-/// seconds, so an order kube-proxy broke is restored before connections notice).
+/// seconds, so an order kube-proxy broke is restored before connections notice). With
+/// iptables-nft a period only reads the table when the ruleset's generation moved.
 pub const CHAIN_PERIOD: Duration = Duration::from_secs(2);
+/// A full read of the table at least this often, even when the generation stands still.
+pub const CHAIN_FULL_PERIOD: Duration = Duration::from_secs(30);
 
 /// A marker directory under the instance's bpffs directory, `forward-chain/<prefix>`:
 /// `status` and `cleanup` look at iptables only when it exists (or when asked), so they
@@ -114,8 +117,24 @@ pub fn start(
     Ok(Some(handle))
 }
 
+/// Whether a period must read the table: always with iptables-legacy (no generation);
+/// with iptables-nft when the generation moved since the last clean read, or at least
+/// every [`CHAIN_FULL_PERIOD`].
+fn chain_read_due(seen: Option<u32>, now: Option<u32>, since_full: Duration) -> bool {
+    match (seen, now) {
+        (Some(a), Some(b)) => a != b || since_full >= CHAIN_FULL_PERIOD,
+        _ => true,
+    }
+}
+
 fn keep_in_sync(masq: Option<Masq>, chain: Option<ForwardChain>) {
     let mut last_chain = Instant::now();
+    let mut last_full = Instant::now();
+    let nft = chain
+        .as_ref()
+        .is_some_and(|c| c.ipt.version.contains("nf_tables"));
+    // The generation after the last reconcile that changed nothing.
+    let mut clean_at: Option<u32> = None;
     loop {
         thread::sleep(POD_SCAN);
         if let Some(m) = &masq {
@@ -127,12 +146,36 @@ fn keep_in_sync(masq: Option<Masq>, chain: Option<ForwardChain>) {
             // The mutant never reconciles after start.
             if c.policy == JumpPolicy::KeepFirst && last_chain.elapsed() >= CHAIN_PERIOD {
                 last_chain = Instant::now();
+                let before = nft.then(crate::nftgen::generation).and_then(Result::ok);
+                if !chain_read_due(clean_at, before, last_full.elapsed()) {
+                    continue;
+                }
+                last_full = Instant::now();
+                clean_at = None;
                 match c.reconcile() {
                     Ok(ch) if ch.any() => info!(changes = ?ch, "DP_FORWARD restored"),
-                    Ok(_) => {}
+                    Ok(_) => clean_at = before,
                     Err(e) => error!("reconciling DP_FORWARD failed: {e}"),
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_read_when_the_generation_moves_or_is_unknown() {
+        let quiet = Duration::from_secs(1);
+        assert!(!chain_read_due(Some(5), Some(5), quiet), "nothing changed");
+        assert!(chain_read_due(Some(5), Some(6), quiet), "someone wrote");
+        assert!(chain_read_due(None, Some(6), quiet), "no clean read yet");
+        assert!(chain_read_due(Some(5), None, quiet), "legacy or unreadable");
+        assert!(
+            chain_read_due(Some(5), Some(5), CHAIN_FULL_PERIOD),
+            "a full read is due"
+        );
     }
 }
