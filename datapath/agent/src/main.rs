@@ -12,6 +12,7 @@ mod loader;
 mod maps;
 mod masq;
 mod mutant;
+mod netlink;
 mod netsync;
 mod nftgen;
 mod prereq;

@@ -6,24 +6,14 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+use crate::netlink::{self, NlMsgHdr, NLMSG_ERROR};
 
 const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct NlMsgHdr {
-    len: u32,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -42,19 +32,6 @@ struct Request {
 
 /// The current generation id.
 pub fn generation() -> io::Result<u32> {
-    // SAFETY: plain syscall; the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket() and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let req = Request {
         hdr: NlMsgHdr {
             len: mem::size_of::<Request>() as u32,
@@ -65,30 +42,9 @@ pub fn generation() -> io::Result<u32> {
         },
         gen: NfGenMsg::default(),
     };
-    // SAFETY: req is a plain repr(C) struct of the length passed.
-    let sent = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            (&req as *const Request).cast(),
-            mem::size_of::<Request>(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = netlink::send_request(NETLINK_NETFILTER, &req)?;
     let mut buf = [0u8; 512];
-    let n = loop {
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+    let n = netlink::recv(&fd, &mut buf)?;
     parse(&buf[..n])
 }
 

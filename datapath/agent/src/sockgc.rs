@@ -19,14 +19,13 @@ use std::{
     fs::File,
     io, mem,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::fs::MetadataExt as _,
-    },
+    os::{fd::AsRawFd, unix::fs::MetadataExt as _},
     path::PathBuf,
 };
 
 use datapath_common::{SockKey, FAMILY_INET, FAMILY_INET6};
+
+use crate::netlink::{self, NlMsgHdr, NLMSG_DONE, NLMSG_ERROR};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -123,8 +122,6 @@ fn namespaces() -> io::Result<BTreeMap<u64, PathBuf>> {
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -146,16 +143,6 @@ struct InetDiagReqV2 {
     pad: u8,
     states: u32,
     id: InetDiagSockId,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct NlMsgHdr {
-    len: u32,
-    ty: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
 }
 
 #[repr(C)]
@@ -182,19 +169,6 @@ struct InetDiagMsg {
 
 /// `(cookie, own tuple, state)` of every TCP socket of one family in this thread's netns.
 fn dump_tcp(family: u8) -> io::Result<Vec<(u64, SockKey, u8)>> {
-    // SAFETY: plain syscall; the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just returned by socket() and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let req = Request {
         hdr: NlMsgHdr {
             len: mem::size_of::<Request>() as u32,
@@ -210,31 +184,12 @@ fn dump_tcp(family: u8) -> io::Result<Vec<(u64, SockKey, u8)>> {
             ..Default::default()
         },
     };
-    // SAFETY: req is a plain repr(C) struct of the length passed.
-    let sent = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            (&req as *const Request).cast(),
-            mem::size_of::<Request>(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = netlink::send_request(NETLINK_SOCK_DIAG, &req)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let data = &buf[..n as usize];
+        let n = netlink::recv(&fd, &mut buf)?;
+        let data = &buf[..n];
         let mut off = 0usize;
         while off + mem::size_of::<NlMsgHdr>() <= data.len() {
             let hdr: NlMsgHdr = read_struct(&data[off..]);
