@@ -164,15 +164,24 @@ fn command(suite: &Path, reports: &Path) -> Command {
     c
 }
 
-#[test]
-fn failing_and_interrupted_vm_runs_leave_nothing_behind() {
+/// A temporary directory holding [`SUITE`], or `None` (said on stderr) when VM runs
+/// cannot happen here.
+fn one_node_suite() -> Option<(tempfile::TempDir, PathBuf)> {
     if let Some(why) = skip_reason() {
         eprintln!("skipping the qemu end-to-end test: {why}");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let suite = dir.path().join("qemu-one-node.yaml");
     std::fs::write(&suite, SUITE).expect("write suite");
+    Some((dir, suite))
+}
+
+#[test]
+fn failing_and_interrupted_vm_runs_leave_nothing_behind() {
+    let Some((dir, suite)) = one_node_suite() else {
+        return;
+    };
 
     // 1. The mutant on the default provider (no --provider): caught, exit 1.
     let failing = dir.path().join("failing");
@@ -255,13 +264,9 @@ fn kept_ssh_lines(stderr: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn a_kept_vm_cluster_answers_over_ssh_until_harness_clean_removes_it() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping the qemu end-to-end test: {why}");
+    let Some((dir, suite)) = one_node_suite() else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let suite = dir.path().join("qemu-one-node.yaml");
-    std::fs::write(&suite, SUITE).expect("write suite");
+    };
     let kept = dir.path().join("kept");
     let out = command(&suite, &kept)
         .arg("--keep")
