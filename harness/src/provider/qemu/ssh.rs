@@ -240,11 +240,13 @@ impl SshSession {
         )?;
         let ended = match reply {
             Reply::Ran { ended, .. } if ended.len() == 1 && payloads.len() == 2 => ended[0],
+            // Not the channel's fault: the helper and the harness disagree (no retry).
             other => {
-                return Err(QemuError::RemoteLost {
+                return Err(QemuError::RemoteFailed {
                     node: self.node.clone(),
                     command: script.to_owned(),
-                    reason: format!("unexpected answer {other:?}"),
+                    status: "no status".into(),
+                    stderr: format!("unexpected answer from dp-remote: {other:?}"),
                 })
             }
         };
@@ -386,28 +388,9 @@ impl SshSession {
         Ok(out)
     }
 
-    /// Writes `data` to `path` on the node (through the helper, or `cat`: no sftp needed).
+    /// Writes `data` to `path` on the node through `cat` (no sftp needed): the way the
+    /// helper itself gets onto a node. Node operations use the helper (node/ssh.rs).
     pub fn write_file(&self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
-        if let Some(remote) = self.remote()? {
-            let what = format!("write {}", path.display());
-            return match remote.call(
-                Op::WriteFile {
-                    path: path.to_string_lossy().into_owned(),
-                    mode,
-                },
-                data,
-                Duration::from_secs(60),
-                &what,
-            )? {
-                (Reply::Done, _) => Ok(()),
-                (other, _) => Err(QemuError::RemoteFailed {
-                    node: self.node.clone(),
-                    command: what,
-                    status: "error".into(),
-                    stderr: format!("{other:?}"),
-                }),
-            };
-        }
         let p = shell_quote(&path.to_string_lossy());
         let script = format!(
             "mkdir -p \"$(dirname {p})\" && cat > {p}.dp-tmp && chmod {mode:o} {p}.dp-tmp \
@@ -425,30 +408,8 @@ impl SshSession {
         Ok(())
     }
 
-    /// Reads `path` on the node.
+    /// Reads `path` on the node with `cat` (through the helper once it runs).
     pub fn read_file(&self, path: &Path) -> Result<Vec<u8>> {
-        if let Some(remote) = self.remote()? {
-            let what = format!("read {}", path.display());
-            return match remote.call(
-                Op::ReadFile {
-                    path: path.to_string_lossy().into_owned(),
-                },
-                &[],
-                Duration::from_secs(60),
-                &what,
-            )? {
-                (Reply::Data, mut p) if p.len() == 1 => Ok(p.remove(0)),
-                (other, _) => Err(QemuError::RemoteFailed {
-                    node: self.node.clone(),
-                    command: what,
-                    status: "error".into(),
-                    stderr: match other {
-                        Reply::Error { message, .. } => message,
-                        o => format!("{o:?}"),
-                    },
-                }),
-            };
-        }
         let script = format!("cat {}", shell_quote(&path.to_string_lossy()));
         Ok(self.check(&script, Duration::from_secs(60))?.stdout)
     }
