@@ -569,15 +569,10 @@ impl QemuCluster {
     pub fn start_helpers(&mut self, host_path: &Path) -> Result<()> {
         self.helper = Some(host_path.to_owned());
         let this = &*self;
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..this.nodes.len())
-                .map(|i| s.spawn(move || this.start_helper(i)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(Err(QemuError::Interrupted)))
-                .collect::<Result<Vec<()>>>()
-        })?;
+        let indices: Vec<usize> = (0..this.nodes.len()).collect();
+        crate::cluster::in_parallel(&indices, |&i| this.start_helper(i))
+            .into_iter()
+            .collect::<Result<Vec<()>>>()?;
         Ok(())
     }
 

@@ -191,29 +191,15 @@ impl Provider for QemuProvider {
             });
         }
         let cluster = &*cluster;
-        let made: Vec<(String, Result<Vec<std::net::Ipv4Addr>, QemuError>)> =
-            std::thread::scope(|s| {
-                let handles: Vec<_> = cluster
-                    .nodes()
-                    .iter()
-                    .map(|vm| {
-                        let mine: Vec<(&str, u8, &Path)> = pods
-                            .iter()
-                            .zip(&hosts)
-                            .filter(|(p, _)| p.node == vm.name)
-                            .map(|(p, h)| (p.name.as_str(), *h, p.cgroup.as_path()))
-                            .collect();
-                        s.spawn(move || (vm.name.clone(), cluster.add_pods(&vm.name, &mine)))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| (String::new(), Err(QemuError::Interrupted)))
-                    })
-                    .collect()
-            });
+        let made = crate::cluster::in_parallel(cluster.nodes(), |vm| {
+            let mine: Vec<(&str, u8, &Path)> = pods
+                .iter()
+                .zip(&hosts)
+                .filter(|(p, _)| p.node == vm.name)
+                .map(|(p, h)| (p.name.as_str(), *h, p.cgroup.as_path()))
+                .collect();
+            (vm.name.clone(), cluster.add_pods(&vm.name, &mine))
+        });
         for (node, ips) in made {
             let ips =
                 ips.map_err(|e| provider_error(e, &format!("creating the pods of {node}")))?;

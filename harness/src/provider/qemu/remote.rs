@@ -303,7 +303,6 @@ mod tests {
     #[test]
     fn a_helper_that_dies_fails_its_callers_at_once_instead_of_hanging() {
         let r = local();
-        let started = std::time::Instant::now();
         // The helper's own pid is its parent's child: kill it from inside.
         let e = r
             .call(
@@ -313,8 +312,9 @@ mod tests {
                 "suicide",
             )
             .expect_err("the channel ended");
+        // Without the wake-up the call would end in a timeout (70 s), which is no
+        // transport error.
         assert!(e.is_transport(), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(20));
         assert!(r.is_gone());
         let again = r
             .call(run(&["true"]), &[], Duration::from_secs(5), "after")
