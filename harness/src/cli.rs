@@ -367,15 +367,13 @@ fn needs_machines(
     ))
 }
 
+/// `--reports-dir`, else reports/ of the checkout the harness runs from; canonical.
 fn reports_root(opts: &RunOpts) -> PathBuf {
-    opts.reports_dir.clone().unwrap_or_else(|| {
-        let r = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../reports");
-        if r.is_dir() {
-            r
-        } else {
-            PathBuf::from("reports")
-        }
-    })
+    let dir = opts
+        .reports_dir
+        .clone()
+        .unwrap_or_else(|| crate::checkout::path("reports"));
+    crate::checkout::canonical(&dir)
 }
 
 fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {

@@ -4,6 +4,7 @@
 //! deploy datapath -> workload -> steps (faults, waits, checks) -> verdicts -> reports.
 //! See ../shared/DESIGN.md and the README at the repository root.
 
+pub mod checkout;
 pub mod cli;
 pub mod cluster;
 pub mod exit;

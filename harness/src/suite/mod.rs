@@ -295,13 +295,9 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The suites directory: `--suites-dir`, else suites/ beside the workspace root.
+/// The suites directory when `--suites-dir` is not given: suites/ of the checkout.
 pub fn default_dir() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites");
-    if here.is_dir() {
-        return here;
-    }
-    PathBuf::from("suites")
+    crate::checkout::path("suites")
 }
 
 /// Resolves `name`: a path to a file, or NAME in `dir` (NAME.yaml).

@@ -147,6 +147,11 @@ pub enum QemuError {
     #[error("node {node}: no SSH session (not connected, rebooting or torn down)")]
     NotConnected { node: String },
 
+    #[error("{path} is hidden from the guests (their /root, /tmp, /run are their own) and is not in the binaries share{}", shared.as_ref().map(|d| format!(" ({})", d.display())).unwrap_or_default())]
+    HiddenFromGuest {
+        path: PathBuf,
+        shared: Option<PathBuf>,
+    },
     #[error("interrupted while booting")]
     Interrupted,
 

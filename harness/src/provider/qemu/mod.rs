@@ -73,6 +73,9 @@ pub struct QemuConfig {
     pub modules: Option<PathBuf>,
     /// A prebuilt image directory; skips the builder.
     pub image: Option<PathBuf>,
+    /// The host directory holding the binaries the nodes run (datapathd, dp-probe,
+    /// dp-remote), shared read-only with every guest at [`GUEST_BIN_SHARE`].
+    pub bin_dir: Option<PathBuf>,
     /// Where consoles and QEMU logs are written and kept.
     pub artifacts_dir: PathBuf,
     /// Time from QEMU's start to the ready marker, per VM.
@@ -101,6 +104,7 @@ impl QemuConfig {
             kernel: None,
             modules: None,
             image: None,
+            bin_dir: None,
             artifacts_dir: artifacts_dir.to_owned(),
             boot_timeout: Duration::from_secs(120),
             ssh_timeout: Duration::from_secs(60),
@@ -172,6 +176,8 @@ pub struct QemuCluster {
     /// dp-remote on the host ([`QemuCluster::start_helpers`]); started again after a
     /// reboot.
     helper: Option<PathBuf>,
+    /// [`QemuConfig::bin_dir`], canonical.
+    bin_dir: Option<PathBuf>,
 }
 
 /// Where runs keep their state (pid files, keys, initrds, SSH control sockets).
@@ -190,11 +196,11 @@ pub fn state_root() -> PathBuf {
     }
 }
 
-/// Host paths the guest does not see (it has tmpfs over them): binaries there are copied
-/// in; everything else is the host's own file through the 9p root.
+/// Host paths the guest does not see at the same path (it has tmpfs over them);
+/// everything else is the host's own file through the 9p root.
 pub const GUEST_HIDDEN: &[&str] = &["/root/", "/tmp/", "/run/", "/var/tmp/", "/var/log/"];
-/// Where binaries the guest cannot see are copied to.
-pub const GUEST_BIN_DIR: &str = "/var/lib/dp-harness/bin";
+/// Where the guest mounts [`QemuConfig::bin_dir`].
+pub const GUEST_BIN_SHARE: &str = "/run/dp/bin";
 
 /// Does the guest see `host_path` (an absolute path) at the same path?
 pub fn guest_sees(host_path: &Path) -> bool {
@@ -268,6 +274,11 @@ impl QemuCluster {
             Some(dir) => NodeImage::open(dir)?,
             None => NodeImage::build(config.kernel.as_deref(), config.modules.as_deref())?,
         };
+        let bin_dir = config
+            .bin_dir
+            .as_deref()
+            .map(|d| std::fs::canonicalize(d).map_err(io_err("cannot find", d)))
+            .transpose()?;
 
         let run_id = config.run_id.clone().unwrap_or_else(new_run_id);
         let marker = format!("{RUN_PREFIX}{run_id}");
@@ -295,6 +306,7 @@ impl QemuCluster {
             known_hosts: state_dir.join("known_hosts"),
             torn_down: false,
             helper: None,
+            bin_dir,
             run_id,
         };
         cluster.accel = accel::decide(
@@ -374,6 +386,10 @@ impl QemuCluster {
                 ("DP_CLUSTER_ADDR", format!("{cluster_ip}/24")),
                 ("DP_HOSTS", hosts.clone()),
                 ("DP_MODULES_DIR", modules),
+                (
+                    "DP_BIN_SHARE",
+                    if self.bin_dir.is_some() { "1" } else { "" }.to_owned(),
+                ),
             ]
             .iter()
             .map(|(k, v)| format!("{k}={}\n", ssh::shell_quote(v)))
@@ -409,6 +425,7 @@ impl QemuCluster {
                 qmp: sd.join(format!("{name}.qmp")),
                 append: format!("console=ttyS0 quiet mitigations=off dp.run={marker}"),
                 tap: tap_fd,
+                bin_share: self.bin_dir.clone(),
             };
             let port = match (i, config.first_ssh_port) {
                 (0, Some(p)) => p,
@@ -581,15 +598,25 @@ impl QemuCluster {
             return Ok(());
         };
         let session = self.nodes[idx].ssh()?;
-        let guest_path = if guest_sees(host_path) {
-            host_path.clone()
-        } else {
-            let data = std::fs::read(host_path).map_err(io_err("cannot read", host_path))?;
-            let p = Path::new(GUEST_BIN_DIR).join(host_path.file_name().unwrap_or_default());
-            session.write_file(&p, &data, 0o755)?;
-            p
-        };
-        session.start_remote(&guest_path)
+        session.start_remote(&self.guest_path(host_path)?)
+    }
+
+    /// The path at which the guests see the host's binary `host_path`: in the binaries
+    /// share when it lies there, else the host's own path through the 9p root.
+    pub fn guest_path(&self, host_path: &Path) -> Result<PathBuf> {
+        let abs = std::fs::canonicalize(host_path).map_err(io_err("cannot find", host_path))?;
+        if let (Some(dir), Some(name)) = (&self.bin_dir, abs.file_name()) {
+            if abs.parent() == Some(dir.as_path()) {
+                return Ok(Path::new(GUEST_BIN_SHARE).join(name));
+            }
+        }
+        if guest_sees(&abs) {
+            return Ok(abs);
+        }
+        Err(QemuError::HiddenFromGuest {
+            path: abs,
+            shared: self.bin_dir.clone(),
+        })
     }
 
     pub fn nodes(&self) -> &[VmNode] {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{clean_leftovers, guest_sees, QemuCluster, QemuConfig, QemuError, GUEST_BIN_DIR};
+use super::{clean_leftovers, QemuCluster, QemuConfig, QemuError};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod};
 use crate::node::ssh::SshNode;
 use crate::node::Node;
@@ -83,25 +83,6 @@ fn node_error(e: crate::node::NodeError, what: String) -> ProviderError {
     }
 }
 
-/// A binary as the node runs it: the host's path when the guest sees it through the 9p
-/// root, else a copy in the node's state directory.
-fn deploy(node: &dyn Node, host_path: &Path) -> Result<PathBuf, ProviderError> {
-    let abs = std::fs::canonicalize(host_path).map_err(|source| ProviderError::Io {
-        provider: NAME,
-        what: "cannot find binary",
-        path: host_path.to_owned(),
-        source,
-    })?;
-    if guest_sees(&abs) {
-        return Ok(abs);
-    }
-    let name = abs.file_name().unwrap_or_default();
-    let remote = Path::new(GUEST_BIN_DIR).join(name);
-    node.copy_to(&abs, &remote, 0o755)
-        .map_err(|e| node_error(e, format!("copying {} to {}", abs.display(), node.name())))?;
-    Ok(remote)
-}
-
 impl Provider for QemuProvider {
     fn name(&self) -> &'static str {
         NAME
@@ -112,6 +93,9 @@ impl Provider for QemuProvider {
         let mut config = QemuConfig::new(&names, &req.run_dir.join("qemu"));
         config.run_id = Some(req.run_id.as_str().to_owned());
         config.kernel = self.kernel.clone();
+        // Every binary the nodes run lies in one directory (cli::binaries), shared with
+        // the guests.
+        config.bin_dir = req.binaries.datapathd.parent().map(Path::to_owned);
         let cluster = QemuCluster::boot_cancellable(&config, &|| req.cancel.is_cancelled())
             .map_err(|e| provider_error(e, "booting the VMs"))?;
         self.facts.kernel = cluster.image.kernel_release.clone();
@@ -120,15 +104,8 @@ impl Provider for QemuProvider {
         if req.cancel.is_cancelled() {
             return Err(ProviderError::Interrupted { provider: NAME });
         }
-        let helper =
-            std::fs::canonicalize(&req.binaries.dp_remote).map_err(|source| ProviderError::Io {
-                provider: NAME,
-                what: "cannot find binary",
-                path: req.binaries.dp_remote.clone(),
-                source,
-            })?;
         cluster
-            .start_helpers(&helper)
+            .start_helpers(&req.binaries.dp_remote)
             .map_err(|e| provider_error(e, "starting the nodes' dp-remote helpers"))?;
         cluster
             .install_pod_routes()
@@ -157,8 +134,12 @@ impl Provider for QemuProvider {
                 Duration::from_secs(30),
             )
             .map_err(|e| node_error(e, format!("preparing node {}", vm.name)))?;
-            let datapathd = deploy(node.as_ref(), &req.binaries.datapathd)?;
-            let dp_probe = deploy(node.as_ref(), &req.binaries.dp_probe)?;
+            let datapathd = cluster
+                .guest_path(&req.binaries.datapathd)
+                .map_err(|e| provider_error(e, "finding datapathd for the guests"))?;
+            let dp_probe = cluster
+                .guest_path(&req.binaries.dp_probe)
+                .map_err(|e| provider_error(e, "finding dp-probe for the guests"))?;
             nodes.push(ClusterNode {
                 node,
                 cgroup: PathBuf::from(NODE_CGROUP),

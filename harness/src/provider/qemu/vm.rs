@@ -34,6 +34,15 @@ pub struct VmSpec {
     pub qmp: PathBuf,
     pub append: String,
     pub tap: OwnedFd,
+    /// A host directory shared read-only with the guest (mount tag `dpbin`, mounted at
+    /// [`super::GUEST_BIN_SHARE`]): the harness's binaries reach the guest through it
+    /// wherever the checkout is, without passing through guest memory.
+    pub bin_share: Option<PathBuf>,
+}
+
+/// `path` as a value inside a QEMU option list, where a comma is written twice.
+fn qemu_opt_value(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
 }
 
 /// A free TCP port on 127.0.0.1 (free now; QEMU may still lose a race for it).
@@ -82,6 +91,15 @@ pub fn spawn(qemu: &str, image: &NodeImage, spec: &VmSpec, port: u16) -> Result<
             "-virtfs",
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         ])
+        .args(spec.bin_share.iter().flat_map(|dir| {
+            [
+                "-virtfs".to_owned(),
+                format!(
+                    "local,path={},mount_tag=dpbin,security_model=none,readonly=on",
+                    qemu_opt_value(dir)
+                ),
+            ]
+        }))
         .args([
             "-netdev",
             &format!("user,id=mgmt,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"),
