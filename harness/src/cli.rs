@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cluster::Binaries;
 use crate::exit::ExitStatus;
 use crate::invariant::Verdict;
+use crate::kernel::KernelArg;
 use crate::provider::{self, DEFAULT_PROVIDER};
 use crate::report::progress::Progress;
 use crate::report::{history, junit};
@@ -55,7 +56,8 @@ pub enum Command {
         #[arg(long)]
         provider: Option<String>,
     },
-    /// Run the plan recorded in RUN_DIR/history.json again.
+    /// Run the plan recorded in RUN_DIR/history.json again (on the exact kernel packages
+    /// it ran on, unless --kernel says otherwise).
     Replay {
         run_dir: PathBuf,
         #[arg(long)]
@@ -64,6 +66,9 @@ pub enum Command {
         keep: bool,
         #[arg(long)]
         reports_dir: Option<PathBuf>,
+        /// The nodes' kernel instead of the recorded ones (as for `suite`).
+        #[arg(long = "kernel", value_name = "[NODE:]SPEC")]
+        kernels: Vec<KernelArg>,
     },
 }
 
@@ -90,9 +95,24 @@ pub struct RunOpts {
     /// Directory holding the suites (default: suites/ of the repository).
     #[arg(long)]
     pub suites_dir: Option<PathBuf>,
-    /// Where runs are written (default: reports/ of the repository).
+    /// Where runs are written (default: reports/ of the checkout the harness runs from).
     #[arg(long)]
     pub reports_dir: Option<PathBuf>,
+    /// The nodes' kernel (qemu): a Debian kernel series (5.10, 6.1, 6.12, ...), `newest`
+    /// (sid's), an exact package `linux-image-<release>=<version>`, or a linux-image-*.deb;
+    /// `NODE:SPEC` for one node. Overrides the suite's per-node kernels. Repeatable.
+    #[arg(long = "kernel", value_name = "[NODE:]SPEC")]
+    pub kernels: Vec<KernelArg>,
+    /// An extra property of the JUnit testsuite (for dashboards). Repeatable.
+    #[arg(long = "junit-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub junit_properties: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 /// Parses the arguments, runs, returns the process exit status.
@@ -124,6 +144,7 @@ fn run(cli: Cli) -> ExitStatus {
             junit,
             keep,
             reports_dir,
+            kernels,
         } => {
             let h = match history::read(&run_dir.join("history.json")) {
                 Ok(h) => h,
@@ -131,6 +152,27 @@ fn run(cli: Cli) -> ExitStatus {
                     eprintln!("harness: error: {e}");
                     return ExitStatus::BadInput;
                 }
+            };
+            // The exact packages the nodes ran, else the kernels asked for.
+            let kernels = if kernels.is_empty() {
+                let exact = h.exact_kernels();
+                if exact.is_empty() {
+                    h.plan
+                        .kernel_args
+                        .iter()
+                        .filter_map(|k| k.parse().ok())
+                        .collect()
+                } else {
+                    exact
+                        .into_iter()
+                        .map(|(node, spec)| KernelArg {
+                            node: Some(node),
+                            spec,
+                        })
+                        .collect()
+                }
+            } else {
+                kernels
             };
             let opts = RunOpts {
                 provider: h.plan.provider.clone(),
@@ -140,7 +182,9 @@ fn run(cli: Cli) -> ExitStatus {
                 junit,
                 keep,
                 suites_dir: None,
-                reports_dir,
+                reports_dir: reports_dir.or(h.plan.reports_dir.clone()),
+                kernels,
+                junit_properties: h.plan.junit_properties.clone(),
             };
             run_suite(&h.plan.suite_file, h.plan.seed, &opts)
         }
@@ -331,42 +375,6 @@ fn check_datapathd(b: &Binaries, mutant: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A refusal when the plan has faults below the node's userland (reboot, links) and the
-/// provider has no machines to do them on: said before anything is brought up.
-fn needs_machines(
-    plan: &crate::plan::Plan,
-    provider: &mut dyn crate::provider::Provider,
-    s: &Suite,
-) -> Option<String> {
-    use crate::plan::{FaultPlan, PlannedStep};
-    let mut kinds: Vec<&str> = plan
-        .scenarios
-        .iter()
-        .flat_map(|sc| &sc.steps)
-        .filter_map(|st| match st {
-            PlannedStep::Fault(f @ (FaultPlan::NodeReboot(_) | FaultPlan::LinkDegrade(_))) => {
-                Some(f.kind().as_str())
-            }
-            _ => None,
-        })
-        .collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    if kinds.is_empty() || provider.machines().is_some() {
-        return None;
-    }
-    let name = provider.name();
-    Some(format!(
-        "suite {} needs nodes that are machines (fault {}); provider {name} cannot do that{}",
-        s.name,
-        kinds.join(", "),
-        s.providers
-            .get(name)
-            .map(|n| format!(": {}", n.trim()))
-            .unwrap_or_default()
-    ))
-}
-
 /// `--reports-dir`, else reports/ of the checkout the harness runs from; canonical.
 fn reports_root(opts: &RunOpts) -> PathBuf {
     let dir = opts
@@ -392,6 +400,27 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
         );
         return ExitStatus::BadInput;
     };
+    if !opts.kernels.is_empty() && provider.facts().shared_kernel {
+        eprintln!(
+            "harness: error: --kernel: provider {} runs every node on this host's kernel; use --provider qemu",
+            opts.provider
+        );
+        return ExitStatus::BadInput;
+    }
+    let mut plan = crate::plan::plan(
+        &s,
+        crate::checkout::canonical(file),
+        seed,
+        &opts.provider,
+        opts.datapath_mutant.as_deref(),
+        opts.repeat,
+    );
+    if let Err(e) = plan.set_kernels(&s, &opts.kernels) {
+        eprintln!("harness: error: {e}");
+        return ExitStatus::BadInput;
+    }
+    plan.junit_properties = opts.junit_properties.clone();
+    plan.reports_dir = opts.reports_dir.as_deref().map(crate::checkout::canonical);
     let bins = match binaries()
         .and_then(|b| check_datapathd(&b, opts.datapath_mutant.as_deref()).map(|_| b))
     {
@@ -405,17 +434,14 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
             };
         }
     };
-    let plan = crate::plan::plan(
-        &s,
-        file.to_path_buf(),
-        seed,
-        &opts.provider,
-        opts.datapath_mutant.as_deref(),
-        opts.repeat,
-    );
-    if let Some(msg) = needs_machines(&plan, provider.as_mut(), &s) {
-        eprintln!("harness: error: {msg}");
-        return ExitStatus::BadInput;
+    let mut topology = s.topology();
+    topology.kernels = plan.kernels.clone();
+    if let Err(e) = provider.prepare(&topology) {
+        eprintln!("harness: error: {}", crate::run::chain(&e));
+        return match e {
+            crate::provider::ProviderError::KernelUnavailable { .. } => ExitStatus::BadInput,
+            _ => ExitStatus::HarnessError,
+        };
     }
     let run_name = format!("{}-{}-{}", s.name, seed, crate::provider::RunId::fresh());
     let run_dir = reports_root(opts).join(&run_name);
@@ -428,9 +454,13 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
         eprintln!("harness: error: cannot install signal handlers: {e}");
         return ExitStatus::HarnessError;
     }
+    let started = chrono::Local::now().fixed_offset();
     let progress = Progress::new(Some(&run_dir.join("harness.log")));
     progress.line(&format!("run {} -> {}", run_name, run_dir.display()));
-    progress.line(&format!("replay with: {}", plan.replay_command()));
+    progress.line(&format!(
+        "replay with: {}",
+        plan.replay_command(&Default::default())
+    ));
     let result = Runner {
         plan: &plan,
         suite: &s,
@@ -455,22 +485,34 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
         Outcome::Interrupted => ExitStatus::Interrupted,
         Outcome::HarnessError => ExitStatus::HarnessError,
         Outcome::Completed if verdicts.contains(&Verdict::Fail) => ExitStatus::InvariantsFailed,
-        Outcome::Completed if verdicts.is_empty() || verdicts.contains(&Verdict::Unknown) => {
+        Outcome::Completed
+            if !verdicts.contains(&Verdict::Pass) || verdicts.contains(&Verdict::Unknown) =>
+        {
             ExitStatus::Inconclusive
         }
         Outcome::Completed => ExitStatus::Passed,
     };
+    let replay = plan.replay_command(&result.facts.exact_kernels());
     let outcome = format!("{:?}", status);
     let _ = history::write(
         &run_dir.join("history.json"),
         &plan,
+        &replay,
+        &result,
+        &outcome,
+    );
+    let meta = junit::RunMeta {
+        run_dir: run_dir.clone(),
+        replay: replay.clone(),
+        started,
+    };
+    let report = junit::build(
+        &plan,
         &result.facts,
         &result.limitations,
         &result.events,
-        &outcome,
-        result.wall.as_millis() as u64,
+        &meta,
     );
-    let report = junit::build(&plan, &result.facts, &result.limitations, &result.events);
     let xml = junit::to_xml(&report).unwrap_or_default();
     let _ = std::fs::write(run_dir.join("junit.xml"), &xml);
     if let Some(j) = &opts.junit {
@@ -490,17 +532,25 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
             _ => {}
         }
     }
+    let skipped = verdicts.iter().filter(|v| **v == Verdict::Skipped).count();
     eprintln!(
-        "harness: {} in {:.1} s (set-up {:.1} s, steps {:.1} s, teardown {:.1} s); exit {}: {}",
+        "harness: {} [{} {}] in {:.1} s (set-up {:.1} s, steps {:.1} s, teardown {:.1} s); exit {}: {}{}",
         s.name,
+        result.facts.provider,
+        result.facts.kernel,
         result.wall.as_secs_f64(),
         up as f64 / 1000.0,
         steps as f64 / 1000.0,
         down as f64 / 1000.0,
         status.code(),
-        status.meaning()
+        status.meaning(),
+        if skipped > 0 {
+            format!(" ({skipped} verdict(s) skipped: see the JUnit)")
+        } else {
+            String::new()
+        }
     );
     eprintln!("harness: report {}", run_dir.display());
-    eprintln!("harness: replay with: {}", plan.replay_command());
+    eprintln!("harness: replay with: {replay}");
     status
 }

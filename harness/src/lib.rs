@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod exit;
 pub mod fault;
 pub mod invariant;
+pub mod kernel;
 pub mod node;
 pub mod observe;
 pub mod plan;

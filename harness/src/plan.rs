@@ -9,6 +9,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::kernel::{KernelArg, KernelSpec};
 use crate::suite::step::{Condition, FaultKind};
 use crate::suite::{InvariantName, Step, Suite};
 
@@ -46,6 +47,18 @@ pub struct Plan {
     pub provider: String,
     pub mutant: Option<String>,
     pub repeat: Option<u32>,
+    /// The kernel of each node that asks for one: the suite's, overridden by `--kernel`.
+    #[serde(default)]
+    pub kernels: BTreeMap<String, KernelSpec>,
+    /// `--kernel` as given (recorded for the replay line).
+    #[serde(default)]
+    pub kernel_args: Vec<String>,
+    /// `--junit-property KEY=VALUE`, in order.
+    #[serde(default)]
+    pub junit_properties: Vec<(String, String)>,
+    /// `--reports-dir`, canonical, when given.
+    #[serde(default)]
+    pub reports_dir: Option<PathBuf>,
     pub scenarios: Vec<PlannedScenario>,
 }
 
@@ -175,6 +188,12 @@ impl FaultPlan {
             FaultPlan::LinkDegrade(_) => FaultKind::LinkDegrade,
             FaultPlan::SockmapLeak(_) => FaultKind::SockmapLeak,
         }
+    }
+
+    /// Does it act below the node's userland (its kernel restarts, its links), so that
+    /// only a provider whose nodes are machines can inject it?
+    pub fn needs_machines(&self) -> bool {
+        matches!(self, FaultPlan::NodeReboot(_) | FaultPlan::LinkDegrade(_))
     }
 }
 
@@ -314,6 +333,10 @@ pub fn plan(
         provider: provider.to_string(),
         mutant: mutant.map(str::to_string),
         repeat,
+        kernels: suite.topology().kernels,
+        kernel_args: Vec::new(),
+        junit_properties: Vec::new(),
+        reports_dir: None,
         scenarios,
     }
 }
@@ -380,21 +403,85 @@ fn change_backends(rng: &mut ChaCha8Rng, all: &[String], now: &[String]) -> Vec<
 }
 
 impl Plan {
-    /// The command that runs this plan again.
-    pub fn replay_command(&self) -> String {
-        let mut s = format!(
-            "harness suite {} --provider {} --seed {}",
-            self.suite_file.display(),
-            self.provider,
-            self.seed
-        );
+    /// Applies `--kernel` arguments: one without a node is every node's kernel, one with
+    /// a node is that node's (given later, it wins). A node the topology lacks is an error.
+    pub fn set_kernels(&mut self, suite: &Suite, args: &[KernelArg]) -> Result<(), String> {
+        for a in args {
+            match &a.node {
+                None => {
+                    for n in &suite.topology.nodes {
+                        self.kernels.insert(n.name.clone(), a.spec.clone());
+                    }
+                }
+                Some(node) if suite.topology.nodes.iter().any(|n| &n.name == node) => {
+                    self.kernels.insert(node.clone(), a.spec.clone());
+                }
+                Some(node) => {
+                    return Err(format!(
+                        "--kernel {a}: suite {} has no node `{node}` (nodes: {})",
+                        suite.name,
+                        suite
+                            .topology
+                            .nodes
+                            .iter()
+                            .map(|n| n.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            }
+            self.kernel_args.push(a.to_string());
+        }
+        Ok(())
+    }
+
+    /// The command that runs this plan again: this harness binary and the suite file by
+    /// their canonical paths, and every flag that changes the run. `exact` are the
+    /// kernels the nodes really booted (node -> exact package), when the provider knows
+    /// them: they pin the replay to the same packages; else `--kernel` is repeated as given.
+    pub fn replay_command(&self, exact: &BTreeMap<String, KernelSpec>) -> String {
+        let program = std::env::current_exe()
+            .map(|p| crate::checkout::canonical(&p))
+            .unwrap_or_else(|_| PathBuf::from("harness"));
+        let mut args: Vec<String> = vec![
+            program.display().to_string(),
+            "suite".into(),
+            crate::checkout::canonical(&self.suite_file)
+                .display()
+                .to_string(),
+            "--provider".into(),
+            self.provider.clone(),
+            "--seed".into(),
+            self.seed.to_string(),
+        ];
         if let Some(r) = self.repeat {
-            s.push_str(&format!(" --repeat {r}"));
+            args.extend(["--repeat".into(), r.to_string()]);
         }
         if let Some(m) = &self.mutant {
-            s.push_str(&format!(" --datapath-mutant {m}"));
+            args.extend(["--datapath-mutant".into(), m.clone()]);
         }
-        s
+        let distinct: std::collections::BTreeSet<&KernelSpec> = exact.values().collect();
+        if exact.is_empty() {
+            for k in &self.kernel_args {
+                args.extend(["--kernel".into(), k.clone()]);
+            }
+        } else if let (1, Some(k)) = (distinct.len(), distinct.first()) {
+            args.extend(["--kernel".into(), k.to_string()]);
+        } else {
+            for (node, k) in exact {
+                args.extend(["--kernel".into(), format!("{node}:{k}")]);
+            }
+        }
+        for (k, v) in &self.junit_properties {
+            args.extend(["--junit-property".into(), format!("{k}={v}")]);
+        }
+        if let Some(d) = &self.reports_dir {
+            args.extend(["--reports-dir".into(), d.display().to_string()]);
+        }
+        args.iter()
+            .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -507,7 +594,7 @@ mod tests {
             );
         }
         assert!(p
-            .replay_command()
+            .replay_command(&BTreeMap::new())
             .ends_with("--seed 7 --repeat 3 --datapath-mutant stale-cgroup-prog"));
         let _ = Path::new("");
     }

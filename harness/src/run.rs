@@ -204,8 +204,59 @@ impl Runner<'_> {
         }
     }
 
+    /// Why this provider cannot run `sc` at all, if it cannot: a fault below the node's
+    /// userland on nodes that are not machines.
+    fn cannot_run(&mut self, sc: &crate::plan::PlannedScenario) -> Option<String> {
+        let mut faults: Vec<&str> = sc
+            .steps
+            .iter()
+            .filter_map(|st| match st {
+                PlannedStep::Fault(f) if f.needs_machines() => Some(f.kind().as_str()),
+                _ => None,
+            })
+            .collect();
+        faults.dedup();
+        if faults.is_empty() || self.provider.machines().is_some() {
+            return None;
+        }
+        let name = self.provider.name();
+        Some(format!(
+            "fault {} needs nodes that are machines; provider {name} cannot inject it{}",
+            faults.join(", "),
+            self.suite
+                .providers
+                .get(name)
+                .map(|n| format!(" ({})", n.trim()))
+                .unwrap_or_default()
+        ))
+    }
+
     fn scenario(&mut self, sc: &crate::plan::PlannedScenario, ev: &mut Vec<Event>) -> Outcome {
         let (name, it) = (sc.name.clone(), sc.iteration);
+        if let Some(reason) = self.cannot_run(sc) {
+            self.progress
+                .line(&format!("scenario {name} #{it}: skipped: {reason}"));
+            let mut checked: Vec<InvariantName> = Vec::new();
+            for st in &sc.steps {
+                if let PlannedStep::Check { invariants } = st {
+                    for i in invariants {
+                        if !checked.contains(i) {
+                            checked.push(*i);
+                        }
+                    }
+                }
+            }
+            for invariant in checked {
+                ev.push(Event::Verdict {
+                    scenario: name.clone(),
+                    iteration: it,
+                    invariant,
+                    judgement: Judgement::skipped(reason.clone()),
+                    ms: 0,
+                });
+            }
+            return Outcome::Completed;
+        }
         let id = RunId::fresh();
         let marker = format!("dph-{id}");
         self.progress.line(&format!(

@@ -19,6 +19,8 @@ use crate::node::Node;
 pub struct Topology {
     pub nodes: Vec<String>,
     pub pods: Vec<PodSpec>,
+    /// The kernel each node asks for; a node not named boots the provider's default.
+    pub kernels: std::collections::BTreeMap<String, crate::kernel::KernelSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -20,13 +20,16 @@ use crate::cluster::service::ServiceState;
 use crate::cluster::Cluster;
 use crate::suite::InvariantName;
 
-/// Pass, fail or unknown, with the evidence behind it.
+/// Pass, fail or unknown, with the evidence behind it; skipped when this cluster cannot
+/// have what the invariant needs (a kernel feature, a fault its provider cannot inject):
+/// said with the reason, never counted as a pass.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Pass,
+    Skipped,
     Unknown,
     Fail,
 }
@@ -53,6 +56,13 @@ impl Judgement {
             evidence,
         }
     }
+    pub fn skipped(reason: impl Into<String>) -> Judgement {
+        Judgement {
+            verdict: Verdict::Skipped,
+            summary: reason.into(),
+            evidence: Vec::new(),
+        }
+    }
     pub fn unknown(summary: impl Into<String>) -> Judgement {
         Judgement {
             verdict: Verdict::Unknown,
@@ -62,7 +72,7 @@ impl Judgement {
     }
 }
 
-/// Worst first: fail > unknown > pass. An empty list is unknown (nothing was judged).
+/// Worst first: fail > unknown > skipped > pass. An empty list is unknown (nothing was judged).
 pub fn merge(js: &[Judgement]) -> Judgement {
     let Some(worst) = js.iter().map(|j| j.verdict).max() else {
         return Judgement::unknown("not judged");

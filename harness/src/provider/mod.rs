@@ -71,12 +71,44 @@ pub struct UpRequest<'a> {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Facts {
     pub provider: String,
-    /// `uname -r` of the nodes' kernel.
+    /// `uname -r` of the nodes' kernel; several joined by `+` when the nodes differ.
     pub kernel: String,
+    /// Each node's kernel, in topology order.
+    #[serde(default)]
+    pub nodes: Vec<NodeFacts>,
     /// "none", "kvm", "tcg", ...
     pub accelerator: String,
     /// True when all nodes run on one kernel (netns): per-kernel objects are shared.
     pub shared_kernel: bool,
+}
+
+/// One node's kernel, as the provider booted it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeFacts {
+    pub name: String,
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// The exact package it came from, when it came from one.
+    pub kernel_package: Option<crate::kernel::KernelSpec>,
+}
+
+impl Facts {
+    /// Sets `nodes` and the `kernel` summary from them.
+    pub fn set_nodes(&mut self, nodes: Vec<NodeFacts>) {
+        let mut releases: Vec<&str> = nodes.iter().map(|n| n.kernel_release.as_str()).collect();
+        releases.sort_unstable();
+        releases.dedup();
+        self.kernel = releases.join("+");
+        self.nodes = nodes;
+    }
+
+    /// node -> the exact package its kernel came from (nodes without one left out).
+    pub fn exact_kernels(&self) -> std::collections::BTreeMap<String, crate::kernel::KernelSpec> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.name.clone(), n.kernel_package.clone()?)))
+            .collect()
+    }
 }
 
 /// An invariant this provider cannot judge for real, and why. The run reports such an
@@ -131,12 +163,27 @@ pub enum ProviderError {
     },
     #[error("provider {provider}: interrupted")]
     Interrupted { provider: &'static str },
+    /// A kernel the run asks for cannot be had: bad usage, said before anything boots.
+    #[error("provider {provider}: kernel {spec}: {message}")]
+    KernelUnavailable {
+        provider: &'static str,
+        spec: String,
+        message: String,
+    },
 }
 
 /// A way to get a cluster. `Send` so a run can hand it to a cleanup path.
 pub trait Provider: Send {
     /// Its `--provider` name.
     fn name(&self) -> &'static str;
+
+    /// Gets ready for clusters of `topology` before the first is brought up (qemu: builds
+    /// or finds the node image of every kernel asked for), so that an unavailable kernel
+    /// is said at once, and each scenario's set-up time is its own.
+    fn prepare(&mut self, topology: &Topology) -> Result<(), ProviderError> {
+        let _ = topology;
+        Ok(())
+    }
 
     /// Brings up nodes and pods (network, cgroups, bpffs directories; not the datapath).
     fn up(&mut self, req: &UpRequest<'_>) -> Result<Cluster, ProviderError>;

@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Cleaned, Facts, Limitation, Provider, ProviderError, UpRequest};
+use super::{Cleaned, Facts, Limitation, NodeFacts, Provider, ProviderError, UpRequest};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, NodeNet, Pod};
 use crate::node::netns::NetnsNode;
 use crate::state::{self, State, StateFile};
@@ -32,11 +32,16 @@ const EXTERNAL_PORT: u16 = 8080;
 
 pub struct NetnsProvider {
     state: Option<StateFile>,
+    /// The nodes of the last `up`, for facts.
+    nodes: Vec<String>,
 }
 
 impl NetnsProvider {
     pub fn new() -> NetnsProvider {
-        NetnsProvider { state: None }
+        NetnsProvider {
+            state: None,
+            nodes: Vec::new(),
+        }
     }
 }
 
@@ -481,6 +486,7 @@ impl Provider for NetnsProvider {
             Path::new(state::STATE_ROOT),
         ))?;
         self.state = Some(sf.clone());
+        self.nodes = req.topology.nodes.clone();
         self.up_inner(req, &sf)
     }
 
@@ -507,12 +513,27 @@ impl Provider for NetnsProvider {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        Facts {
+        let mut facts = Facts {
             provider: NAME.into(),
-            kernel,
             accelerator: "none".into(),
             shared_kernel: true,
+            ..Facts::default()
+        };
+        // Every node is the host: its kernel, whatever the suite asked for.
+        facts.set_nodes(
+            self.nodes
+                .iter()
+                .map(|n| NodeFacts {
+                    name: n.clone(),
+                    kernel_release: kernel.clone(),
+                    kernel_package: None,
+                })
+                .collect(),
+        );
+        if self.nodes.is_empty() {
+            facts.kernel = kernel;
         }
+        facts
     }
 
     fn limitations(&self) -> Vec<Limitation> {

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use crate::plan::Plan;
-use crate::provider::{Facts, Limitation};
 use crate::run::Event;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -21,26 +20,46 @@ pub struct History {
     pub wall_ms: u64,
 }
 
+impl History {
+    /// node -> the exact kernel package it ran, as the provider recorded it.
+    pub fn exact_kernels(&self) -> std::collections::BTreeMap<String, crate::kernel::KernelSpec> {
+        let nodes = self
+            .facts
+            .as_ref()
+            .and_then(|f| f.get("nodes"))
+            .and_then(|n| n.as_array())
+            .cloned()
+            .unwrap_or_default();
+        nodes
+            .iter()
+            .filter_map(|n| {
+                let name = n.get("name")?.as_str()?.to_owned();
+                let spec = n.get("kernel_package")?.as_str()?.parse().ok()?;
+                Some((name, spec))
+            })
+            .collect()
+    }
+}
+
 pub fn write(
     path: &Path,
     plan: &Plan,
-    facts: &Facts,
-    limits: &[Limitation],
-    events: &[Event],
+    replay: &str,
+    result: &crate::run::RunResult,
     outcome: &str,
-    wall_ms: u64,
 ) -> std::io::Result<()> {
     let h = History {
         plan: plan.clone(),
-        replay: plan.replay_command(),
-        facts: serde_json::to_value(facts).ok(),
-        limitations: limits
+        replay: replay.to_owned(),
+        facts: serde_json::to_value(&result.facts).ok(),
+        limitations: result
+            .limitations
             .iter()
             .filter_map(|l| serde_json::to_value(l).ok())
             .collect(),
-        events: events.to_vec(),
+        events: result.events.clone(),
         outcome: outcome.to_string(),
-        wall_ms,
+        wall_ms: result.wall.as_millis() as u64,
     };
     let data = serde_json::to_vec_pretty(&h).map_err(std::io::Error::other)?;
     std::fs::write(path, data)

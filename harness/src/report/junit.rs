@@ -1,10 +1,14 @@
-//! JUnit XML (quick-junit): one testsuite per run, one testcase per scenario x invariant;
-//! properties seed, provider, kernel, datapath variant. A scenario repeated N times gives
+//! JUnit XML (quick-junit): one testsuite per run, one testcase per scenario x invariant.
+//! The testsuite's name carries the suite, provider, kernel and datapath variant, so that
+//! the cells of a matrix stay apart on a dashboard (`sock-lb [qemu 6.1.0-57-amd64]`);
+//! properties give the seed, every node's kernel and package, the accelerator, the
+//! replay line, the run's report directory and the user's `--junit-property`s. A scenario repeated N times gives
 //! one testcase whose earlier failing iterations are rerun failures; a pass after a
 //! failure is marked flaky (the exit status still says an invariant failed). Unknown is
 //! an error (the harness could not judge). A set-up failure is its own testcase.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use quick_junit::{
@@ -16,19 +20,66 @@ use crate::plan::Plan;
 use crate::provider::{Facts, Limitation};
 use crate::run::Event;
 
-pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]) -> Report {
-    let mut suite = TestSuite::new(format!("harness.{}", plan.suite));
+/// Where and when the run happened.
+#[derive(Debug, Clone)]
+pub struct RunMeta {
+    pub run_dir: PathBuf,
+    /// The command that runs it again ([`Plan::replay_command`]).
+    pub replay: String,
+    pub started: chrono::DateTime<chrono::FixedOffset>,
+}
+
+/// `sock-lb [qemu 6.1.0-57-amd64]`, `sock-lb [qemu 5.10.0-32-amd64+6.1.0-57-amd64, mutant
+/// stale-cgroup-prog]`: one name per cell of a matrix.
+pub fn suite_name(plan: &Plan, facts: &Facts) -> String {
+    let mut cell = vec![plan.provider.clone()];
+    if !facts.kernel.is_empty() {
+        cell[0] = format!("{} {}", plan.provider, facts.kernel);
+    }
+    if let Some(m) = &plan.mutant {
+        cell.push(format!("mutant {m}"));
+    }
+    format!("{} [{}]", plan.suite, cell.join(", "))
+}
+
+pub fn build(
+    plan: &Plan,
+    facts: &Facts,
+    limits: &[Limitation],
+    events: &[Event],
+    meta: &RunMeta,
+) -> Report {
+    let mut suite = TestSuite::new(suite_name(plan, facts));
+    suite.set_timestamp(meta.started);
     suite.add_properties([
         Property::new("seed", plan.seed.to_string()),
         Property::new("provider", plan.provider.clone()),
         Property::new("kernel", facts.kernel.clone()),
+    ]);
+    for n in &facts.nodes {
+        suite.add_property(Property::new(
+            format!("kernel.{}", n.name),
+            n.kernel_release.clone(),
+        ));
+        if let Some(p) = &n.kernel_package {
+            suite.add_property(Property::new(
+                format!("kernel-package.{}", n.name),
+                p.to_string(),
+            ));
+        }
+    }
+    suite.add_properties([
         Property::new("accelerator", facts.accelerator.clone()),
         Property::new(
             "datapath-variant",
             plan.mutant.clone().unwrap_or_else(|| "correct".into()),
         ),
-        Property::new("replay", plan.replay_command()),
+        Property::new("replay", meta.replay.clone()),
+        Property::new("report-dir", meta.run_dir.display().to_string()),
     ]);
+    for (k, v) in &plan.junit_properties {
+        suite.add_property(Property::new(k.clone(), v.clone()));
+    }
     // (scenario, invariant) -> iteration -> (judgements, ms)
     let mut cases: BTreeMap<(String, String), PerIteration> = BTreeMap::new();
     let mut setup: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
@@ -96,7 +147,7 @@ pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]
                 .unwrap_or((0, Judgement::unknown("not judged"), 0));
         let earlier: Vec<TestRerun> = runs[..runs.len().saturating_sub(1)]
             .iter()
-            .filter(|r| r.1.verdict != Verdict::Pass)
+            .filter(|r| !matches!(r.1.verdict, Verdict::Pass | Verdict::Skipped))
             .map(|(i, j, ms)| {
                 let mut r = TestRerun::new(kind(j.verdict));
                 r.set_type(format!("{:?}", j.verdict).to_lowercase())
@@ -109,6 +160,10 @@ pub fn build(plan: &Plan, facts: &Facts, limits: &[Limitation], events: &[Event]
             TestCaseStatus::Success {
                 flaky_runs: earlier,
             }
+        } else if last.verdict == Verdict::Skipped {
+            let mut s = TestCaseStatus::skipped();
+            s.set_message(format!("{inv}: {}", last.summary));
+            s
         } else {
             let mut s = TestCaseStatus::non_success(kind(last.verdict));
             s.set_type(format!("{:?}", last.verdict).to_lowercase())

@@ -284,6 +284,12 @@ impl Suite {
                     })
                 })
                 .collect(),
+            kernels: self
+                .topology
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.name.clone(), n.kernel.clone()?)))
+                .collect(),
         }
     }
 }

@@ -351,6 +351,7 @@ fn the_provider_brings_up_vm_nodes_with_pods_and_takes_them_down() {
                 node: "node-b".into(),
             },
         ],
+        kernels: Default::default(),
     };
     // Any host binaries do: the guest sees the host's root.
     let binaries = Binaries {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use super::*;
 use crate::invariant::Judgement;
 use crate::plan::Plan;
+use crate::provider::NodeFacts;
 use crate::suite::InvariantName;
 
 fn plan() -> Plan {
@@ -15,6 +16,10 @@ fn plan() -> Plan {
         provider: "netns".into(),
         mutant: Some("stale-cgroup-prog".into()),
         repeat: None,
+        kernels: Default::default(),
+        kernel_args: Vec::new(),
+        junit_properties: Vec::new(),
+        reports_dir: None,
         scenarios: Vec::new(),
     }
 }
@@ -78,17 +83,30 @@ fn events() -> Vec<Event> {
 }
 
 fn xml() -> String {
-    let facts = Facts {
+    let mut facts = Facts {
         provider: "netns".into(),
-        kernel: "6.18.0".into(),
         accelerator: "none".into(),
         shared_kernel: true,
+        ..Facts::default()
     };
+    facts.set_nodes(vec![NodeFacts {
+        name: "node-a".into(),
+        kernel_release: "6.18.0".into(),
+        kernel_package: None,
+    }]);
     let limits = vec![Limitation {
         invariant: "no-orphan-bpf-objects",
         reason: "shared kernel".into(),
     }];
-    to_xml(&build(&plan(), &facts, &limits, &events())).expect("serializes")
+    to_xml(&build(&plan(), &facts, &limits, &events(), &meta())).expect("serializes")
+}
+
+fn meta() -> RunMeta {
+    RunMeta {
+        run_dir: "/work/reports/sock-lb-5-abc".into(),
+        replay: "harness suite /work/suites/sock-lb.yaml --provider netns --seed 5".into(),
+        started: chrono::DateTime::parse_from_rfc3339("2026-12-06T10:00:00+00:00").expect("a time"),
+    }
 }
 
 fn golden() -> PathBuf {
@@ -136,7 +154,7 @@ fn a_pass_with_evidence_shows_it_in_system_out() {
         v(1, InvariantName::PayloadLiveness, pass),
         v(1, InvariantName::ServiceConnectivity, Judgement::pass("ok")),
     ];
-    let x = to_xml(&build(&plan(), &Facts::default(), &[], &events)).expect("serializes");
+    let x = to_xml(&build(&plan(), &Facts::default(), &[], &events, &meta())).expect("serializes");
     assert!(
         x.contains("<system-out>iteration 1: node-a: 100 requests answered\nnode node-a: dp_accel_stats during the probes: redirected +200</system-out>"),
         "{x}"
