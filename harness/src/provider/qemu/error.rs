@@ -152,6 +152,12 @@ pub enum QemuError {
         path: PathBuf,
         shared: Option<PathBuf>,
     },
+    #[error("a cluster needs at least one node")]
+    NoNodes,
+    /// The image builder could not have this kernel (exit status 2: not served, not a
+    /// kernel package); its message says what was tried and what exists.
+    #[error("{message}")]
+    KernelUnavailable { spec: String, message: String },
     #[error("interrupted while booting")]
     Interrupted,
 

@@ -5,6 +5,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use super::error::{tail, QemuError, Result};
+use crate::kernel::KernelSpec;
 
 /// A built node image (see images/README.md).
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct NodeImage {
     pub kernel_release: String,
     /// Where the kernel came from: `package=version` or a path.
     pub kernel_source: String,
+    /// The exact Debian package the kernel came from, when it came from one.
+    pub kernel_package: Option<KernelSpec>,
 }
 
 /// What an image was built from: the kernel and module tree given, if any.
@@ -32,6 +35,37 @@ pub fn builder_script() -> PathBuf {
 }
 
 impl NodeImage {
+    /// The image of the kernel `spec` (built, or found in the cache), once per process.
+    pub fn for_kernel(spec: &KernelSpec) -> Result<Self> {
+        static BUILT: Mutex<Vec<(KernelSpec, NodeImage)>> = Mutex::new(Vec::new());
+        let mut built = BUILT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, image)) = built
+            .iter()
+            .find(|(k, img)| k == spec && img.vmlinux.exists())
+        {
+            return Ok(image.clone());
+        }
+        let image = Self::run_builder_with(&[
+            std::ffi::OsString::from("--kernel"),
+            std::ffi::OsString::from(spec.to_string()),
+        ])
+        .map_err(|e| match e {
+            QemuError::ImageBuild {
+                status,
+                stderr_tail,
+                ..
+            } if status.contains("exit status: 2") => QemuError::KernelUnavailable {
+                spec: spec.to_string(),
+                message: stderr_tail,
+            },
+            other => other,
+        })?;
+        built.push((spec.clone(), image.clone()));
+        Ok(image)
+    }
+
     /// Builds the image (or finds it in the cache): Debian's kernel by default, or the
     /// kernel at `kernel` (a .deb, a bzImage or a vmlinux) with its `modules` tree.
     pub fn build(kernel: Option<&Path>, modules: Option<&Path>) -> Result<Self> {
@@ -54,20 +88,26 @@ impl NodeImage {
     }
 
     fn run_builder(kernel: Option<&Path>, modules: Option<&Path>) -> Result<Self> {
+        let mut args = Vec::new();
+        if let Some(k) = kernel {
+            if !k.is_file() {
+                return Err(QemuError::KernelMissing { path: k.to_owned() });
+            }
+            args.extend(["--kernel".into(), k.as_os_str().to_owned()]);
+        }
+        if let Some(m) = modules {
+            args.extend(["--modules".into(), m.as_os_str().to_owned()]);
+        }
+        Self::run_builder_with(&args)
+    }
+
+    fn run_builder_with(args: &[std::ffi::OsString]) -> Result<Self> {
         let script = builder_script();
         if !script.is_file() {
             return Err(QemuError::ImageBuilderMissing { path: script });
         }
         let mut cmd = Command::new(&script);
-        if let Some(k) = kernel {
-            if !k.is_file() {
-                return Err(QemuError::KernelMissing { path: k.to_owned() });
-            }
-            cmd.arg("--kernel").arg(k);
-        }
-        if let Some(m) = modules {
-            cmd.arg("--modules").arg(m);
-        }
+        cmd.args(args);
         let out = cmd.output().map_err(|source| QemuError::Spawn {
             command: script.display().to_string(),
             source,
@@ -121,13 +161,19 @@ impl NodeImage {
                 .to_owned()
         };
         let kernel_release = field("kernel_release");
+        let kernel_source = field("kernel_source");
+        let kernel_package = kernel_source
+            .parse::<KernelSpec>()
+            .ok()
+            .filter(|k| matches!(k, KernelSpec::Package { .. }));
         let modules = dir.join("modules").join(&kernel_release);
         Ok(Self {
             dir: dir.to_owned(),
             vmlinux,
             initramfs,
             modules: modules.is_dir().then_some(modules),
-            kernel_source: field("kernel_source"),
+            kernel_source,
+            kernel_package,
             kernel_release,
         })
     }

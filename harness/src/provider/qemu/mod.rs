@@ -31,11 +31,14 @@ pub mod vm;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::kernel::KernelSpec;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use error::{QemuError, Result};
@@ -71,6 +74,8 @@ pub struct QemuConfig {
     pub kernel: Option<PathBuf>,
     /// The module tree for a `kernel` given as bzImage or vmlinux.
     pub modules: Option<PathBuf>,
+    /// Nodes that boot their own kernel instead of `kernel`/`image` (by node name).
+    pub node_kernels: BTreeMap<String, KernelSpec>,
     /// A prebuilt image directory; skips the builder.
     pub image: Option<PathBuf>,
     /// The host directory holding the binaries the nodes run (datapathd, dp-probe,
@@ -103,6 +108,7 @@ impl QemuConfig {
             cpus: 1,
             kernel: None,
             modules: None,
+            node_kernels: BTreeMap::new(),
             image: None,
             bin_dir: None,
             artifacts_dir: artifacts_dir.to_owned(),
@@ -135,6 +141,8 @@ pub struct VmNode {
     pub boot_time: Duration,
     /// QEMU start to an established SSH session.
     pub ready_time: Duration,
+    /// What it boots.
+    pub image: NodeImage,
     spec: VmSpec,
     child: Option<Child>,
     started: Instant,
@@ -164,7 +172,11 @@ impl VmNode {
 pub struct QemuCluster {
     pub run_id: String,
     pub accel: AccelDecision,
+    /// The first node's image (each node has its own, [`VmNode::image`]); the
+    /// accelerator is probed with it.
     pub image: NodeImage,
+    /// Each node's image, in node order, until [`QemuCluster::start`] hands them out.
+    images: Vec<NodeImage>,
     pub state_dir: PathBuf,
     pub artifacts_dir: PathBuf,
     nodes: Vec<VmNode>,
@@ -206,6 +218,32 @@ pub const GUEST_BIN_SHARE: &str = "/run/dp/bin";
 pub fn guest_sees(host_path: &Path) -> bool {
     let text = host_path.to_string_lossy();
     !GUEST_HIDDEN.iter().any(|p| text.starts_with(p))
+}
+
+/// Each node's image, in node order: its own kernel's, else the cluster's default (the
+/// prebuilt `image`, else one built from `kernel`), built only when some node needs it.
+fn node_images(config: &QemuConfig) -> Result<Vec<NodeImage>> {
+    let mut default: Option<NodeImage> = None;
+    let mut images = Vec::new();
+    for name in &config.nodes {
+        let image = match config.node_kernels.get(name) {
+            Some(spec) => NodeImage::for_kernel(spec)?,
+            None => match &default {
+                Some(i) => i.clone(),
+                None => {
+                    let i = match &config.image {
+                        Some(dir) => NodeImage::open(dir)?,
+                        None => {
+                            NodeImage::build(config.kernel.as_deref(), config.modules.as_deref())?
+                        }
+                    };
+                    default.insert(i).clone()
+                }
+            },
+        };
+        images.push(image);
+    }
+    Ok(images)
 }
 
 /// The user's cache directory for the harness.
@@ -270,9 +308,9 @@ impl QemuCluster {
         require_tool("ssh", "install openssh-client")?;
         require_tool("ssh-keygen", "install openssh-client")?;
         require_tool("dropbearkey", "install dropbear-bin (ci/setup does)")?;
-        let image = match &config.image {
-            Some(dir) => NodeImage::open(dir)?,
-            None => NodeImage::build(config.kernel.as_deref(), config.modules.as_deref())?,
+        let images = node_images(config)?;
+        let Some(image) = images.first().cloned() else {
+            return Err(QemuError::NoNodes);
         };
         let bin_dir = config
             .bin_dir
@@ -297,6 +335,7 @@ impl QemuCluster {
                 reason: String::new(),
             },
             image,
+            images,
             state_dir: state_dir.clone(),
             artifacts_dir: config.artifacts_dir.clone(),
             nodes: Vec::new(),
@@ -345,10 +384,15 @@ impl QemuCluster {
             .enumerate()
             .map(|(i, n)| format!("{}.{}.{}.{} {n}\\n", base[0], base[1], base[2], 11 + i))
             .collect();
-        let image_gz = std::fs::read(&self.image.initramfs)
-            .map_err(io_err("reading", &self.image.initramfs))?;
-
-        for (i, name) in config.nodes.iter().enumerate() {
+        let mut initramfs: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+        let images = std::mem::take(&mut self.images);
+        for (i, (name, image)) in config.nodes.iter().zip(images).enumerate() {
+            if !initramfs.contains_key(&image.initramfs) {
+                let data =
+                    std::fs::read(&image.initramfs).map_err(io_err("reading", &image.initramfs))?;
+                initramfs.insert(image.initramfs.clone(), data);
+            }
+            let image_gz = &initramfs[&image.initramfs];
             let cluster_ip = Ipv4Addr::new(base[0], base[1], base[2], 11 + i as u8);
             let hostkey = sd.join(format!("{name}.hostkey"));
             net::run(
@@ -371,8 +415,7 @@ impl QemuCluster {
 
             let mgmt_mac = format!("52:54:00:d0:{:02x}:{:02x}", i / 256, i % 256);
             let cluster_mac = format!("52:54:00:d1:{:02x}:{:02x}", i / 256, i % 256);
-            let modules = self
-                .image
+            let modules = image
                 .modules
                 .as_ref()
                 .map(|p| p.display().to_string())
@@ -402,7 +445,7 @@ impl QemuCluster {
             // The uncompressed per-VM cpio goes first: after the gzipped one, the
             // kernel rejects it.
             let mut initrd = a.finish();
-            initrd.extend_from_slice(&image_gz);
+            initrd.extend_from_slice(image_gz);
             let initrd_path = sd.join(format!("{name}.initrd"));
             std::fs::write(&initrd_path, initrd).map_err(io_err("writing", &initrd_path))?;
 
@@ -432,7 +475,7 @@ impl QemuCluster {
                 _ => vm::free_port()?,
             };
             let started = Instant::now();
-            let child = vm::spawn(&config.qemu_binary, &self.image, &spec, port)?;
+            let child = vm::spawn(&config.qemu_binary, &image, &spec, port)?;
             let pid_path = sd.join(format!("{name}.pid"));
             std::fs::write(&pid_path, format!("{}\n", child.id()))
                 .map_err(io_err("writing", &pid_path))?;
@@ -447,6 +490,7 @@ impl QemuCluster {
                 tap,
                 boot_time: Duration::ZERO,
                 ready_time: Duration::ZERO,
+                image,
                 spec,
                 child: Some(child),
                 started,
@@ -519,7 +563,7 @@ impl QemuCluster {
                         node.started = Instant::now();
                         node.child = Some(vm::spawn(
                             &config.qemu_binary,
-                            &self.image,
+                            &node.image,
                             &node.spec,
                             node.ssh_port,
                         )?);

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{clean_leftovers, QemuCluster, QemuConfig, QemuError};
-use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod};
+use super::{clean_leftovers, NodeImage, QemuCluster, QemuConfig, QemuError};
+use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod, Topology};
 use crate::node::ssh::SshNode;
 use crate::node::Node;
-use crate::provider::{Cleaned, Facts, Limitation, Provider, ProviderError, UpRequest};
+use crate::provider::{Cleaned, Facts, Limitation, NodeFacts, Provider, ProviderError, UpRequest};
 
 const NAME: &str = "qemu";
 /// The cgroup the node's datapath attaches to: the VM's root cgroup, as in production.
@@ -67,6 +67,11 @@ fn provider_error(e: QemuError, what: &str) -> ProviderError {
             hint: hint.into(),
         },
         QemuError::Interrupted => ProviderError::Interrupted { provider: NAME },
+        QemuError::KernelUnavailable { spec, message } => ProviderError::KernelUnavailable {
+            provider: NAME,
+            spec,
+            message,
+        },
         other => ProviderError::Other {
             provider: NAME,
             what: what.to_owned(),
@@ -88,17 +93,43 @@ impl Provider for QemuProvider {
         NAME
     }
 
+    fn prepare(&mut self, topology: &Topology) -> Result<(), ProviderError> {
+        for spec in topology.kernels.values() {
+            NodeImage::for_kernel(spec).map_err(|e| provider_error(e, "building a node image"))?;
+        }
+        if topology
+            .nodes
+            .iter()
+            .any(|n| !topology.kernels.contains_key(n))
+        {
+            NodeImage::build(self.kernel.as_deref(), None)
+                .map_err(|e| provider_error(e, "building the node image"))?;
+        }
+        Ok(())
+    }
+
     fn up(&mut self, req: &UpRequest<'_>) -> Result<Cluster, ProviderError> {
         let names: Vec<&str> = req.topology.nodes.iter().map(String::as_str).collect();
         let mut config = QemuConfig::new(&names, &req.run_dir.join("qemu"));
         config.run_id = Some(req.run_id.as_str().to_owned());
         config.kernel = self.kernel.clone();
+        config.node_kernels = req.topology.kernels.clone();
         // Every binary the nodes run lies in one directory (cli::binaries), shared with
         // the guests.
         config.bin_dir = req.binaries.datapathd.parent().map(Path::to_owned);
         let cluster = QemuCluster::boot_cancellable(&config, &|| req.cancel.is_cancelled())
             .map_err(|e| provider_error(e, "booting the VMs"))?;
-        self.facts.kernel = cluster.image.kernel_release.clone();
+        self.facts.set_nodes(
+            cluster
+                .nodes()
+                .iter()
+                .map(|vm| NodeFacts {
+                    name: vm.name.clone(),
+                    kernel_release: vm.image.kernel_release.clone(),
+                    kernel_package: vm.image.kernel_package.clone(),
+                })
+                .collect(),
+        );
         self.facts.accelerator = cluster.accel.accel.name().to_owned();
         let cluster = self.cluster.insert(cluster);
         if req.cancel.is_cancelled() {
