@@ -11,7 +11,7 @@ use crate::cluster::workload::{self, Server};
 use crate::cluster::{in_parallel, in_parallel_mut, Binaries, Cluster, ClusterNode};
 use crate::invariant::{self, host_clean, Judgement, Verdict};
 use crate::node::NodeError;
-use crate::observe::{bpf, host};
+use crate::observe::{bpf, features, host};
 use crate::plan::{Plan, PlannedStep};
 use crate::provider::{Provider, RunId, UpRequest};
 use crate::report::{artifacts, progress::Progress};
@@ -148,6 +148,35 @@ fn push_unique<T>(v: &mut Vec<T>, x: T, key: impl Fn(&T) -> u32) {
     if !v.iter().any(|y| key(y) == key(&x)) {
         v.push(x);
     }
+}
+
+/// What the nodes' kernels lack of `needs`, one line per node that lacks something. A
+/// node whose features could not be probed is judged anyway (its probe error is in the
+/// progress output): skipping on an unknown would hide a failure.
+fn lacking(
+    cluster: &Cluster,
+    features: &[Result<features::KernelFeatures, String>],
+    needs: &[features::KernelNeed],
+) -> Vec<String> {
+    cluster
+        .nodes
+        .iter()
+        .zip(features)
+        .filter_map(|(cn, f)| {
+            let missing = f.as_ref().ok()?.missing(needs);
+            (!missing.is_empty()).then(|| {
+                format!(
+                    "node {}'s kernel lacks {}",
+                    cn.name(),
+                    missing
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        })
+        .collect()
 }
 
 /// How the whole run ended.
@@ -568,12 +597,33 @@ impl Runner<'_> {
             }
             PlannedStep::Check { invariants } => {
                 let mut detail = Vec::new();
-                for inv in invariants {
+                let checks: Vec<_> = invariants.iter().map(|i| invariant::by_name(*i)).collect();
+                let features = if checks.iter().flatten().any(|c| !c.needs().is_empty()) {
+                    in_parallel(&live.cluster.nodes, |cn| {
+                        features::of(cn.node.as_ref()).map_err(|e| chain(&e))
+                    })
+                } else {
+                    Vec::new()
+                };
+                for (cn, f) in live.cluster.nodes.iter().zip(&features) {
+                    if let Err(e) = f {
+                        detail.push(format!(
+                            "{}: kernel features unknown ({e}): every invariant judged",
+                            cn.name()
+                        ));
+                    }
+                }
+                for (inv, check) in invariants.iter().zip(checks) {
                     if self.cancel.is_cancelled() {
                         break;
                     }
                     let t = Instant::now();
-                    let j = match invariant::by_name(*inv) {
+                    let lacking = check
+                        .as_ref()
+                        .map(|c| lacking(&live.cluster, &features, c.needs()))
+                        .unwrap_or_default();
+                    let j = match check {
+                        _ if !lacking.is_empty() => Judgement::skipped(lacking.join("; ")),
                         Some(c) => c.check(&invariant::Context {
                             cluster: &live.cluster,
                             services: &live.services,

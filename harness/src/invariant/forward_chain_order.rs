@@ -8,6 +8,7 @@
 //! kube-proxy inserts) removed another component's rule.
 
 use super::{Context, Invariant, Judgement};
+use crate::observe::features::KernelNeed;
 use crate::observe::iptables::Save;
 use crate::suite::InvariantName;
 
@@ -57,6 +58,11 @@ pub fn judge(node: &str, save: &Save) -> Judgement {
 impl Invariant for ForwardChainOrder {
     fn name(&self) -> InvariantName {
         InvariantName::ForwardChainOrder
+    }
+
+    /// The datapath with its DP_FORWARD chain runs only where its tc masquerade loads.
+    fn needs(&self) -> &'static [KernelNeed] {
+        &[KernelNeed::ProgType("sched_cls")]
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

@@ -99,6 +99,11 @@ pub struct Context<'a> {
 
 pub trait Invariant {
     fn name(&self) -> InvariantName;
+    /// What it needs from every node's kernel; a node that lacks it makes the verdict
+    /// Skipped with the reason (observe::features).
+    fn needs(&self) -> &'static [crate::observe::features::KernelNeed] {
+        &[]
+    }
     /// Observes and judges. Errors while observing become Unknown.
     fn check(&self, ctx: &Context<'_>) -> Judgement;
 }

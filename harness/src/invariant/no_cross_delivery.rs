@@ -11,6 +11,7 @@ use std::net::SocketAddrV4;
 
 use super::{merge, per_node, Context, Invariant, Judgement};
 use crate::cluster::ClusterNode;
+use crate::observe::features::KernelNeed;
 use crate::observe::sockhash::{self as obs, Scope};
 use crate::suite::InvariantName;
 
@@ -23,6 +24,17 @@ pub struct NoCrossDelivery;
 impl Invariant for NoCrossDelivery {
     fn name(&self) -> InvariantName {
         InvariantName::NoCrossDelivery
+    }
+
+    /// Socket acceleration is sock_ops inserting into a sockhash and sk_msg redirecting.
+    fn needs(&self) -> &'static [KernelNeed] {
+        &[
+            KernelNeed::ProgType("sock_ops"),
+            KernelNeed::ProgType("sk_msg"),
+            KernelNeed::MapType("sockhash"),
+            KernelNeed::Helper("sock_ops", "bpf_sock_hash_update"),
+            KernelNeed::Helper("sk_msg", "bpf_msg_redirect_hash"),
+        ]
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

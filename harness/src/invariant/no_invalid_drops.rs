@@ -9,6 +9,7 @@ use super::forward_chain_order::KUBE_FORWARD;
 use super::pod_to_external::{self, ATTEMPTS};
 use super::{merge, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
+use crate::observe::features::KernelNeed;
 use crate::observe::iptables::{self, filter_section, Save};
 use crate::suite::InvariantName;
 
@@ -42,6 +43,11 @@ pub fn judge(node: &str, before: (&str, &Save), after: (&str, &Save)) -> Judgeme
 impl Invariant for NoInvalidDrops {
     fn name(&self) -> InvariantName {
         InvariantName::NoInvalidDrops
+    }
+
+    /// The INVALID drops come from the BPF masquerade bypassing conntrack.
+    fn needs(&self) -> &'static [KernelNeed] {
+        &[KernelNeed::ProgType("sched_cls")]
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{merge, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
 use crate::observe::bpf::{self, Attached, Kernel, PREFIX};
+use crate::observe::features::KernelNeed;
 use crate::suite::InvariantName;
 
 pub struct NoOrphanBpfObjects;
@@ -100,6 +101,11 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judg
 impl Invariant for NoOrphanBpfObjects {
     fn name(&self) -> InvariantName {
         InvariantName::NoOrphanBpfObjects
+    }
+
+    /// The objects judged are those socket-LB loads.
+    fn needs(&self) -> &'static [KernelNeed] {
+        &[KernelNeed::ProgType("cgroup_sock_addr")]
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

@@ -4,6 +4,7 @@
 use super::{merge, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
 use crate::observe::bpf::{self, Attached, Link, PREFIX};
+use crate::observe::features::KernelNeed;
 use crate::suite::InvariantName;
 
 /// (hook, bpftool's attach type)
@@ -59,6 +60,11 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], links: &[Link]) -> 
 impl Invariant for OneProgramPerHook {
     fn name(&self) -> InvariantName {
         InvariantName::OneProgramPerHook
+    }
+
+    /// The hooks judged are cgroup sock_addr hooks.
+    fn needs(&self) -> &'static [KernelNeed] {
+        &[KernelNeed::ProgType("cgroup_sock_addr")]
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::{merge, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
 use crate::cluster::{ExternalHost, Pod};
+use crate::observe::features::KernelNeed;
 use crate::suite::InvariantName;
 
 pub const ATTEMPTS: u32 = 3;
@@ -155,6 +156,15 @@ pub fn probe(
 impl Invariant for PodToExternal {
     fn name(&self) -> InvariantName {
         InvariantName::PodToExternal
+    }
+
+    /// Pod traffic leaves through the BPF masquerade (tc), replies come back by redirect_neigh.
+    fn needs(&self) -> &'static [KernelNeed] {
+        &[
+            KernelNeed::ProgType("sched_cls"),
+            KernelNeed::Helper("sched_cls", "bpf_l4_csum_replace"),
+            KernelNeed::Helper("sched_cls", "bpf_redirect_neigh"),
+        ]
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

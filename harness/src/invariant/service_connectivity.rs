@@ -9,6 +9,7 @@ use super::{merge, Context, Invariant, Judgement};
 use crate::cluster::service::ServiceState;
 use crate::cluster::{in_parallel, ClusterNode, Pod};
 use crate::node::Exit;
+use crate::observe::features::KernelNeed;
 use crate::suite::InvariantName;
 
 /// Attempts per pod and service: several, because TCP picks a random slot.
@@ -150,6 +151,11 @@ pub fn probe_all(
 impl Invariant for ServiceConnectivity {
     fn name(&self) -> InvariantName {
         InvariantName::ServiceConnectivity
+    }
+
+    /// Socket-LB rewrites connect()/sendmsg() in cgroup sock_addr programs.
+    fn needs(&self) -> &'static [KernelNeed] {
+        &[KernelNeed::ProgType("cgroup_sock_addr")]
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

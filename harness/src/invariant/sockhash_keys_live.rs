@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use super::{merge, per_node, Context, Invariant, Judgement, Verdict};
 use crate::cluster::ClusterNode;
 use crate::node::{Process, SpawnSpec};
+use crate::observe::features::KernelNeed;
 use crate::observe::sockhash::{self as obs, Scope, Target};
 use crate::suite::InvariantName;
 
@@ -119,6 +120,17 @@ pub fn judge_in_map(
 impl Invariant for SockhashKeysLive {
     fn name(&self) -> InvariantName {
         InvariantName::SockhashKeysLive
+    }
+
+    /// Socket acceleration is sock_ops inserting into a sockhash and sk_msg redirecting.
+    fn needs(&self) -> &'static [KernelNeed] {
+        &[
+            KernelNeed::ProgType("sock_ops"),
+            KernelNeed::ProgType("sk_msg"),
+            KernelNeed::MapType("sockhash"),
+            KernelNeed::Helper("sock_ops", "bpf_sock_hash_update"),
+            KernelNeed::Helper("sk_msg", "bpf_msg_redirect_hash"),
+        ]
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

@@ -3,6 +3,7 @@
 //! `status --json` is only ever a cross-check.
 
 pub mod bpf;
+pub mod features;
 pub mod host;
 pub mod iptables;
 pub mod sockhash;
