@@ -598,4 +598,51 @@ mod tests {
             .ends_with("--seed 7 --repeat 3 --datapath-mutant stale-cgroup-prog"));
         let _ = Path::new("");
     }
+
+    #[test]
+    fn kernels_apply_to_every_node_then_per_node_and_the_replay_pins_exact_packages() {
+        let s = sock_lb();
+        let mut p = plan(&s, "/a b/sock-lb.yaml".into(), 7, "qemu", None, None);
+        let args: Vec<KernelArg> = ["6.1", "node-b:5.10"]
+            .iter()
+            .map(|a| a.parse().expect("arg"))
+            .collect();
+        p.set_kernels(&s, &args).expect("known nodes");
+        let k = |n: &str| p.kernels.get(n).map(ToString::to_string);
+        assert_eq!(k("node-a").as_deref(), Some("6.1"));
+        assert_eq!(k("node-b").as_deref(), Some("5.10"));
+        assert_eq!(k("node-c").as_deref(), Some("6.1"));
+        let e = p
+            .set_kernels(&s, &["node-x:6.1".parse().expect("arg")])
+            .expect_err("no such node");
+        assert!(e.contains("node-x") && e.contains("node-a"), "{e}");
+
+        let asked = p.replay_command(&BTreeMap::new());
+        assert!(asked.contains(" '/a b/sock-lb.yaml' "), "{asked}");
+        assert!(
+            asked.ends_with("--kernel 6.1 --kernel node-b:5.10"),
+            "{asked}"
+        );
+        let pkg = |v: &str| -> KernelSpec { v.parse().expect("package") };
+        let same: BTreeMap<String, KernelSpec> = ["node-a", "node-b"]
+            .iter()
+            .map(|n| (n.to_string(), pkg("linux-image-6.1.0-57-amd64=6.1.192-3")))
+            .collect();
+        assert!(p
+            .replay_command(&same)
+            .ends_with("--kernel 'linux-image-6.1.0-57-amd64=6.1.192-3'"));
+        let mut mixed = same.clone();
+        mixed.insert(
+            "node-b".into(),
+            pkg("linux-image-5.10.0-32-amd64=5.10.223-1"),
+        );
+        let r = p.replay_command(&mixed);
+        assert!(
+            r.ends_with(
+                "--kernel 'node-a:linux-image-6.1.0-57-amd64=6.1.192-3' \
+                 --kernel 'node-b:linux-image-5.10.0-32-amd64=5.10.223-1'"
+            ),
+            "{r}"
+        );
+    }
 }

@@ -226,3 +226,26 @@ fn sockhash_invariants_need_an_accelerated_deploy() {
         "{e}"
     );
 }
+
+#[test]
+fn a_node_may_name_its_kernel_and_a_wrong_one_is_located() {
+    let s = Suite::parse(
+        Path::new("t.yaml"),
+        &GOOD.replace(
+            "    - name: node-a\n",
+            "    - name: node-a\n      kernel: \"5.10\"\n",
+        ),
+    )
+    .expect("parses");
+    assert_eq!(
+        s.topology().kernels.get("node-a").map(ToString::to_string),
+        Some("5.10".to_owned())
+    );
+    let e = err(&GOOD.replace(
+        "    - name: node-a\n",
+        "    - name: node-a\n      kernel: 4.x\n",
+    ));
+    assert!(e.contains("t.yaml:"), "{e}");
+    assert!(e.contains("topology.nodes[0].kernel"), "{e}");
+    assert!(e.contains("Debian kernel series"), "{e}");
+}
