@@ -55,6 +55,16 @@ pub enum Command {
         /// Only this provider's leftovers (default: every provider's).
         #[arg(long)]
         provider: Option<String>,
+        /// Instead: prune the cached node images (least recently used first; images in
+        /// use by a run are kept).
+        #[arg(long)]
+        images: bool,
+        /// With --images: keep this many (default 4).
+        #[arg(long, requires = "images", conflicts_with = "keep_bytes")]
+        keep: Option<u32>,
+        /// With --images: keep at most this many bytes (suffixes K, M, G: 20G).
+        #[arg(long, requires = "images")]
+        keep_bytes: Option<String>,
     },
     /// Run the plan recorded in RUN_DIR/history.json again (on the exact kernel packages
     /// it ran on, unless --kernel says otherwise).
@@ -213,7 +223,13 @@ fn run(cli: Cli) -> ExitStatus {
             );
             ExitStatus::Passed
         }
-        Command::Clean { provider } => {
+        Command::Clean {
+            images: true,
+            keep,
+            keep_bytes,
+            ..
+        } => prune_images(keep, keep_bytes.as_deref()),
+        Command::Clean { provider, .. } => {
             let names: Vec<&str> = match &provider {
                 Some(p) => vec![p.as_str()],
                 None => crate::provider::PROVIDERS.to_vec(),
@@ -250,6 +266,31 @@ fn run(cli: Cli) -> ExitStatus {
                 }
             }
             status
+        }
+    }
+}
+
+/// `harness clean --images`: the image builder's own prune, which knows the cache.
+fn prune_images(keep: Option<u32>, keep_bytes: Option<&str>) -> ExitStatus {
+    let script = crate::provider::qemu::image::builder_script();
+    let mut cmd = std::process::Command::new(&script);
+    cmd.arg("--prune");
+    if let Some(n) = keep {
+        cmd.arg("--keep").arg(n.to_string());
+    }
+    if let Some(b) = keep_bytes {
+        cmd.arg("--keep-bytes").arg(b);
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => ExitStatus::Passed,
+        Ok(s) if s.code() == Some(2) => ExitStatus::BadInput,
+        Ok(s) => {
+            eprintln!("harness: error: {} --prune failed ({s})", script.display());
+            ExitStatus::HarnessError
+        }
+        Err(e) => {
+            eprintln!("harness: error: running {}: {e}", script.display());
+            ExitStatus::HarnessError
         }
     }
 }
