@@ -7,7 +7,7 @@
 //! | 1 | at least one invariant failed (the datapath is wrong) |
 //! | 2 | bad usage or a bad suite file (nothing was started) |
 //! | 3 | harness error: could not boot the cluster, deploy, inject a fault, or clean up |
-//! | 4 | inconclusive: no invariant failed, but at least one could not be judged (unknown) |
+//! | 4 | inconclusive: no invariant failed, but at least one could not be judged (unknown), or every verdict was skipped |
 //! | 130 | interrupted by SIGINT or SIGTERM (artifacts taken, cleaned up) |
 
 /// One documented exit status.
