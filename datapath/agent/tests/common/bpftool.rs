@@ -152,8 +152,11 @@ fn dump_bytes(entry: &serde_json::Value, field: &str) -> Result<Vec<u8>, String>
         .collect()
 }
 
+/// One map entry: key and value bytes.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// Every (key, value) of a pinned map, as bytes.
-pub fn try_dump_pinned(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn try_dump_pinned(path: &Path) -> Result<Vec<Entry>, String> {
     let path = path.to_str().ok_or("a map pin path that is not UTF-8")?;
     let entries: Vec<serde_json::Value> = bpftool(&["-j", "map", "dump", "pinned", path])?;
     entries
