@@ -128,7 +128,10 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
 
 fn log_problems(report: &LoadReport) {
     for p in &report.problems {
-        warn!("service file problem: {p}");
+        match p.severity {
+            services::Severity::Error => warn!("service file problem: {p}"),
+            services::Severity::Note => info!("service file note: {p}"),
+        }
     }
 }
 

@@ -1,23 +1,42 @@
-//! One file -> its YAML documents -> `Service` and `EndpointSlice` objects, each with the
-//! file and line it came from.
+//! One file -> its documents -> `Service` and `EndpointSlice` objects, each with the place
+//! (file, line, document, list item) it came from.
+//!
+//! What is read is what Kubernetes and kubectl print:
+//!
+//! | document | read as |
+//! | --- | --- |
+//! | `v1` `Service`, `discovery.k8s.io/v1` `EndpointSlice` | that object |
+//! | `v1` `List` (`kubectl get svc,endpointslices -A -o yaml` or `-o json`) | each of its `items`, by the item's own `apiVersion` and `kind` |
+//! | `v1` `ServiceList`, `discovery.k8s.io/v1` `EndpointSliceList` (the API's own lists) | each item as that kind (items there carry no `apiVersion`/`kind`) |
+//! | any other kind, or an item of another kind | skipped, with one note per document |
+//!
+//! JSON is valid YAML, so `.json` files go through the same parser. Fields the server adds
+//! (`metadata.managedFields`, `uid`, `resourceVersion`, `creationTimestamp`, `status`, ...)
+//! are parsed by k8s-openapi's types and not used.
 //!
 //! Documents are split at their `---` markers before parsing, so a broken document costs
-//! only itself: the documents after it in the same file are still read. Error locations
-//! from the parser are relative to the document and are moved back to file lines here.
+//! only itself, and a broken list item only itself. Error locations from the parser are
+//! relative to the document and are moved back to file lines here.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::Resource;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 
-use super::Problems;
+use super::{Place, Problems};
 
-/// An object and where its document starts (first line that is not blank or a comment).
+/// An object and where it was defined (for a list item: the document's first line, or
+/// the line of its error).
 #[derive(Debug, Clone)]
 pub(super) struct Located<T> {
-    pub file: PathBuf,
-    pub line: usize,
+    pub at: Place,
     pub obj: T,
 }
 
@@ -51,7 +70,7 @@ fn marker(line: &str, mark: &str) -> Option<usize> {
     (rest.is_empty() || rest.starts_with([' ', '\t'])).then_some(mark.len())
 }
 
-/// Splits a file at its document markers. Content on a `---` line (`--- # c`, `--- {a: 1}`)
+/// Splits a file at its document markers (empty documents included: see the end). Content on a `---` line (`--- # c`, `--- {a: 1}`)
 /// stays in the document it starts, with the marker blanked so columns are unchanged.
 fn split(text: &str) -> Vec<Document> {
     let mut docs = Vec::new();
@@ -92,29 +111,142 @@ fn split(text: &str) -> Vec<Document> {
         cur.text.push('\n');
     }
     docs.push(cur);
-    docs.retain(|d| d.content.is_some());
+    // What precedes the first marker is a document only if it has content; after a marker,
+    // even an empty document counts, so that document numbers match the file's `---`s.
+    if docs.first().is_some_and(|d| d.content.is_none()) {
+        docs.remove(0);
+    }
     docs
 }
 
 /// Reads every document of one file into `objects`; what cannot be read goes to `problems`.
 pub(super) fn parse_file(file: &Path, text: &str, objects: &mut Objects, problems: &mut Problems) {
-    for doc in split(text) {
-        parse_document(file, &doc, objects, problems);
+    for (i, doc) in split(text).iter().enumerate() {
+        if doc.content.is_none() {
+            continue;
+        }
+        let at = Place {
+            file: file.to_owned(),
+            line: doc.content.unwrap_or(doc.start),
+            document: i + 1,
+            item: None,
+        };
+        parse_document(&at, doc, objects, problems);
     }
 }
 
-fn parse_document(file: &Path, doc: &Document, objects: &mut Objects, problems: &mut Problems) {
-    let line = doc.content.unwrap_or(doc.start);
+/// The kinds read here; any other kind is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Service,
+    EndpointSlice,
+}
+
+impl Kind {
+    fn of(kind: &str) -> Option<Kind> {
+        match kind {
+            "Service" => Some(Kind::Service),
+            "EndpointSlice" => Some(Kind::EndpointSlice),
+            _ => None,
+        }
+    }
+}
+
+/// The lists read here: `v1` `List` (items of any kind, each saying which), or a list whose
+/// items are all of one kind.
+fn list_kind(api_version: &str, kind: &str) -> Option<Option<Kind>> {
+    match (api_version, kind) {
+        ("v1", "List") => Some(None),
+        (v, "ServiceList") if v == Service::API_VERSION => Some(Some(Kind::Service)),
+        (v, "EndpointSliceList") if v == EndpointSlice::API_VERSION => {
+            Some(Some(Kind::EndpointSlice))
+        }
+        _ => None,
+    }
+}
+
+/// Objects of other kinds seen in one document, for its one note.
+#[derive(Debug, Default)]
+struct Skipped(BTreeMap<String, usize>);
+
+impl Skipped {
+    fn add(&mut self, api_version: &str, kind: &str) {
+        *self.0.entry(format!("{kind} ({api_version})")).or_default() += 1;
+    }
+
+    fn note(self, at: &Place, problems: &mut Problems) {
+        if self.0.is_empty() {
+            return;
+        }
+        let n: usize = self.0.values().sum();
+        let kinds: Vec<String> = self
+            .0
+            .into_iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        problems.note(
+            at,
+            format!(
+                "skipped {n} object(s) that are neither a Service nor an EndpointSlice: {}",
+                kinds.join(", ")
+            ),
+        );
+    }
+}
+
+fn parse_document(at: &Place, doc: &Document, objects: &mut Objects, problems: &mut Problems) {
     let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
         Ok(v) => v,
         Err(e) => {
-            let (at, reason) = locate(&e, doc);
-            problems.push(file, at.unwrap_or(line), format!("invalid YAML: {reason}"));
+            let (line, reason) = locate(&e, doc);
+            problems.error(
+                &at.at_line(line.unwrap_or(at.line)),
+                format!("invalid YAML: {reason}"),
+            );
             return;
         }
     };
+    if value.is_null() {
+        return;
+    }
+    let (api_version, kind) = match header(&value) {
+        Ok(h) => h,
+        Err(reason) => {
+            problems.error(at, reason);
+            return;
+        }
+    };
+    let mut skipped = Skipped::default();
+    if let Some(item_kind) = list_kind(&api_version, &kind) {
+        parse_list(at, doc, value, item_kind, objects, &mut skipped, problems);
+    } else if let Some(k) = Kind::of(&kind) {
+        match k {
+            Kind::Service => {
+                if let Some(obj) = typed::<Service>(at, doc, &api_version, problems) {
+                    objects.services.push(Located {
+                        at: at.clone(),
+                        obj,
+                    });
+                }
+            }
+            Kind::EndpointSlice => {
+                if let Some(obj) = typed::<EndpointSlice>(at, doc, &api_version, problems) {
+                    objects.slices.push(Located {
+                        at: at.clone(),
+                        obj,
+                    });
+                }
+            }
+        }
+    } else {
+        skipped.add(&api_version, &kind);
+    }
+    skipped.note(at, problems);
+}
+
+/// `apiVersion` and `kind` of an object, or why it is not one.
+fn header(value: &serde_yaml::Value) -> Result<(String, String), String> {
     let map = match value {
-        serde_yaml::Value::Null => return,
         serde_yaml::Value::Mapping(map) => map,
         other => {
             let found = match other {
@@ -122,12 +254,9 @@ fn parse_document(file: &Path, doc: &Document, objects: &mut Objects, problems: 
                 serde_yaml::Value::Tagged(_) => "a tagged value",
                 _ => "a scalar",
             };
-            problems.push(
-                file,
-                line,
-                format!("not a Kubernetes object: expected a mapping with apiVersion and kind, found {found}"),
-            );
-            return;
+            return Err(format!(
+                "not a Kubernetes object: expected a mapping with apiVersion and kind, found {found}"
+            ));
         }
     };
     let field = |key: &str| {
@@ -135,43 +264,91 @@ fn parse_document(file: &Path, doc: &Document, objects: &mut Objects, problems: 
             .and_then(serde_yaml::Value::as_str)
             .map(str::to_owned)
     };
-    let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
-        problems.push(
-            file,
-            line,
-            "not a Kubernetes object: apiVersion and kind must be strings".to_owned(),
-        );
-        return;
+    match (field("apiVersion"), field("kind")) {
+        (Some(v), Some(k)) => Ok((v, k)),
+        _ => Err("not a Kubernetes object: apiVersion and kind must be strings".to_owned()),
+    }
+}
+
+/// The items of a list document. `item_kind` is the kind of every item (typed lists, whose
+/// items need not say it), or None for `kind: List`, whose items each say what they are.
+fn parse_list(
+    at: &Place,
+    doc: &Document,
+    value: serde_yaml::Value,
+    item_kind: Option<Kind>,
+    objects: &mut Objects,
+    skipped: &mut Skipped,
+    problems: &mut Problems,
+) {
+    let serde_yaml::Value::Mapping(mut map) = value else {
+        return; // header() saw a mapping
     };
-    match kind.as_str() {
-        "Service" => {
-            if let Some(obj) = typed::<Service>(file, doc, &api_version, problems) {
-                objects.services.push(Located { file: file.to_owned(), line, obj });
+    let items = match map.remove("items") {
+        None | Some(serde_yaml::Value::Null) => return,
+        Some(serde_yaml::Value::Sequence(items)) => items,
+        Some(_) => {
+            problems.error(at, "items: expected a sequence of objects".to_owned());
+            return;
+        }
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let at = Place {
+            item: Some(i),
+            ..at.clone()
+        };
+        let declared = match (&item, item_kind) {
+            // A typed list's items usually carry no header; if they do, it must agree.
+            (serde_yaml::Value::Mapping(m), Some(k)) if !m.contains_key("kind") => Ok(k),
+            _ => match header(&item) {
+                Ok((api_version, kind)) => match Kind::of(&kind) {
+                    Some(k) if item_kind.is_none_or(|want| want == k) => {
+                        let want = match k {
+                            Kind::Service => Service::API_VERSION,
+                            Kind::EndpointSlice => EndpointSlice::API_VERSION,
+                        };
+                        if api_version == want {
+                            Ok(k)
+                        } else {
+                            Err(format!(
+                                "{kind} has apiVersion {api_version:?}; expected {want:?}"
+                            ))
+                        }
+                    }
+                    Some(_) => Err(format!("a {kind} in a list of another kind")),
+                    None if item_kind.is_none() => {
+                        skipped.add(&api_version, &kind);
+                        continue;
+                    }
+                    None => Err(format!("a {kind} in a list of another kind")),
+                },
+                Err(reason) => Err(reason),
+            },
+        };
+        match declared {
+            Err(reason) => problems.error(&at, reason),
+            Ok(Kind::Service) => {
+                if let Some(obj) = item_typed::<Service>(&at, doc, i, item, problems) {
+                    objects.services.push(Located { at, obj });
+                }
+            }
+            Ok(Kind::EndpointSlice) => {
+                if let Some(obj) = item_typed::<EndpointSlice>(&at, doc, i, item, problems) {
+                    objects.slices.push(Located { at, obj });
+                }
             }
         }
-        "EndpointSlice" => {
-            if let Some(obj) = typed::<EndpointSlice>(file, doc, &api_version, problems) {
-                objects.slices.push(Located { file: file.to_owned(), line, obj });
-            }
-        }
-        _ => problems.push(
-            file,
-            line,
-            format!("ignored: kind {kind} (apiVersion {api_version}) is neither a Service nor an EndpointSlice"),
-        ),
     }
 }
 
 /// Parses a document as `T`, whose kind it declared, checking its apiVersion first.
-fn typed<T>(file: &Path, doc: &Document, api_version: &str, problems: &mut Problems) -> Option<T>
+fn typed<T>(at: &Place, doc: &Document, api_version: &str, problems: &mut Problems) -> Option<T>
 where
-    T: Resource + serde::de::DeserializeOwned,
+    T: Resource + DeserializeOwned,
 {
-    let line = doc.content.unwrap_or(doc.start);
     if api_version != T::API_VERSION {
-        problems.push(
-            file,
-            line,
+        problems.error(
+            at,
             format!(
                 "{} has apiVersion {api_version:?}; expected {:?}",
                 T::KIND,
@@ -183,13 +360,118 @@ where
     match serde_yaml::from_str::<T>(&doc.text) {
         Ok(obj) => Some(obj),
         Err(e) => {
-            let (at, reason) = locate(&e, doc);
-            problems.push(
-                file,
-                at.unwrap_or(line),
+            let (line, reason) = locate(&e, doc);
+            problems.error(
+                &at.at_line(line.unwrap_or(at.line)),
                 format!("invalid {}: {reason}", T::KIND),
             );
             None
+        }
+    }
+}
+
+/// Converts list item `index` to `T`. On failure the item is parsed again from the
+/// document's text, alone, so that the problem names the line and the key path
+/// (`items[3].spec.ports[0].port`) as serde_yaml reports them from text.
+fn item_typed<T>(
+    at: &Place,
+    doc: &Document,
+    index: usize,
+    item: serde_yaml::Value,
+    problems: &mut Problems,
+) -> Option<T>
+where
+    T: Resource + DeserializeOwned,
+{
+    let value_error = match serde_yaml::from_value::<T>(item) {
+        Ok(obj) => return Some(obj),
+        Err(e) => e,
+    };
+    let seed = ItemAt::<T> {
+        index,
+        item: PhantomData,
+    };
+    let (line, reason) = match seed.deserialize(serde_yaml::Deserializer::from_str(&doc.text)) {
+        Err(e) => locate(&e, doc),
+        // Text and value disagree (they should not): say what the value said.
+        Ok(()) => (None, value_error.to_string()),
+    };
+    problems.error(
+        &at.at_line(line.unwrap_or(at.line)),
+        format!("invalid {}: {reason}", T::KIND),
+    );
+    None
+}
+
+/// Deserializes only `items[index]` of a list document as `T`, skipping everything else.
+struct ItemAt<T> {
+    index: usize,
+    item: PhantomData<T>,
+}
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for ItemAt<T> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for ItemAt<T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                map.next_value_seed(Items::<T> {
+                    index: self.index,
+                    item: PhantomData,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `items` sequence of [`ItemAt`].
+struct Items<T> {
+    index: usize,
+    item: PhantomData<T>,
+}
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for Items<T> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for Items<T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence of objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        loop {
+            let more = if i == self.index {
+                seq.next_element::<T>()?.is_some()
+            } else {
+                seq.next_element::<IgnoredAny>()?.is_some()
+            };
+            if !more {
+                return Ok(());
+            }
+            i += 1;
         }
     }
 }
@@ -237,7 +519,11 @@ mod tests {
     use super::*;
 
     fn starts(text: &str) -> Vec<(usize, Option<usize>)> {
-        split(text).iter().map(|d| (d.start, d.content)).collect()
+        split(text)
+            .iter()
+            .filter(|d| d.content.is_some())
+            .map(|d| (d.start, d.content))
+            .collect()
     }
 
     #[test]

@@ -1,26 +1,25 @@
-//! Desired services: Kubernetes `Service` and `EndpointSlice` objects read from YAML files
-//! in a directory, turned into what the maps must hold, with kube-proxy's semantics.
+//! Desired services: Kubernetes `Service` and `EndpointSlice` objects read from files in a
+//! directory, turned into what the maps must hold, with kube-proxy's semantics.
 //!
 //! - Files: `*.yaml`, `*.yml` and `*.json` directly in the directory (not below it); names
 //!   starting with `.` (editor and ConfigMap-mount temporaries) are skipped; symlinks are
-//!   followed. Several objects per file, `---` separated. Files are read in name order.
-//! - A file or a document that cannot be parsed becomes a [`ServiceFileProblem`] naming the
-//!   file and line; the other documents and files are still served.
+//!   followed. Files are read in name order.
+//! - A file holds what Kubernetes and kubectl print ([`documents`]): one or more documents
+//!   (`---` separated; JSON is read as the YAML it is), each a `Service`, an `EndpointSlice`,
+//!   or a list of them (`kind: List` as `kubectl get svc,endpointslices -A -o yaml` prints
+//!   it, `ServiceList`, `EndpointSliceList`). Server-side fields (`metadata.managedFields`,
+//!   `status`, `resourceVersion`, `uid`, ...) are read and ignored; objects of other kinds are
+//!   skipped with a [`Severity::Note`].
+//! - Anything that cannot be parsed or served becomes a [`ServiceFileProblem`] naming the
+//!   file, line, document (and list item) and field; the other objects, documents and files
+//!   are still served.
 //! - A `Service` contributes one [`DesiredService`] per entry of `spec.ports` that has an
-//!   IPv4 cluster IP (`spec.clusterIPs`, else `spec.clusterIP`). Headless (`None`) and
-//!   `ExternalName` services are skipped quietly (nothing to balance); a service without an
-//!   IPv4 cluster IP is reported.
-//! - Backends come from the `EndpointSlice`s of the same namespace whose label
-//!   `kubernetes.io/service-name` names the service, with `addressType: IPv4`: each endpoint
-//!   whose `conditions.ready` is not `false` gives its first address (the addresses of one
-//!   endpoint are fungible, so kube-proxy uses the first) with the slice port whose name
-//!   equals the service port's name (unnamed = `""`). A slice without `ports` (or a slice
-//!   port without `port`) falls back to the service port's numeric `targetPort` (default:
-//!   `port`), as the endpoints controller would have filled it in. Backends are sorted and
-//!   deduplicated. A service whose slices give no ready backend is still desired, with no
-//!   backends: connects to it must fail fast rather than go elsewhere.
+//!   IPv4 cluster IP (`spec.clusterIPs`, else `spec.clusterIP`); its backends are chosen from
+//!   its EndpointSlices as kube-proxy chooses them: the rules, with their sources in
+//!   kube-proxy's code, are the table in [`endpoints`].
 
 mod documents;
+mod endpoints;
 mod files;
 mod resolve;
 mod watch;
@@ -77,22 +76,70 @@ pub struct LoadReport {
     pub problems: Vec<ServiceFileProblem>,
 }
 
-/// Something in a services file that was not served as written.
+/// Something in a services file that was not served as written, or was skipped on purpose.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct ServiceFileProblem {
     pub file: PathBuf,
     /// 1-based: the line of the error when the parser knows it, otherwise the first line of
     /// the object's document; 0 when it concerns the whole file (it could not be read).
     pub line: usize,
+    /// 1-based index of the document in the file (`---` separated); 0 for the whole file.
+    pub document: usize,
+    /// The object's index in the document's `items` when the document is a list.
+    pub item: Option<usize>,
+    pub severity: Severity,
     pub reason: String,
+}
+
+/// How much a [`ServiceFileProblem`] matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Not served as written: the file is wrong (or asks for what this datapath cannot do).
+    Error,
+    /// Skipped on purpose, nothing is wrong (objects of other kinds in a `kubectl get` dump).
+    Note,
 }
 
 impl fmt::Display for ServiceFileProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.reason)
-        } else {
-            write!(f, "{}:{}: {}", self.file.display(), self.line, self.reason)
+        write!(f, "{}", self.file.display())?;
+        if self.line != 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if self.document != 0 {
+            write!(f, ": document {}", self.document)?;
+        }
+        if let Some(i) = self.item {
+            write!(f, ", items[{i}]")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Where an object (or a problem) is: file, line, document and list item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    file: PathBuf,
+    line: usize,
+    document: usize,
+    item: Option<usize>,
+}
+
+impl Place {
+    fn file(file: &Path) -> Place {
+        Place {
+            file: file.to_owned(),
+            line: 0,
+            document: 0,
+            item: None,
+        }
+    }
+
+    fn at_line(&self, line: usize) -> Place {
+        Place {
+            line,
+            ..self.clone()
         }
     }
 }
@@ -110,7 +157,7 @@ pub fn load_dir(dir: &Path) -> std::io::Result<LoadReport> {
             // Removed between listing and reading: it no longer exists, nothing to serve.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                problems.push(&file, 0, format!("cannot read the file: {e}"));
+                problems.error(&Place::file(&file), format!("cannot read the file: {e}"));
                 continue;
             }
         };
@@ -128,12 +175,23 @@ pub fn load_dir(dir: &Path) -> std::io::Result<LoadReport> {
 struct Problems(Vec<ServiceFileProblem>);
 
 impl Problems {
-    fn push(&mut self, file: &Path, line: usize, reason: String) {
+    fn push(&mut self, at: &Place, severity: Severity, reason: String) {
         self.0.push(ServiceFileProblem {
-            file: file.to_owned(),
-            line,
+            file: at.file.clone(),
+            line: at.line,
+            document: at.document,
+            item: at.item,
+            severity,
             reason,
         });
+    }
+
+    fn error(&mut self, at: &Place, reason: String) {
+        self.push(at, Severity::Error, reason);
+    }
+
+    fn note(&mut self, at: &Place, reason: String) {
+        self.push(at, Severity::Note, reason);
     }
 
     fn into_sorted(mut self) -> Vec<ServiceFileProblem> {

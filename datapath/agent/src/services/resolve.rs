@@ -1,15 +1,16 @@
-//! Services and EndpointSlices -> the desired state, as kube-proxy reads them.
+//! Services and EndpointSlices -> the desired state, as kube-proxy reads them (the
+//! endpoint rules are in [`super::endpoints`]).
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::documents::{Located, Objects};
-use super::{DesiredService, DesiredState, Problems, Protocol};
+use super::endpoints::{self, PortId};
+use super::{DesiredService, DesiredState, Place, Problems, Protocol};
 
 /// The label that ties an EndpointSlice to its Service.
 pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -38,8 +39,8 @@ pub(super) fn desired_state(objects: Objects, problems: &mut Problems) -> Desire
     for ((ns, name), orphans) in &slices {
         for s in orphans {
             tracing::debug!(
-                file = %s.file.display(),
-                line = s.line,
+                file = %s.at.file.display(),
+                line = s.at.line,
                 "EndpointSlice for {ns}/{name}, which no Service file defines; not used"
             );
         }
@@ -59,9 +60,8 @@ pub(super) fn desired_state(objects: Objects, problems: &mut Problems) -> Desire
             Entry::Occupied(o) => {
                 let (ns, name) = split_name(&s.name);
                 if let Some(svc) = services.get(&(ns.to_owned(), name.to_owned())) {
-                    problems.push(
-                        &svc.file,
-                        svc.line,
+                    problems.error(
+                        &svc.at,
                         format!(
                             "Service port {} uses {}:{} {}, which {} already serves; not served",
                             s.name,
@@ -91,9 +91,8 @@ fn index_services(
     let mut services: BTreeMap<ObjectKey, Located<Service>> = BTreeMap::new();
     for svc in list {
         let Some(name) = svc.obj.metadata.name.clone().filter(|n| !n.is_empty()) else {
-            problems.push(
-                &svc.file,
-                svc.line,
+            problems.error(
+                &svc.at,
                 "Service has no metadata.name; not served".to_owned(),
             );
             continue;
@@ -104,16 +103,14 @@ fn index_services(
                 v.insert(svc);
             }
             Entry::Occupied(o) => {
-                let first = o.get();
-                problems.push(
-                    &svc.file,
-                    svc.line,
+                let first = &o.get().at;
+                problems.error(
+                    &svc.at,
                     format!(
-                        "Service {}/{} is defined again; the first definition ({}:{}) is served",
+                        "Service {}/{} is defined again; the first definition ({}) is served",
                         o.key().0,
                         o.key().1,
-                        first.file.display(),
-                        first.line
+                        where_(first)
                     ),
                 );
             }
@@ -122,35 +119,48 @@ fn index_services(
     services
 }
 
-/// Groups the usable IPv4 slices by the service they belong to; a slice defined twice
-/// (same namespace and name) counts once.
+/// `file:line (document N, items[i])`, to point from one definition to another.
+fn where_(at: &Place) -> String {
+    let item = at.item.map(|i| format!(", items[{i}]")).unwrap_or_default();
+    format!(
+        "{}:{}, document {}{item}",
+        at.file.display(),
+        at.line,
+        at.document
+    )
+}
+
+/// Groups the usable IPv4 slices by the service they belong to (rules 1 and 2 of
+/// [`super::endpoints`]); a slice defined twice (same namespace and name) counts once.
 fn index_slices(
     list: Vec<Located<EndpointSlice>>,
     problems: &mut Problems,
 ) -> BTreeMap<ObjectKey, Vec<Located<EndpointSlice>>> {
-    let mut seen: BTreeMap<ObjectKey, (std::path::PathBuf, usize)> = BTreeMap::new();
+    let mut seen: BTreeMap<ObjectKey, Place> = BTreeMap::new();
     let mut groups: BTreeMap<ObjectKey, Vec<Located<EndpointSlice>>> = BTreeMap::new();
     for slice in list {
         let ns = namespace(&slice.obj.metadata);
-        let name = slice.obj.metadata.name.clone().unwrap_or_default();
+        let Some(name) = slice.obj.metadata.name.clone().filter(|n| !n.is_empty()) else {
+            problems.error(
+                &slice.at,
+                format!("EndpointSlice in namespace {ns} has no metadata.name (kube-proxy ignores such a slice); ignored"),
+            );
+            continue;
+        };
         let what = format!("EndpointSlice {ns}/{name}");
-        if !name.is_empty() {
-            match seen.entry((ns.clone(), name)) {
-                Entry::Vacant(v) => {
-                    v.insert((slice.file.clone(), slice.line));
-                }
-                Entry::Occupied(o) => {
-                    let (file, line) = o.get();
-                    problems.push(
-                        &slice.file,
-                        slice.line,
-                        format!(
-                            "{what} is defined again; the first definition ({}:{line}) is used",
-                            file.display()
-                        ),
-                    );
-                    continue;
-                }
+        match seen.entry((ns.clone(), name)) {
+            Entry::Vacant(v) => {
+                v.insert(slice.at.clone());
+            }
+            Entry::Occupied(o) => {
+                problems.error(
+                    &slice.at,
+                    format!(
+                        "{what} is defined again; the first definition ({}) is used",
+                        where_(o.get())
+                    ),
+                );
+                continue;
             }
         }
         let service = slice
@@ -161,25 +171,24 @@ fn index_slices(
             .and_then(|l| l.get(SERVICE_NAME_LABEL))
             .cloned();
         let Some(service) = service.filter(|s| !s.is_empty()) else {
-            problems.push(
-                &slice.file,
-                slice.line,
+            problems.error(
+                &slice.at,
                 format!("{what} has no label {SERVICE_NAME_LABEL}, so it belongs to no Service; ignored"),
             );
             continue;
         };
         match slice.obj.address_type.as_str() {
             "IPv4" => groups.entry((ns, service)).or_default().push(slice),
-            // Valid, but nothing this IPv4 datapath can use.
+            // Valid, but nothing this IPv4 datapath can use (kube-proxy's IPv4 proxier
+            // skips them the same way).
             "IPv6" | "FQDN" => tracing::debug!(
-                file = %slice.file.display(),
-                line = slice.line,
+                file = %slice.at.file.display(),
+                line = slice.at.line,
                 "{what} has addressType {}; only IPv4 slices are used",
                 slice.obj.address_type
             ),
-            other => problems.push(
-                &slice.file,
-                slice.line,
+            other => problems.error(
+                &slice.at,
                 format!("{what} has addressType {other:?}; expected IPv4, IPv6 or FQDN; ignored"),
             ),
         }
@@ -197,14 +206,14 @@ fn service_ports(
 ) -> Vec<DesiredService> {
     let what = format!("Service {ns}/{name}");
     let problem = |problems: &mut Problems, reason: String| {
-        problems.push(&svc.file, svc.line, format!("{what}: {reason}"))
+        problems.error(&svc.at, format!("{what}: {reason}"))
     };
     let Some(spec) = &svc.obj.spec else {
         problem(problems, "has no spec; not served".to_owned());
         return Vec::new();
     };
     if spec.type_.as_deref() == Some("ExternalName") {
-        tracing::debug!(file = %svc.file.display(), line = svc.line, "{what} is an ExternalName service; nothing to balance");
+        tracing::debug!(file = %svc.at.file.display(), line = svc.at.line, "{what} is an ExternalName service; nothing to balance");
         return Vec::new();
     }
     // Dual stack lists every family in clusterIPs (clusterIP is its first entry).
@@ -220,7 +229,7 @@ fn service_ports(
         }
     };
     if ips.iter().any(|ip| ip.as_str() == "None") {
-        tracing::debug!(file = %svc.file.display(), line = svc.line, "{what} is headless; nothing to balance");
+        tracing::debug!(file = %svc.at.file.display(), line = svc.at.line, "{what} is headless; nothing to balance");
         return Vec::new();
     }
     let mut addr = None;
@@ -250,6 +259,14 @@ fn service_ports(
             format!("spec.clusterIP {addr} cannot be a service address; not served"),
         );
         return Vec::new();
+    }
+    if spec.internal_traffic_policy.as_deref() == Some("Local") {
+        problem(
+            problems,
+            "spec.internalTrafficPolicy Local is not supported (this agent does not know which \
+             endpoints are on its node); every endpoint is used"
+                .to_owned(),
+        );
     }
     let ports = spec.ports.as_deref().unwrap_or_default();
     if ports.is_empty() {
@@ -305,14 +322,14 @@ fn service_ports(
         } else {
             format!("{ns}/{name}:{port_name}")
         };
-        let port_ref = PortRef {
-            what: &what,
-            field: &field,
-            spec: sp,
-            port,
-            name: &port_name,
-        };
-        let backends = backends(&port_ref, slices, problems);
+        let backends = endpoints::backends(
+            PortId {
+                name: &port_name,
+                proto,
+            },
+            slices,
+            problems,
+        );
         out.push(DesiredService {
             name: full_name,
             addr,
@@ -326,101 +343,4 @@ fn service_ports(
 
 fn valid_port(p: i32) -> Option<u16> {
     u16::try_from(p).ok().filter(|p| *p != 0)
-}
-
-/// One port of a service, as the endpoint lookup needs it.
-struct PortRef<'a> {
-    /// `Service ns/name`
-    what: &'a str,
-    /// `spec.ports[i]`
-    field: &'a str,
-    spec: &'a ServicePort,
-    port: u16,
-    /// `""` when unnamed.
-    name: &'a str,
-}
-
-/// The ready backends of one service port from the service's slices, sorted and
-/// deduplicated. Problems are reported where the slice was defined.
-fn backends(
-    sp: &PortRef<'_>,
-    slices: &[Located<EndpointSlice>],
-    problems: &mut Problems,
-) -> Vec<SocketAddrV4> {
-    let mut set = BTreeSet::new();
-    for slice in slices {
-        let what = format!(
-            "EndpointSlice {}/{}",
-            namespace(&slice.obj.metadata),
-            slice.obj.metadata.name.as_deref().unwrap_or("(unnamed)")
-        );
-        let mut problem =
-            |reason: String| problems.push(&slice.file, slice.line, format!("{what}: {reason}"));
-        let slice_ports = slice.obj.ports.as_deref().unwrap_or_default();
-        let port = if slice_ports.is_empty() {
-            None
-        } else {
-            match slice_ports
-                .iter()
-                .find(|p| p.name.as_deref().unwrap_or_default() == sp.name)
-            {
-                // This slice serves other ports of the service only.
-                None => continue,
-                Some(p) => p.port,
-            }
-        };
-        let port = match port {
-            Some(p) => match valid_port(p) {
-                Some(p) => p,
-                None => {
-                    problem(format!(
-                        "port {:?} is {p}, not in 1-65535; its endpoints are not used",
-                        sp.name
-                    ));
-                    continue;
-                }
-            },
-            // No port in the slice: what the endpoints controller would have put there.
-            None => match &sp.spec.target_port {
-                None => sp.port,
-                Some(IntOrString::Int(p)) => match valid_port(*p) {
-                    Some(p) => p,
-                    None => {
-                        problem(format!(
-                            "{} {}.targetPort {p} is not in 1-65535; not used",
-                            sp.what, sp.field
-                        ));
-                        continue;
-                    }
-                },
-                Some(IntOrString::String(named)) => {
-                    problem(format!(
-                        "has no port {:?}, and {} {}.targetPort is the named port {named:?}, which only a \
-                         slice port can resolve; not used",
-                        sp.name, sp.what, sp.field
-                    ));
-                    continue;
-                }
-            },
-        };
-        for (i, ep) in slice.obj.endpoints.iter().enumerate() {
-            // Absent means ready (the API's own rule); only an explicit false excludes.
-            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                continue;
-            }
-            // The addresses of one endpoint are fungible; kube-proxy uses the first.
-            let Some(first) = ep.addresses.first() else {
-                continue;
-            };
-            match first.parse::<Ipv4Addr>() {
-                Ok(ip) => {
-                    set.insert(SocketAddrV4::new(ip, port));
-                }
-                Err(_) => problem(format!(
-                    "endpoints[{i}].addresses[0] {first:?} is not an IPv4 address; endpoint not used"
-                )),
-            }
-        }
-    }
-    set.into_iter().collect()
 }

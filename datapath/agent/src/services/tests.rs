@@ -1,5 +1,6 @@
 //! Loading services directories written into temporary directories.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -181,23 +182,25 @@ fn ports_are_matched_by_name() {
 }
 
 #[test]
-fn a_slice_without_ports_falls_back_to_target_port() {
+fn a_slice_without_ports_serves_nothing_as_in_kube_proxy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let svc = service(
         "ns",
         "t",
         "127.0.10.6",
-        "  - name: x\n    port: 80\n    targetPort: 8080\n  - name: y\n    port: 81\n",
+        "  - name: x\n    port: 80\n    targetPort: 8080\n",
     );
     let s = slice("ns", "t-1", "t", "", "- addresses: [127.0.0.9]\n");
     write(dir.path(), "t.yaml", &[svc, s].join("---\n"));
     let r = load(dir.path());
-    assert_eq!(r.problems, vec![], "{:?}", problem_texts(&r));
+    assert_eq!(find(&r.state, "ns/t:x").backends, vec![]);
     assert_eq!(
-        find(&r.state, "ns/t:x").backends,
-        addrs(&["127.0.0.9:8080"])
+        problem_texts(&r),
+        [format!(
+            "{}:13: document 2: EndpointSlice ns/t-1: has no ports, so it serves no Service port (as in kube-proxy)",
+            dir.path().join("t.yaml").display()
+        )]
     );
-    assert_eq!(find(&r.state, "ns/t:y").backends, addrs(&["127.0.0.9:81"]));
 }
 
 #[test]
@@ -224,7 +227,7 @@ fn slices_follow_their_namespace_and_label() {
     assert_eq!(
         problem_texts(&r),
         [format!(
-            "{}:34: EndpointSlice b/lost has no label kubernetes.io/service-name, so it belongs to no Service; ignored",
+            "{}:34: document 4: EndpointSlice b/lost has no label kubernetes.io/service-name, so it belongs to no Service; ignored",
             dir.path().join("x.yaml").display()
         )]
     );
@@ -249,7 +252,7 @@ fn a_broken_file_does_not_stop_a_good_one() {
     let shown = p.to_string();
     assert!(
         shown.starts_with(&format!(
-            "{}:{}: invalid YAML: ",
+            "{}:{}: document 1: invalid YAML: ",
             dir.path().join("bad.yaml").display(),
             p.line
         )),
@@ -279,13 +282,13 @@ fn a_bad_document_costs_only_itself() {
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert!(
         texts[0].starts_with(&format!(
-            "{file}:19: invalid Service: spec.ports[0].port: invalid type: string \"eighty\""
+            "{file}:19: document 2: invalid Service: spec.ports[0].port: invalid type: string \"eighty\""
         )),
         "{texts:?}"
     );
     assert!(texts[0].ends_with("at column 11"), "{texts:?}");
     assert!(
-        texts[1].starts_with(&format!("{file}:23: invalid YAML: ")),
+        texts[1].starts_with(&format!("{file}:23: document 3: invalid YAML: ")),
         "{texts:?}"
     );
 }
@@ -304,10 +307,10 @@ fn kinds_and_versions_that_are_not_served() {
     assert_eq!(
         problem_texts(&r),
         [
-            format!("{file}:1: ignored: kind Deployment (apiVersion apps/v1) is neither a Service nor an EndpointSlice"),
-            format!("{file}:5: Service has apiVersion \"v2\"; expected \"v1\""),
-            format!("{file}:9: not a Kubernetes object: expected a mapping with apiVersion and kind, found a sequence"),
-            format!("{file}:13: not a Kubernetes object: apiVersion and kind must be strings"),
+            format!("{file}:1: document 1: skipped 1 object(s) that are neither a Service nor an EndpointSlice: 1 Deployment (apps/v1)"),
+            format!("{file}:5: document 2: Service has apiVersion \"v2\"; expected \"v1\""),
+            format!("{file}:9: document 3: not a Kubernetes object: expected a mapping with apiVersion and kind, found a sequence"),
+            format!("{file}:13: document 5: not a Kubernetes object: apiVersion and kind must be strings"),
         ]
     );
 }
@@ -333,11 +336,7 @@ fn addresses_this_datapath_does_not_serve() {
         "127.0.10.14".parse::<Ipv4Addr>().expect("ip")
     );
     assert_eq!(find(&r.state, "ns/sctp").port, 81);
-    let texts = problem_texts(&r);
-    let reasons: Vec<&str> = texts
-        .iter()
-        .map(|t| t.split_once(": ").map_or("", |(_, r)| r))
-        .collect();
+    let reasons: Vec<&str> = r.problems.iter().map(|p| p.reason.as_str()).collect();
     assert_eq!(
         reasons,
         [
@@ -346,7 +345,8 @@ fn addresses_this_datapath_does_not_serve() {
             "Service ns/sctp: spec.ports[0].protocol SCTP is not supported (TCP or UDP); port not served",
             "Service ns/sctp: spec.ports[1].port 0 is not in 1-65535; port not served",
         ],
-        "{texts:?}"
+        "{:?}",
+        problem_texts(&r)
     );
 }
 
@@ -389,12 +389,14 @@ fn one_address_port_protocol_has_one_owner() {
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert!(
         texts[0].contains(
-            "b.yaml:1: Service port ns/b uses 127.0.10.16:80 TCP, which ns/a already serves"
+            "b.yaml:1: document 1: Service port ns/b uses 127.0.10.16:80 TCP, which ns/a already serves"
         ),
         "{texts:?}"
     );
     assert!(
-        texts[1].contains("c.yaml:1: Service ns/a is defined again; the first definition ("),
+        texts[1].contains(
+            "c.yaml:1: document 1: Service ns/a is defined again; the first definition ("
+        ),
         "{texts:?}"
     );
 }
@@ -423,7 +425,7 @@ fn loading_is_deterministic_whatever_the_file_order() {
                 "ns",
                 "z-1",
                 "z",
-                "",
+                "ports:\n- port: 80\n",
                 "- addresses: [127.0.0.9]\n- addresses: [127.0.0.3]\n- addresses: [127.0.0.5]\n",
             ),
         ),
@@ -443,6 +445,7 @@ fn loading_is_deterministic_whatever_the_file_order() {
         find(&r1.state, "ns/z").backends,
         addrs(&["127.0.0.3:80", "127.0.0.5:80", "127.0.0.9:80"])
     );
+    assert_eq!(find(&r1.state, "ns/z:b").backends, vec![]);
     assert_eq!(
         serde_json::to_string(&r1.state.services[0]).expect("serializable"),
         r#"{"name":"ns/a","addr":"127.0.10.21","port":80,"proto":"tcp","backends":[]}"#
@@ -506,4 +509,240 @@ fn the_watcher_sees_add_change_and_remove() {
     fs::remove_file(dir.path().join("a.yaml")).expect("remove");
     assert!(w.changed().expect("poll"), "removed");
     assert!(!w.changed().expect("poll"));
+}
+
+/// One case of tests/data/endpoint-rules.yaml (the kernel test reads the same file).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleCase {
+    name: String,
+    rule: serde_yaml::Value,
+    objects: String,
+    /// `vip:port/PROTO` -> backends
+    want: BTreeMap<String, Vec<SocketAddrV4>>,
+    #[serde(default)]
+    problems: Vec<String>,
+}
+
+const RULES: &str = include_str!("../../tests/data/endpoint-rules.yaml");
+const DUMP_YAML: &str = include_str!("../../tests/data/kubectl-get-svc-eps.yaml");
+const DUMP_JSON: &str = include_str!("../../tests/data/kubectl-get-svc-eps.json");
+
+/// The state as `vip:port/PROTO` -> backends, the table's terms.
+fn by_address(state: &DesiredState) -> BTreeMap<String, Vec<SocketAddrV4>> {
+    state
+        .services
+        .iter()
+        .map(|s| {
+            (
+                format!("{}:{}/{}", s.addr, s.port, s.proto),
+                s.backends.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_endpoint_rule_as_kube_proxy_applies_it() {
+    let cases: Vec<RuleCase> = serde_yaml::from_str(RULES).expect("endpoint-rules.yaml parses");
+    assert!(cases.len() >= 12, "the table covers every rule");
+    let mut failed = Vec::new();
+    for case in &cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "case.yaml", &case.objects);
+        let r = load(dir.path());
+        let got = by_address(&r.state);
+        let reasons: Vec<&str> = r.problems.iter().map(|p| p.reason.as_str()).collect();
+        let problems_ok = reasons.len() == case.problems.len()
+            && reasons
+                .iter()
+                .zip(&case.problems)
+                .all(|(got, want)| got.contains(want.as_str()));
+        if got != case.want || !problems_ok {
+            failed.push(format!(
+                "rule {:?}, {}:\n  want {:?}\n  got  {:?}\n  problems want {:?}\n  problems got  {:?}",
+                case.rule, case.name, case.want, got, case.problems, reasons
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// What the kubectl dump in tests/data must give (the kernel test checks the same).
+fn dump_expected() -> BTreeMap<String, Vec<SocketAddrV4>> {
+    [
+        ("127.0.10.1:443/TCP", vec!["127.0.1.1:6443"]),
+        ("127.0.10.10:53/UDP", vec!["127.0.2.1:53", "127.0.2.2:53"]),
+        ("127.0.10.10:53/TCP", vec!["127.0.2.1:53", "127.0.2.2:53"]),
+        (
+            "127.0.10.10:9153/TCP",
+            vec!["127.0.2.1:9153", "127.0.2.2:9153"],
+        ),
+        (
+            "127.0.10.20:80/TCP",
+            vec!["127.0.3.1:8080", "127.0.3.3:8081"],
+        ),
+        ("127.0.10.21:80/TCP", vec!["127.0.4.1:9000"]),
+        ("127.0.10.22:50051/TCP", vec!["127.0.5.1:50051"]),
+        ("127.0.10.23:80/TCP", vec![]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), addrs(&v)))
+    .collect()
+}
+
+#[test]
+fn a_kubectl_yaml_dump_is_served_as_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(dir.path(), "cluster.yaml", DUMP_YAML);
+    let r = load(dir.path());
+    assert_eq!(r.problems, vec![], "{:?}", problem_texts(&r));
+    assert_eq!(by_address(&r.state), dump_expected());
+    let names: Vec<&str> = r.state.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "default/kubernetes:https",
+            "kube-system/kube-dns:dns",
+            "kube-system/kube-dns:dns-tcp",
+            "kube-system/kube-dns:metrics",
+            "shop/cart:http",
+            "shop/empty",
+            "shop/orders:grpc",
+            "shop/web:http",
+        ]
+    );
+}
+
+#[test]
+fn a_kubectl_json_dump_gives_the_same_state() {
+    let yaml = tempfile::tempdir().expect("tempdir");
+    let json = tempfile::tempdir().expect("tempdir");
+    write(yaml.path(), "cluster.yaml", DUMP_YAML);
+    write(json.path(), "cluster.json", DUMP_JSON);
+    let (y, j) = (load(yaml.path()), load(json.path()));
+    assert_eq!(j.problems, vec![], "{:?}", problem_texts(&j));
+    assert_eq!(j.state, y.state);
+}
+
+#[test]
+fn typed_lists_as_the_api_prints_them() {
+    // GET /api/v1/services and /apis/discovery.k8s.io/v1/endpointslices: items carry no
+    // apiVersion or kind.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "services.json",
+        r#"{"kind": "ServiceList", "apiVersion": "v1", "metadata": {"resourceVersion": "4242"},
+  "items": [{"metadata": {"name": "web", "namespace": "shop", "uid": "u1", "resourceVersion": "7",
+             "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1",
+                                "time": "2026-11-30T09:01:07Z", "fieldsType": "FieldsV1",
+                                "fieldsV1": {"f:spec": {"f:ports": {}}}}]},
+             "spec": {"clusterIP": "127.0.10.40", "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http-web"}]},
+             "status": {"loadBalancer": {}}}]}
+"#,
+    );
+    write(
+        dir.path(),
+        "slices.yaml",
+        "kind: EndpointSliceList\napiVersion: discovery.k8s.io/v1\nmetadata: {resourceVersion: \"4243\"}\nitems:\n\
+         - metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\n  addressType: IPv4\n  \
+           endpoints: [{addresses: [127.0.0.1]}]\n  ports: [{name: http, port: 8080, protocol: TCP}]\n\
+         - apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  \
+           metadata: {name: web-2, namespace: shop, labels: {kubernetes.io/service-name: web}}\n  addressType: IPv4\n  \
+           endpoints: [{addresses: [127.0.0.2]}]\n  ports: [{name: http, port: 8081, protocol: TCP}]\n",
+    );
+    let r = load(dir.path());
+    assert_eq!(r.problems, vec![], "{:?}", problem_texts(&r));
+    assert_eq!(
+        find(&r.state, "shop/web:http").backends,
+        addrs(&["127.0.0.1:8080", "127.0.0.2:8081"])
+    );
+}
+
+#[test]
+fn other_kinds_in_a_list_are_skipped_with_one_note() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "all.yaml",
+        "apiVersion: v1\nkind: List\nitems:\n\
+         - {apiVersion: v1, kind: Pod, metadata: {name: p}}\n\
+         - {apiVersion: apps/v1, kind: Deployment, metadata: {name: d}}\n\
+         - {apiVersion: v1, kind: Pod, metadata: {name: q}}\n\
+         - {apiVersion: v1, kind: Service, metadata: {name: s, namespace: ns}, spec: {clusterIP: 127.0.10.41, ports: [{port: 80}]}}\n\
+         metadata: {resourceVersion: \"\"}\n",
+    );
+    let r = load(dir.path());
+    assert_eq!(find(&r.state, "ns/s").port, 80);
+    assert_eq!(
+        problem_texts(&r),
+        [format!(
+            "{}:1: document 1: skipped 3 object(s) that are neither a Service nor an EndpointSlice: 1 Deployment (apps/v1), 2 Pod (v1)",
+            dir.path().join("all.yaml").display()
+        )]
+    );
+    assert_eq!(r.problems[0].severity, Severity::Note);
+}
+
+#[test]
+fn a_broken_list_item_names_file_document_item_and_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "good.yaml",
+        &service("ns", "good", "127.0.10.42", "  - port: 80\n"),
+    );
+    // Document 2 is a List whose items[1] has a port that is not a number (line 14).
+    let text = "# exported\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: first, namespace: ns}\nspec: {clusterIP: 127.0.10.43, ports: [{port: 80}]}\n\
+                ---\n\
+                apiVersion: v1\nkind: List\nitems:\n\
+                - apiVersion: v1\n  kind: Service\n  metadata: {name: ok, namespace: ns}\n  spec: {clusterIP: 127.0.10.44, ports: [{port: 80}]}\n\
+                - apiVersion: v1\n  kind: Service\n  metadata: {name: bad, namespace: ns}\n  spec:\n    clusterIP: 127.0.10.45\n    ports:\n    - port: eighty\n\
+                - apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {name: ok-1, namespace: ns, labels: {kubernetes.io/service-name: ok}}\n  \
+                  addressType: IPv4\n  endpoints: [{addresses: [127.0.0.1]}]\n  ports: [{port: 80}]\n";
+    write(dir.path(), "list.yaml", text);
+    let r = load(dir.path());
+    let names: Vec<&str> = r.state.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ns/first", "ns/good", "ns/ok"]);
+    assert_eq!(find(&r.state, "ns/ok").backends, addrs(&["127.0.0.1:80"]));
+    let texts = problem_texts(&r);
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    let want = format!(
+        "{}:20: document 2, items[1]: invalid Service: items[1].spec.ports[0].port: invalid type: string \"eighty\"",
+        dir.path().join("list.yaml").display()
+    );
+    assert!(texts[0].starts_with(&want), "{texts:?}\nwant {want}");
+    assert_eq!((r.problems[0].document, r.problems[0].item), (2, Some(1)));
+}
+
+#[test]
+fn list_items_of_the_wrong_kind_or_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write(
+        dir.path(),
+        "l.yaml",
+        "apiVersion: v1\nkind: ServiceList\nitems:\n\
+         - {apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {name: x}, addressType: IPv4, endpoints: []}\n\
+         - {apiVersion: discovery.k8s.io/v1beta1, kind: EndpointSlice, metadata: {name: y}}\n\
+         - just a string\n\
+         ---\n\
+         apiVersion: v1\nkind: List\nitems: {not: a sequence}\n",
+    );
+    let r = load(dir.path());
+    let reasons: Vec<String> = r
+        .problems
+        .iter()
+        .map(|p| format!("{} {:?}: {}", p.document, p.item, p.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "1 Some(0): a EndpointSlice in a list of another kind",
+            "1 Some(1): a EndpointSlice in a list of another kind",
+            "1 Some(2): not a Kubernetes object: expected a mapping with apiVersion and kind, found a scalar",
+            "2 None: items: expected a sequence of objects",
+        ]
+    );
 }
