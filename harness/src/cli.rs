@@ -11,7 +11,7 @@ use crate::exit::ExitStatus;
 use crate::invariant::Verdict;
 use crate::provider::{self, DEFAULT_PROVIDER};
 use crate::report::progress::Progress;
-use crate::report::{history, junit};
+use crate::report::{github, history, junit};
 use crate::run::{Event, Outcome, Runner};
 use crate::signal::Cancel;
 use crate::suite::{self, FaultKind, InvariantName, Suite};
@@ -93,6 +93,10 @@ pub struct RunOpts {
     /// Where runs are written (default: reports/ of the repository).
     #[arg(long)]
     pub reports_dir: Option<PathBuf>,
+    /// Also write the markdown table of verdicts here (under GitHub Actions it goes to
+    /// $GITHUB_STEP_SUMMARY as well).
+    #[arg(long)]
+    pub summary_md: Option<PathBuf>,
 }
 
 /// Parses the arguments, runs, returns the process exit status.
@@ -141,6 +145,7 @@ fn run(cli: Cli) -> ExitStatus {
                 keep,
                 suites_dir: None,
                 reports_dir,
+                summary_md: None,
             };
             run_suite(&h.plan.suite_file, h.plan.seed, &opts)
         }
@@ -482,6 +487,15 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
                 j.display()
             );
         }
+    }
+    let run = github::Run {
+        plan: &plan,
+        facts: &result.facts,
+        events: &result.events,
+        status,
+    };
+    if let Err(e) = github::publish(&run, opts.summary_md.as_deref()) {
+        eprintln!("harness: {}", crate::run::chain(&e));
     }
     let (mut up, mut steps, mut down) = (0u64, 0u64, 0u64);
     for e in &result.events {
