@@ -5,16 +5,18 @@ use crate::invariant::Judgement;
 use crate::plan::{Plan, PlannedStep};
 use crate::suite::InvariantName;
 
+/// From JSON, so that fields the plan gains later take their defaults here.
 fn plan() -> Plan {
-    Plan {
-        suite: "sock-lb".into(),
-        suite_file: "suites/sock-lb.yaml".into(),
-        seed: 5,
-        provider: "qemu".into(),
-        mutant: Some("stale-cgroup-prog".into()),
-        repeat: None,
-        scenarios: Vec::new(),
-    }
+    serde_json::from_value(serde_json::json!({
+        "suite": "sock-lb",
+        "suite_file": "suites/sock-lb.yaml",
+        "seed": 5,
+        "provider": "qemu",
+        "mutant": "stale-cgroup-prog",
+        "repeat": null,
+        "scenarios": [],
+    }))
+    .expect("a plan")
 }
 
 fn facts() -> Facts {
@@ -22,7 +24,7 @@ fn facts() -> Facts {
         provider: "qemu".into(),
         kernel: "6.1.0-57-amd64".into(),
         accelerator: "kvm".into(),
-        shared_kernel: false,
+        ..Facts::default()
     }
 }
 
