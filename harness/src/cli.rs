@@ -12,7 +12,7 @@ use crate::invariant::Verdict;
 use crate::kernel::KernelArg;
 use crate::provider::{self, DEFAULT_PROVIDER};
 use crate::report::progress::Progress;
-use crate::report::{history, junit};
+use crate::report::{github, history, junit};
 use crate::run::{Event, Outcome, Runner};
 use crate::signal::Cancel;
 use crate::suite::{self, FaultKind, InvariantName, Suite};
@@ -116,6 +116,10 @@ pub struct RunOpts {
     /// An extra property of the JUnit testsuite (for dashboards). Repeatable.
     #[arg(long = "junit-property", value_name = "KEY=VALUE", value_parser = parse_property)]
     pub junit_properties: Vec<(String, String)>,
+    /// Also write the markdown table of verdicts here (under GitHub Actions it goes to
+    /// $GITHUB_STEP_SUMMARY as well).
+    #[arg(long)]
+    pub summary_md: Option<PathBuf>,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -195,6 +199,7 @@ fn run(cli: Cli) -> ExitStatus {
                 reports_dir: reports_dir.or(h.plan.reports_dir.clone()),
                 kernels,
                 junit_properties: h.plan.junit_properties.clone(),
+                summary_md: None,
             };
             run_suite(&h.plan.suite_file, h.plan.seed, &opts)
         }
@@ -563,6 +568,15 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
                 j.display()
             );
         }
+    }
+    let run = github::Run {
+        plan: &plan,
+        facts: &result.facts,
+        events: &result.events,
+        status,
+    };
+    if let Err(e) = github::publish(&run, opts.summary_md.as_deref()) {
+        eprintln!("harness: {}", crate::run::chain(&e));
     }
     let (mut up, mut steps, mut down) = (0u64, 0u64, 0u64);
     for e in &result.events {

@@ -1,6 +1,7 @@
 //! End to end on the qemu provider (the default): real VMs, SSH, datapathd and bpftool in
 //! each guest. Needs root, qemu-system-x86_64 and a node image (`images/build-node-image`,
-//! which ci/setup's packages make possible); skips with a message when one is missing.
+//! which ci/setup's packages make possible); when one is missing it fails under CI and
+//! skips with the reason elsewhere (common/skip.rs).
 //!
 //! TCG on two cores boots a VM in 5-15 s, so this file makes two small runs (one node):
 //! a failing one (the stale-cgroup-prog mutant, caught) and an interrupted one (SIGINT
@@ -14,15 +15,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/skip.rs"]
+mod skip;
+
 fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_harness"))
 }
 
 /// Why VM runs cannot happen here, if they cannot.
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (taps, network namespaces, bpffs in the guests)".into());
+    if let Some(why) = skip::not_root("taps, network namespaces, bpffs in the guests") {
+        return Some(why);
     }
     let qemu = Command::new("qemu-system-x86_64")
         .arg("--version")
@@ -164,11 +167,11 @@ fn command(suite: &Path, reports: &Path) -> Command {
     c
 }
 
-/// A temporary directory holding [`SUITE`], or `None` (said on stderr) when VM runs
-/// cannot happen here.
+/// A temporary directory holding [`SUITE`], or `None` when VM runs cannot happen here
+/// (a failure under CI, a skip with the reason elsewhere).
 fn one_node_suite() -> Option<(tempfile::TempDir, PathBuf)> {
     if let Some(why) = skip_reason() {
-        eprintln!("skipping the qemu end-to-end test: {why}");
+        skip::skip(&format!("the qemu end-to-end test: {why}"));
         return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");

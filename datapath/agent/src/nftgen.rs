@@ -93,8 +93,14 @@ fn parse(data: &[u8]) -> io::Result<u32> {
     Err(bad("no NFTA_GEN_ID"))
 }
 
+/// The datapath's one skip policy (a failure under CI), shared with its acceptance tests.
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+mod skip;
+
 #[cfg(test)]
 mod tests {
+    use super::skip;
     use super::*;
 
     #[test]
@@ -120,18 +126,15 @@ mod tests {
     /// moves the generation; reading it does not. Needs root and iptables-nft.
     #[test]
     fn a_rule_change_moves_the_generation_and_a_read_does_not() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root");
-            return;
+        if let Some(why) = skip::not_root("a network namespace, nf_tables") {
+            return skip::skip(&why);
         }
         if std::process::Command::new("iptables-nft")
             .arg("--version")
             .output()
             .is_err()
         {
-            eprintln!("skipped: no iptables-nft");
-            return;
+            return skip::skip("iptables-nft not found (ci/setup installs iptables)");
         }
         // A thread of its own: unshare moves only this thread (and what it starts).
         std::thread::spawn(|| {

@@ -1,5 +1,7 @@
 //! Helpers shared by the harness's end-to-end tests.
 
+pub mod skip;
+
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -45,14 +47,14 @@ pub fn netns_suite(suite: &str, args: &[&str], dir: &Path) -> (i32, String, Stri
     )
 }
 
-/// True (and says why) when not root; under CI not being root is a failure.
+/// True (and says why, or fails under CI: see [`skip`]) when not root.
 #[allow(dead_code)]
 pub fn skip_unless_root(needs: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var_os("CI").is_none(), "CI must run this as root");
-        eprintln!("SKIPPED: needs root ({needs})");
-        return true;
+    match skip::not_root(needs) {
+        Some(why) => {
+            skip::skip(&why);
+            true
+        }
+        None => false,
     }
-    false
 }

@@ -1,15 +1,19 @@
 //! Integration tests of the qemu provider: real QEMU, real ssh. They need root (the
-//! network namespace and taps) and qemu-system-x86_64, and say so when they skip.
+//! network namespace and taps) and qemu-system-x86_64; without them they fail under CI
+//! and skip with the reason elsewhere (the harness's one policy, tests/common/skip.rs).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{accel, clean_leftovers, QemuCluster, QemuConfig, QemuError};
 
+#[path = "../../../tests/common/skip.rs"]
+mod skip;
+use skip::skip;
+
 fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (network namespace and taps)".into());
+    if let Some(why) = skip::not_root("network namespace and taps") {
+        return Some(why);
     }
     if accel::which("qemu-system-x86_64").is_none() {
         return Some("qemu-system-x86_64 not installed (ci/setup installs it)".into());
@@ -39,8 +43,7 @@ fn pid_alive(pid: u32) -> bool {
 #[test]
 fn two_vms_talk_over_ssh_and_the_cluster_network_then_leave_nothing() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return skip(&why);
     }
     let art = artifacts("two-vms");
     let config = QemuConfig::new(&["vm-a", "vm-b"], &art);
@@ -225,8 +228,7 @@ fn two_vms_talk_over_ssh_and_the_cluster_network_then_leave_nothing() {
 #[test]
 fn a_vm_that_is_never_ready_fails_with_its_console_and_leaves_nothing() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return skip(&why);
     }
     let art = artifacts("never-ready");
     let mut config = QemuConfig::new(&["slow"], &art);
@@ -248,8 +250,7 @@ fn a_vm_that_is_never_ready_fails_with_its_console_and_leaves_nothing() {
 #[test]
 fn a_taken_port_is_retried_and_a_dead_runs_leftovers_are_cleaned() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return skip(&why);
     }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
     let port = taken.local_addr().expect("its address").port();
@@ -313,8 +314,7 @@ fn missing_qemu_and_missing_kernel_are_named() {
 #[ignore = "a benchmark, not a test: boots 1 and 3 VMs several times"]
 fn qemu_boot_benchmark() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return skip(&why);
     }
     let rounds = std::env::var("DP_BENCH_ROUNDS")
         .ok()
@@ -335,8 +335,7 @@ fn the_provider_brings_up_vm_nodes_with_pods_and_takes_them_down() {
     use crate::signal::Cancel;
 
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
+        return skip(&why);
     }
     let run_dir = artifacts("provider");
     let topology = Topology {
