@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load, attach, program the maps from DIR, and keep them in sync until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what the kernel holds for this instance.
     Status(StatusArgs),
     /// Probe the running kernel's eBPF features and print them with the choices `run`

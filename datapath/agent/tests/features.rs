@@ -31,12 +31,17 @@ fn features_json(args: &[&str]) -> Value {
     })
 }
 
+/// Scratch cgroups (`datapathd-probe-<pid>`) whose process is gone: leaked. Those of live
+/// processes are other agents probing right now (other tests, other runs on this host).
 fn probe_cgroups_left() -> Vec<String> {
     fs::read_dir(common::sandbox::cgroup2_root())
         .expect("read the cgroup v2 root")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("datapathd-probe-"))
+        .filter(|n| {
+            n.strip_prefix("datapathd-probe-")
+                .is_some_and(|pid| !std::path::Path::new("/proc").join(pid).exists())
+        })
         .collect()
 }
 
@@ -71,7 +76,10 @@ fn features_reports_everything_available_on_this_kernel() {
         .filter(|(_, v)| v["available"] != true)
         .map(|(k, v)| format!("{k}: {}", v["how"]))
         .collect();
-    assert!(unavailable.is_empty(), "unavailable on this host: {unavailable:#?}");
+    assert!(
+        unavailable.is_empty(),
+        "unavailable on this host: {unavailable:#?}"
+    );
     for (name, v) in features {
         let how = v["how"].as_str().expect("how is a string");
         assert!(how.starts_with("probe: "), "{name} was not probed: {how}");
@@ -92,8 +100,13 @@ fn features_reports_everything_available_on_this_kernel() {
     let f = features_json(&["--assume-missing", "link:tcx"]);
     assert_eq!(f["features"]["link:tcx"]["available"], false);
     assert_eq!(f["choices"]["tc_attach"]["value"], "clsact", "{f:#}");
-    let reason = f["choices"]["tc_attach"]["reason"].as_str().expect("reason");
-    assert!(reason.contains("link:tcx unavailable (assumed missing"), "{reason}");
+    let reason = f["choices"]["tc_attach"]["reason"]
+        .as_str()
+        .expect("reason");
+    assert!(
+        reason.contains("link:tcx unavailable (assumed missing"),
+        "{reason}"
+    );
 
     let bad = datapathd_cmd(&["features", "--assume-missing", "tcx"]);
     assert!(!bad.status.success());
@@ -114,7 +127,10 @@ fn status_carries_the_running_agents_choices() {
     sb.start_agent(&AgentOpts::default());
     let s = sb.status();
     let f = &s["features"];
-    assert_eq!(f["source"], "agent", "status must show the agent's record: {f:#}");
+    assert_eq!(
+        f["source"], "agent",
+        "status must show the agent's record: {f:#}"
+    );
     assert_eq!(f["choices"], probed["choices"], "{f:#}");
     assert_eq!(f["kernel_release"], probed["kernel_release"]);
     let problems = s["problems"].as_array().expect("problems");
