@@ -87,8 +87,13 @@ impl Cgroup {
         hook: Hook,
         links: &[LinkInfo],
     ) -> Result<Vec<Attachment>, CgroupError> {
-        let ids = sys::prog_query(self.fd(), hook.attach_type())
-            .map_err(self.sys_err(format!("querying {hook} programs")))?;
+        let ids = match sys::prog_query(self.fd(), hook.attach_type()) {
+            Ok(ids) => ids,
+            // An attach type this kernel does not know (getpeername4 before 5.8): nothing
+            // can be attached there.
+            Err(e) if e.is(libc::EINVAL) => Vec::new(),
+            Err(e) => return Err(self.sys_err(format!("querying {hook} programs"))(e)),
+        };
         let mut unused: Vec<&LinkInfo> = links
             .iter()
             .filter(|l| l.attach_type == hook.attach_type())

@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     cleanup,
     failpoint::Failpoint,
+    features::{self, Feature, Report, Requested},
+    hooks::Hook,
     iptables::{self, ForwardChain, Iptables, JumpPolicy},
     layout::DEFAULT_BPFFS_DIR,
     maps::Sizes,
@@ -30,9 +32,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load, attach, program the maps from DIR, and keep them in sync until SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what the kernel holds for this instance.
     Status(StatusArgs),
+    /// Probe the running kernel's eBPF features and print them with the choices `run`
+    /// would make (without starting anything).
+    Features(FeaturesArgs),
     /// Remove every object of this instance (links, legacy attachments, maps, pins).
     Cleanup(CleanupArgs),
     /// List the failpoint names accepted by `run --failpoint`, one per line.
@@ -112,6 +117,24 @@ pub struct RunArgs {
     /// first from FORWARD.
     #[arg(long)]
     pub forward_chain: bool,
+    /// Treat this kernel feature as missing whatever the probe would say (repeatable; the
+    /// names of `datapathd features`): exercises the degraded paths on a kernel that has
+    /// everything.
+    #[arg(long = "assume-missing", value_name = "FEATURE", value_parser = features::parse_feature)]
+    pub assume_missing: Vec<Feature>,
+}
+
+#[derive(Debug, Args)]
+pub struct FeaturesArgs {
+    /// Print JSON (the shape is documented in datapath/README.md).
+    #[arg(long)]
+    pub json: bool,
+    /// The `--tc-attach` whose choice to report.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_tc_mode)]
+    pub tc_attach: TcMode,
+    /// As `run --assume-missing`.
+    #[arg(long = "assume-missing", value_name = "FEATURE", value_parser = features::parse_feature)]
+    pub assume_missing: Vec<Feature>,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +223,41 @@ fn positive(flag: &str, n: u32) -> Result<u32> {
     Ok(n)
 }
 
+/// `status`'s features: the running agent's record, or a fresh probe (with a problem
+/// saying so) when there is none.
+fn status_features(bpffs: &std::path::Path) -> Result<(Report, Option<String>)> {
+    let problem = match features::record::read(bpffs) {
+        Ok(Some(r)) => return Ok((r, None)),
+        Ok(None) => format!(
+            "no features report recorded under {} (no agent ran here since the last cleanup): probed now",
+            bpffs.display()
+        ),
+        Err(e) => format!("{:#}: probed now", anyhow::Error::from(e)),
+    };
+    let req = Requested {
+        tc_attach: TcMode::Auto,
+        masquerade: false,
+        accelerate: false,
+    };
+    let probes = features::probe::probe_all(&[]);
+    let release = crate::prereq::kernel_release()?;
+    Ok((Report::new(release, "probe", &probes, req), Some(problem)))
+}
+
+/// Prints `value` as pretty JSON or as `text` renders it.
+fn print<T: serde::Serialize>(value: &T, json: bool, text: impl Fn(&T) -> String) -> Result<()> {
+    let out = if json {
+        let mut t = serde_json::to_string_pretty(value).context("encoding JSON")?;
+        t.push('\n');
+        t
+    } else {
+        text(value)
+    };
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .context("writing to stdout")
+}
+
 pub fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(a) => {
@@ -227,11 +285,32 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 net,
                 accelerate: a.accelerate,
                 sockhash_gc: std::time::Duration::from_millis(a.sockhash_gc_ms),
+                assume_missing: a.assume_missing,
             })
         }
+        Command::Features(a) => {
+            crate::prereq::require_root()?;
+            let req = Requested {
+                tc_attach: a.tc_attach,
+                masquerade: false,
+                accelerate: false,
+            };
+            let probes = features::probe::probe_all(&a.assume_missing);
+            let release = crate::prereq::kernel_release()?;
+            let report = Report::new(release, "probe", &probes, req);
+            print(&report, a.json, Report::render_text)
+        }
         Command::Status(a) => {
-            let mut s =
-                status::collect(&a.bpffs, a.cgroup.as_deref()).context("collecting status")?;
+            let (report, problem) = status_features(&a.bpffs)?;
+            let skipped: Vec<Hook> = if report.uses_getpeername4() {
+                vec![]
+            } else {
+                vec![Hook::Getpeername4]
+            };
+            let mut s = status::collect(&a.bpffs, a.cgroup.as_deref(), &skipped)
+                .context("collecting status")?;
+            s.problems.extend(problem);
+            s.features = Some(report);
             s.masquerade = crate::masq::status(&a.bpffs);
             if let Some(prefix) = a
                 .forward_chain
@@ -245,16 +324,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 };
                 s.forward_chain = Some(iptables::status(&chain).context("inspecting DP_FORWARD")?);
             }
-            let text = if a.json {
-                let mut t = serde_json::to_string_pretty(&s).context("encoding status")?;
-                t.push('\n');
-                t
-            } else {
-                status::render_text(&s)
-            };
-            std::io::stdout()
-                .write_all(text.as_bytes())
-                .context("writing to stdout")
+            print(&s, a.json, status::render_text)
         }
         Command::Cleanup(a) => {
             // The masquerade's tc attachments and our iptables chain first: the instance

@@ -70,18 +70,6 @@ impl Hook {
             Hook::SockOps => "sock_ops",
         }
     }
-
-    /// First kernel release with this attach type.
-    pub fn min_kernel(self) -> (u32, u32) {
-        match self {
-            Hook::Connect4 => (4, 17),
-            Hook::Sendmsg4 => (4, 18),
-            Hook::Recvmsg4 => (5, 2),
-            Hook::Getpeername4 => (5, 8),
-            // sock_ops 4.13, sockhash 4.18, bpf_msg_redirect_hash 4.18, sockmap prog query 5.19.
-            Hook::SockOps => (4, 18),
-        }
-    }
 }
 
 impl std::fmt::Display for Hook {

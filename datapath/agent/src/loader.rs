@@ -22,8 +22,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    AccelConfig, Meta, ACCEL_MAX_CIDRS, INSERT_ANY, INSERT_NOEXIST, LAYOUT_VERSION, MAP_META,
-    META_KEY, PROG_SKMSG,
+    AccelConfig, Meta, ACCEL_MAX_CIDRS, GLOBAL_FAST_REFUSE, INSERT_ANY, INSERT_NOEXIST,
+    LAYOUT_VERSION, MAP_META, META_KEY, PROG_SKMSG,
 };
 use tracing::{info, warn};
 
@@ -117,6 +117,11 @@ pub struct StartOptions<'a> {
     pub failpoints: Failpoints,
     /// Prefixes whose connections are accelerated (both ends in one of them).
     pub accelerate: &'a [Cidr],
+    /// The cgroup hooks to load and attach (getpeername4 is left out on kernels without
+    /// it; see features.rs).
+    pub hooks: &'a [Hook],
+    /// Whether the programs may call `bpf_set_retval` (ECONNREFUSED instead of EPERM).
+    pub fast_refuse: bool,
 }
 
 /// A started datapath: programs attached, maps ready to program.
@@ -156,6 +161,10 @@ pub fn start(object: &[u8], opts: &StartOptions<'_>) -> Result<Started, LoadErro
     for spec in specs.iter().filter(|s| s.name != MAP_META) {
         loader.map_max_entries(spec.name, spec.max_entries);
     }
+    if !opts.fast_refuse {
+        loader.override_global(GLOBAL_FAST_REFUSE, &0u32, true);
+        info!("bpf_set_retval unavailable: a service without backends answers EPERM");
+    }
     if !legacy {
         for (name, pin) in pins.iter().filter(|(n, _)| *n != MAP_META) {
             loader.map_pin_path(name, pin.as_path());
@@ -172,7 +181,7 @@ pub fn start(object: &[u8], opts: &StartOptions<'_>) -> Result<Started, LoadErro
     if opts.accelerate.len() > ACCEL_MAX_CIDRS {
         return Err(LoadError::TooManyPrefixes(opts.accelerate.len()));
     }
-    for hook in Hook::ALL {
+    for &hook in opts.hooks {
         load_hook(&mut ebpf, hook)?;
         info!(program = hook.program(), "loaded");
         fp.hit(Failpoint::AfterLoad(hook));
@@ -217,7 +226,7 @@ pub fn start(object: &[u8], opts: &StartOptions<'_>) -> Result<Started, LoadErro
     );
     fp.hit(Failpoint::AfterAttachSkMsg);
 
-    for hook in Hook::ALL {
+    for &hook in opts.hooks {
         if legacy {
             attach_legacy(&mut ebpf, opts.cgroup, hook)?;
             fp.hit(Failpoint::AfterAttach(hook));

@@ -5,6 +5,7 @@ mod cleanup;
 mod cli;
 mod ebpf_object;
 mod failpoint;
+mod features;
 mod hooks;
 mod iptables;
 mod layout;

@@ -70,8 +70,8 @@ pub enum MasqError {
     NoPodCidr,
     #[error("at most {MASQ_MAX_CIDRS} {what} are supported, got {got}")]
     TooManyCidrs { what: &'static str, got: usize },
-    #[error("--tc-attach tcx needs kernel 6.6 or newer (this one is {0})")]
-    NoTcx(String),
+    #[error("the tc attach mode must be resolved by the feature probes before the masquerade starts (--tc-attach auto)")]
+    UnresolvedMode,
     #[error("cannot create {path}")]
     Dirs {
         path: String,
@@ -215,7 +215,7 @@ impl FromStr for PortRange {
 /// How the tc programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcMode {
-    /// tcx on kernel 6.6+, clsact below.
+    /// tcx where the kernel has it (probed), clsact otherwise.
     Auto,
     Tcx,
     Clsact,
@@ -329,19 +329,9 @@ pub fn start(bpffs: &Path, opts: &MasqOptions) -> Result<Masq, MasqError> {
             return Err(MasqError::TooManyCidrs { what, got: v.len() });
         }
     }
-    let tcx_ok = aya::util::KernelVersion::current()
-        .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-        .unwrap_or(false);
+    // `run` resolved auto from the probes (features.rs), and refused tcx without tcx.
     let mode = match opts.mode {
-        TcMode::Auto if tcx_ok => TcMode::Tcx,
-        TcMode::Auto => TcMode::Clsact,
-        TcMode::Tcx if !tcx_ok => {
-            return Err(MasqError::NoTcx(
-                aya::util::KernelVersion::current()
-                    .map(|v| format!("{v:?}"))
-                    .unwrap_or_else(|_| "unknown".into()),
-            ))
-        }
+        TcMode::Auto => return Err(MasqError::UnresolvedMode),
         m => m,
     };
 

@@ -7,19 +7,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::hooks::Hook;
-
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
-/// Kernel features beyond the hooks themselves, with the first release that has them.
-const FEATURES: [(&str, (u32, u32)); 2] = [
-    ("bpf_link attachment of cgroup programs", (5, 7)),
-    (
-        "bpf_set_retval (fast ECONNREFUSED for services without backends)",
-        (5, 18),
-    ),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrereqError {
@@ -33,12 +22,6 @@ pub enum PrereqError {
     CgroupMissing { path: PathBuf, mounts: String },
     #[error("{path} is not a cgroup v2 directory (cgroup v2 is mounted at {mounts})")]
     NotCgroup2 { path: PathBuf, mounts: String },
-    #[error("kernel {release} is too old for {what}: it needs Linux {}.{} or newer", need.0, need.1)]
-    KernelTooOld {
-        release: String,
-        what: String,
-        need: (u32, u32),
-    },
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -155,69 +138,15 @@ pub fn check_cgroup(path: &Path) -> Result<(), PrereqError> {
     Ok(())
 }
 
-/// The running kernel's release string and (major, minor).
-pub fn kernel_version() -> Result<(String, (u32, u32)), PrereqError> {
+/// The running kernel's release (`uname -r`), for reports only: what the kernel can do is
+/// probed (features.rs), never inferred from this.
+pub fn kernel_release() -> Result<String, PrereqError> {
     let path = Path::new("/proc/sys/kernel/osrelease");
-    let release = std::fs::read_to_string(path)
+    Ok(std::fs::read_to_string(path)
         .map_err(|source| PrereqError::Read {
             path: path.to_path_buf(),
             source,
         })?
         .trim()
-        .to_string();
-    Ok((release.clone(), parse_release(&release)))
-}
-
-fn parse_release(release: &str) -> (u32, u32) {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor)
-}
-
-/// Every hook and feature the datapath uses must exist in the running kernel.
-pub fn check_kernel() -> Result<(), PrereqError> {
-    let (release, have) = kernel_version()?;
-    check_kernel_version(&release, have)
-}
-
-fn check_kernel_version(release: &str, have: (u32, u32)) -> Result<(), PrereqError> {
-    let hooks = Hook::ALL
-        .iter()
-        .map(|h| (format!("hook cgroup/{}", h.name()), h.min_kernel()));
-    let features = FEATURES.iter().map(|(what, v)| (what.to_string(), *v));
-    for (what, need) in hooks.chain(features) {
-        if have < need {
-            return Err(PrereqError::KernelTooOld {
-                release: release.to_string(),
-                what,
-                need,
-            });
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_kernel_releases() {
-        assert_eq!(parse_release("6.18.44-fc-v782"), (6, 18));
-        assert_eq!(parse_release("5.4.0-150-generic"), (5, 4));
-        assert_eq!(parse_release("garbage"), (0, 0));
-    }
-
-    #[test]
-    fn old_kernels_name_the_missing_hook() {
-        let err = check_kernel_version("5.4.0", (5, 4)).expect_err("5.4 is too old");
-        assert_eq!(
-            err.to_string(),
-            "kernel 5.4.0 is too old for hook cgroup/getpeername4: it needs Linux 5.8 or newer"
-        );
-        let err = check_kernel_version("5.15.0", (5, 15)).expect_err("5.15 lacks set_retval");
-        assert!(err.to_string().contains("bpf_set_retval"));
-        assert!(check_kernel_version("6.18.44", (6, 18)).is_ok());
-    }
+        .to_string())
 }

@@ -17,10 +17,12 @@ use crate::{
     cgroup::Cgroup,
     ebpf_object,
     failpoint::{Failpoint, Failpoints},
+    features::{self, Feature, Report, Requested},
+    hooks::Hook,
     layout::Layout,
     loader::{self, StartOptions},
     maps::{BpfMap, DpMaps, Sizes},
-    masq::Cidr,
+    masq::{Cidr, TcMode},
     mutant::Mutant,
     prereq, programming,
     services::{self, DirWatcher, LoadReport},
@@ -47,6 +49,8 @@ pub struct RunOptions {
     pub accelerate: Vec<Cidr>,
     /// How often stale dp_sockhash keys are garbage-collected (also once before `ready`).
     pub sockhash_gc: Duration,
+    /// Features to treat as missing whatever the kernel says (`--assume-missing`).
+    pub assume_missing: Vec<Feature>,
 }
 
 pub fn run(mut opts: RunOptions) -> Result<()> {
@@ -54,7 +58,6 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         return Err(loader::LoadError::EmptyObject.into());
     }
     prereq::require_root()?;
-    prereq::check_kernel()?;
     prereq::check_cgroup(&opts.cgroup)?;
     if opts.mutant != Some(Mutant::StaleCgroupProg) {
         prereq::check_bpffs(&opts.bpffs)?;
@@ -68,6 +71,12 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     if let Some(m) = opts.mutant {
         warn!(mutant = %m, "running a deliberately broken datapath: {}", m.description());
     }
+
+    let report = probe_features(&mut opts)?;
+    let hooks: Vec<Hook> = Hook::ALL
+        .into_iter()
+        .filter(|h| *h != Hook::Getpeername4 || report.uses_getpeername4())
+        .collect();
 
     let cgroup = Cgroup::open(&opts.cgroup)?;
     let layout = Layout::new(&opts.bpffs);
@@ -85,9 +94,17 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
             mutant: opts.mutant,
             failpoints,
             accelerate: &opts.accelerate,
+            hooks: &hooks,
+            fast_refuse: report.uses_set_retval(),
         },
     )
     .context("starting the datapath")?;
+    // For `status`; the mutant that pins nothing records nothing.
+    if opts.mutant != Some(Mutant::StaleCgroupProg) {
+        if let Err(e) = features::record::write(&opts.bpffs, &report) {
+            warn!("cannot record the features report for `status`: {e:#}");
+        }
+    }
     // Stale sockhash keys a previous run (or anyone) left: collected before `ready`, then
     // on a period. The mutant never collects (incident C).
     let mut gc = (opts.mutant != Some(Mutant::SockmapNoexist)).then(Gc::default);
@@ -124,6 +141,40 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     rt.block_on(watch(&opts, &started.maps, &mut watcher, &mut sockhash))?;
     info!("exiting; pinned links and maps stay in place (`datapathd cleanup` removes them)");
     Ok(())
+}
+
+/// Probe the kernel, log the choices, refuse what it cannot run, and resolve
+/// `--tc-attach auto`.
+fn probe_features(opts: &mut RunOptions) -> Result<Report> {
+    let masq = opts.net.as_ref().and_then(|n| n.masq.as_ref());
+    let req = Requested {
+        tc_attach: masq.map_or(TcMode::Auto, |m| m.mode),
+        masquerade: masq.is_some(),
+        accelerate: !opts.accelerate.is_empty(),
+    };
+    let probes = features::probe::probe_all(&opts.assume_missing);
+    let report = Report::new(prereq::kernel_release()?, "agent", &probes, req);
+    for (name, f) in report.features.iter().filter(|(_, f)| !f.available) {
+        warn!(feature = %name, how = %f.how, "kernel feature unavailable");
+    }
+    let c = &report.choices;
+    for (name, choice) in [
+        ("socket_lb", &c.socket_lb),
+        ("getpeername4", &c.getpeername4),
+        ("fast_refuse", &c.fast_refuse),
+        ("accelerate", &c.accelerate),
+        ("tc_attach", &c.tc_attach),
+    ] {
+        info!(choice = name, value = %choice.value, reason = %choice.reason, "feature choice");
+    }
+    report.require(req)?;
+    if let (Some(m), Some(mode)) = (
+        opts.net.as_mut().and_then(|n| n.masq.as_mut()),
+        report.tc_mode(),
+    ) {
+        m.mode = mode;
+    }
+    Ok(report)
 }
 
 fn log_problems(report: &LoadReport) {

@@ -550,3 +550,101 @@ pub fn cgroup_links(cgroup_id: u64) -> Result<Vec<LinkInfo>> {
     }
     Ok(out)
 }
+
+/// One BPF instruction (`struct bpf_insn`): opcode, dst/src registers, offset, immediate.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Insn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+impl Insn {
+    /// `r0 = imm` (BPF_ALU64 | BPF_MOV | BPF_K).
+    pub const fn mov_r0(imm: i32) -> Insn {
+        Insn {
+            code: 0xb7,
+            regs: 0,
+            off: 0,
+            imm,
+        }
+    }
+
+    /// `exit` (BPF_JMP | BPF_EXIT).
+    pub const EXIT: Insn = Insn {
+        code: 0x95,
+        regs: 0,
+        off: 0,
+        imm: 0,
+    };
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `BPF_PROG_LOAD` of a small hand-written program (the feature probes); GPL-licensed so
+/// that every helper is allowed.
+pub fn prog_load(prog_type: u32, expected_attach_type: u32, insns: &[Insn]) -> Result<OwnedFd> {
+    prog_load_logged(prog_type, expected_attach_type, insns, &mut [])
+}
+
+/// [`prog_load`] with the verifier's log (level 1) written into `log` (if not empty).
+pub fn prog_load_logged(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[Insn],
+    log: &mut [u8],
+) -> Result<OwnedFd> {
+    let license = c"GPL";
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type,
+        ..Default::default()
+    };
+    if !log.is_empty() {
+        attr.log_level = 1;
+        attr.log_size = log.len() as u32;
+        attr.log_buf = log.as_mut_ptr() as u64;
+    }
+    bpf_fd(bpf_cmd::BPF_PROG_LOAD, "BPF_PROG_LOAD", &mut attr)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    /// A cgroup fd, or an ifindex for tcx.
+    target: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// `BPF_LINK_CREATE` of `prog` on `target` (a cgroup fd, or an interface index for tcx).
+pub fn link_create(prog: BorrowedFd<'_>, target: u32, attach_type: u32) -> Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: fd_u32(prog),
+        target,
+        attach_type,
+        flags: 0,
+    };
+    bpf_fd(bpf_cmd::BPF_LINK_CREATE, "BPF_LINK_CREATE", &mut attr)
+}

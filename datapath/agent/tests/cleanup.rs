@@ -173,6 +173,7 @@ fn cleanup_after_crashes_and_legacy_attachments() {
         sb.start_agent(&AgentOpts {
             mutant: Some("stale-cgroup-prog".into()),
             failpoint: None,
+            ..AgentOpts::default()
         });
         sb.stop_agent(libc::SIGKILL);
     }

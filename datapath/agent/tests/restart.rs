@@ -55,6 +55,7 @@ fn crash_and_restart(failpoint: &str, mutant: Option<&str>) -> Sandbox {
     let opts = AgentOpts {
         mutant: mutant.map(str::to_owned),
         failpoint: None,
+        ..AgentOpts::default()
     };
     let mut sb = Sandbox::new(if mutant.is_some() {
         "restart-mutant"

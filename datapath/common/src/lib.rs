@@ -32,6 +32,9 @@ pub const MAP_META: &str = "dp_meta";
 
 /// Program names (the eBPF functions' symbols, which the kernel keeps as program names).
 pub const PROG_CONNECT4: &str = "dp_connect4";
+/// The eBPF object's `.rodata` switch for `bpf_set_retval` (u32, 1 = use it); the agent
+/// sets it to 0 on kernels without the helper.
+pub const GLOBAL_FAST_REFUSE: &str = "DP_FAST_REFUSE";
 pub const PROG_SENDMSG4: &str = "dp_sendmsg4";
 pub const PROG_RECVMSG4: &str = "dp_recvmsg4";
 pub const PROG_GETPEERNAME4: &str = "dp_getpeername4";

@@ -165,12 +165,22 @@ fn reverse(ctx: &SockAddrContext) {
     }
 }
 
+/// Whether [`refuse`] may call `bpf_set_retval`: set to 0 by the agent at load time
+/// (`EbpfLoader::override_global`) when the kernel lacks the helper. It lives in the frozen
+/// `.rodata` map, so the verifier knows its value and never checks the dead call.
+#[unsafe(no_mangle)]
+static DP_FAST_REFUSE: u32 = 1;
+
 /// Make connect()/sendmsg() fail with ECONNREFUSED (bpf_set_retval, kernel 5.18+); the
-/// program then returns 0. Without the helper the kernel would report EPERM.
+/// program then returns 0. Without the helper the kernel reports EPERM.
 #[inline(always)]
 fn refuse() -> i32 {
-    // SAFETY: a helper that only sets this syscall's return value.
-    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    // SAFETY: a plain read of a static; volatile so the compiler keeps the load that the
+    // loader's value decides.
+    if unsafe { core::ptr::read_volatile(&DP_FAST_REFUSE) } != 0 {
+        // SAFETY: a helper that only sets this syscall's return value.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+    }
     REJECT
 }
 

@@ -126,6 +126,8 @@ impl Agent {
 pub struct AgentOpts {
     pub mutant: Option<String>,
     pub failpoint: Option<String>,
+    /// More `datapathd run` arguments (e.g. `--assume-missing FEATURE`).
+    pub extra_args: Vec<String>,
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -305,6 +307,7 @@ impl Sandbox {
         if let Some(f) = &opts.failpoint {
             cmd.args(["--failpoint", f]);
         }
+        cmd.args(&opts.extra_args);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -349,6 +352,7 @@ impl Sandbox {
         let opts = AgentOpts {
             mutant: mutant.map(str::to_owned),
             failpoint: Some(failpoint.to_owned()),
+            ..AgentOpts::default()
         };
         let agent = self.start_agent(&opts);
         let ended = wait_for(AGENT_EXIT, || {
