@@ -574,6 +574,7 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
         facts: &result.facts,
         events: &result.events,
         status,
+        replay: &replay,
     };
     if let Err(e) = github::publish(&run, opts.summary_md.as_deref()) {
         eprintln!("harness: {}", crate::run::chain(&e));

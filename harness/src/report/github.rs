@@ -37,6 +37,8 @@ pub struct Run<'a> {
     pub facts: &'a Facts,
     pub events: &'a [Event],
     pub status: ExitStatus,
+    /// The command that runs it again ([`Plan::replay_command`]).
+    pub replay: &'a str,
 }
 
 /// Prints the groups and annotations when running under GitHub Actions, appends the
@@ -221,7 +223,7 @@ pub fn summary(run: &Run) -> String {
         p.seed,
         md_cell(&run.facts.accelerator),
         p.mutant.as_deref().unwrap_or("correct"),
-        p.replay_command(&Default::default()).replace('`', "'")
+        run.replay.replace('`', "'")
     );
     s.push_str("| scenario | invariant | verdict | iterations | summary |\n");
     s.push_str("| --- | --- | --- | --- | --- |\n");

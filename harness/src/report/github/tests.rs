@@ -93,6 +93,7 @@ fn run(events: &[Event]) -> String {
         facts: &f,
         events,
         status: ExitStatus::InvariantsFailed,
+        replay: "harness suite suites/sock-lb.yaml --provider qemu --seed 5 --datapath-mutant stale-cgroup-prog",
     })
 }
 
@@ -122,20 +123,21 @@ fn a_failed_invariant_is_one_error_naming_suite_scenario_and_evidence() {
         facts: &f,
         events: &ev,
         status: ExitStatus::InvariantsFailed,
+        replay: "harness suite suites/sock-lb.yaml --provider qemu --seed 5 --datapath-mutant stale-cgroup-prog",
     };
     let a = annotations(&r);
     assert_eq!(
         a,
         vec![
             "::error title=sock-lb%3A restart%3A one-program-per-hook failed::\
-             1 of 2 (#1) in sock-lb [qemu 6.1.0-57-amd64]: node-a: 2 programs, 50%25 stale\
+             1 of 2 (#1) in sock-lb [qemu 6.1.0-57-amd64, mutant stale-cgroup-prog]: node-a: 2 programs, 50%25 stale\
              %0Anode node-a hook connect4: 2 programs%0Aids 7, 9"
                 .to_string(),
             "::warning title=sock-lb%3A restart%3A service-connectivity could not be judged::\
-             1 of 2 (#2) in sock-lb [qemu 6.1.0-57-amd64]: cannot | observe"
+             1 of 2 (#2) in sock-lb [qemu 6.1.0-57-amd64, mutant stale-cgroup-prog]: cannot | observe"
                 .to_string(),
             "::error title=sock-lb%3A broken%3A the harness could not run it::\
-             sock-lb [qemu 6.1.0-57-amd64]%0Aiteration 1: up: node n: not ready%0Aconsole tail"
+             sock-lb [qemu 6.1.0-57-amd64, mutant stale-cgroup-prog]%0Aiteration 1: up: node n: not ready%0Aconsole tail"
                 .to_string(),
         ]
     );
@@ -149,14 +151,15 @@ fn groups_open_per_iteration_close_and_never_pass_a_command_through() {
         facts: &f,
         events: &ev,
         status: ExitStatus::InvariantsFailed,
+        replay: "harness suite suites/sock-lb.yaml --provider qemu --seed 5 --datapath-mutant stale-cgroup-prog",
     });
     let opened: Vec<&String> = g.iter().filter(|l| l.starts_with("::group::")).collect();
     assert_eq!(
         opened,
         [
-            "::group::sock-lb [qemu 6.1.0-57-amd64]: restart #1",
-            "::group::sock-lb [qemu 6.1.0-57-amd64]: restart #2",
-            "::group::sock-lb [qemu 6.1.0-57-amd64]: broken #1",
+            "::group::sock-lb [qemu 6.1.0-57-amd64, mutant stale-cgroup-prog]: restart #1",
+            "::group::sock-lb [qemu 6.1.0-57-amd64, mutant stale-cgroup-prog]: restart #2",
+            "::group::sock-lb [qemu 6.1.0-57-amd64, mutant stale-cgroup-prog]: broken #1",
         ]
     );
     assert_eq!(g.iter().filter(|l| *l == "::endgroup::").count(), 3);
@@ -172,7 +175,7 @@ fn groups_open_per_iteration_close_and_never_pass_a_command_through() {
 fn the_summary_is_a_markdown_table_of_verdicts() {
     assert_eq!(
         run(&events()),
-        "### sock-lb [qemu 6.1.0-57-amd64]: exit 1 (an invariant failed)\n\
+        "### sock-lb [qemu 6.1.0-57-amd64, mutant stale-cgroup-prog]: exit 1 (an invariant failed)\n\
          \n\
          seed 5, accelerator kvm, datapath stale-cgroup-prog; replay: \
          `harness suite suites/sock-lb.yaml --provider qemu --seed 5 --datapath-mutant stale-cgroup-prog`\n\
