@@ -20,6 +20,7 @@ pub mod bench;
 pub mod cpio;
 pub mod error;
 pub mod image;
+pub mod kernel_spec;
 pub mod machines;
 pub mod net;
 pub mod pod;
@@ -39,7 +40,8 @@ use std::time::{Duration, Instant};
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use error::{QemuError, Result};
-pub use image::NodeImage;
+pub use image::{BootMethod, NodeImage};
+pub use kernel_spec::{KernelSpec, KernelSpecError};
 pub use provider::QemuProvider;
 pub use ssh::{RemoteOutput, SshSession, SshSlot};
 
@@ -67,8 +69,9 @@ pub struct QemuConfig {
     pub nodes: Vec<String>,
     pub memory_mib: u32,
     pub cpus: u32,
-    /// A kernel for the image (a .deb, bzImage or vmlinux); Debian's by default.
-    pub kernel: Option<PathBuf>,
+    /// The image's kernel: a Debian series or a .deb, bzImage or vmlinux; the
+    /// builder's default (Debian's 6.1) when `None`.
+    pub kernel: Option<KernelSpec>,
     /// The module tree for a `kernel` given as bzImage or vmlinux.
     pub modules: Option<PathBuf>,
     /// A prebuilt image directory; skips the builder.
@@ -266,7 +269,7 @@ impl QemuCluster {
         require_tool("dropbearkey", "install dropbear-bin (ci/setup does)")?;
         let image = match &config.image {
             Some(dir) => NodeImage::open(dir)?,
-            None => NodeImage::build(config.kernel.as_deref(), config.modules.as_deref())?,
+            None => NodeImage::build(config.kernel.as_ref(), config.modules.as_deref())?,
         };
 
         let run_id = config.run_id.clone().unwrap_or_else(new_run_id);

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{clean_leftovers, guest_sees, QemuCluster, QemuConfig, QemuError, GUEST_BIN_DIR};
+use super::{
+    clean_leftovers, guest_sees, KernelSpec, QemuCluster, QemuConfig, QemuError, GUEST_BIN_DIR,
+};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod};
 use crate::node::ssh::SshNode;
 use crate::node::Node;
@@ -23,8 +25,8 @@ const NODE_STATE: &str = "/var/lib/dp-harness";
 /// Disposable VMs, one kernel per node.
 #[derive(Default)]
 pub struct QemuProvider {
-    /// A kernel for the node image (`--kernel`): a .deb, bzImage or vmlinux.
-    pub kernel: Option<PathBuf>,
+    /// The node image's kernel (`--kernel`): a Debian series or a .deb, bzImage, vmlinux.
+    pub kernel: Option<KernelSpec>,
     cluster: Option<QemuCluster>,
     facts: Facts,
 }
@@ -41,7 +43,7 @@ impl QemuProvider {
         }
     }
 
-    pub fn with_kernel(kernel: Option<PathBuf>) -> Self {
+    pub fn with_kernel(kernel: Option<KernelSpec>) -> Self {
         Self {
             kernel,
             ..Self::new()
