@@ -137,8 +137,10 @@ ensure_kernel_index() {
   write_apt_config "$mirror" "$security"
   log "refreshing the private apt lists ($mirror: $DEBIAN_SUITES; $security: $DEBIAN_SECURITY_SUITES) in $APT_DIR"
   local out
-  if out="$(papt_get update 2>&1)" && build_kernel_index; then
-    # A suite the mirror no longer serves is a warning, not a failure.
+  # A suite the mirror no longer serves fails apt-get update but not the others: what
+  # counts is whether the lists that came hold kernels.
+  out="$(papt_get update 2>&1)" || true
+  if build_kernel_index; then
     printf '%s\n' "$out" | grep -E '^(E|W):' | sed 's/^/  apt: /' >&2 || true
     echo "$mirror $DEBIAN_SUITES; $security $DEBIAN_SECURITY_SUITES" >"$APT_DIR/mirror"
     touch "$APT_DIR/updated"

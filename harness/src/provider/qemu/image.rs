@@ -212,4 +212,53 @@ mod tests {
             "kernel series 4.1: no package\nDebian serves (build-node-image --list):\n  6.1 linux-image-x 1"
         );
     }
+
+    fn image_dir(manifest: &str, files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("manifest"), manifest).expect("manifest");
+        for f in files {
+            std::fs::write(dir.path().join(f), b"x").expect("file");
+        }
+        dir
+    }
+
+    #[test]
+    fn an_image_says_how_it_boots_and_what_it_was_built_from() {
+        let dir = image_dir(
+            "kernel_release=7.2.13+deb14-amd64\nkernel_series=newest\n\
+             kernel_package=linux-image-7.2.13+deb14-amd64\nkernel_version=7.2.13-1\n\
+             boot=bzImage\n",
+            &["bzImage", "initramfs.cpio.gz"],
+        );
+        let image = NodeImage::open(dir.path()).expect("open");
+        assert_eq!(image.boot, BootMethod::BzImage);
+        assert_eq!(image.kernel, dir.path().join("bzImage"));
+        assert_eq!(image.kernel_series.as_deref(), Some("newest"));
+        assert_eq!(image.kernel_version.as_deref(), Some("7.2.13-1"));
+        assert!(dir.path().join("in-use").exists());
+
+        // An image from before bzImage boots: a vmlinux, no package fields.
+        let old = image_dir(
+            "kernel_release=6.1.0-57-amd64\nkernel_source=linux-image-6.1.0-57-amd64=6.1.192-3\n",
+            &["vmlinux", "initramfs.cpio.gz"],
+        );
+        let image = NodeImage::open(old.path()).expect("open an old image");
+        assert_eq!((image.boot, image.kernel_package), (BootMethod::Pvh, None));
+
+        let broken = image_dir(
+            "kernel_release=x\nboot=bzImage\n",
+            &["vmlinux", "initramfs.cpio.gz"],
+        );
+        let err = NodeImage::open(broken.path()).expect_err("no bzImage");
+        assert!(
+            matches!(
+                err,
+                QemuError::ImageIncomplete {
+                    file: "bzImage",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
 }

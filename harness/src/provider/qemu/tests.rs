@@ -34,10 +34,14 @@ fn test_kernel() -> Option<KernelSpec> {
     )
 }
 
-/// A cluster of `names` on the test kernel.
+/// A cluster of `names` on the test kernel, or on the image directory
+/// `$DP_HARNESS_TEST_IMAGE` (e.g. one built with `build-node-image --boot-bzimage`).
 fn test_config(names: &[&str], art: &Path) -> QemuConfig {
     let mut config = QemuConfig::new(names, art);
     config.kernel = test_kernel();
+    config.image = std::env::var_os("DP_HARNESS_TEST_IMAGE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
     config
 }
 
