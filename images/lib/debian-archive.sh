@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Debian's archive as a source of guest kernels, through a PRIVATE apt configuration
 # (sources list, lists, caches and an empty dpkg status under $APT_DIR): the machine's own
 # apt state is never read for resolution nor written. Sourced by build-node-image.
@@ -63,8 +64,10 @@ Dir::Etc::preferencesparts "/dev/null";
 Dir::State::Lists "$APT_DIR/lists";
 Dir::State::status "$APT_DIR/status";
 Dir::Cache "$APT_DIR/cache";
+// The binary cache makes each apt-cache call of a build 0.02 s instead of 3.3 s (112 MB);
+// the machine may disable it (docker images do).
 Dir::Cache::pkgcache "pkgcache.bin";
-Dir::Cache::srcpkgcache "srcpkgcache.bin";
+Dir::Cache::srcpkgcache "";
 APT::Architectures { "amd64"; };
 Acquire::Languages "none";
 APT::Sandbox::User "$(id -un)";
@@ -108,8 +111,9 @@ build_kernel_index() {
     echo "$best" | awk '{ print $1, $3, $2, $4 }' >>"$APT_DIR/kernels.tmp"
   done
   # newest: the highest series that sid serves.
-  awk '$4 == "sid"' "$APT_DIR/kernels.tmp" | sort -V -k1,1 | tail -n1 \
-    | awk '{ $1 = "newest"; print }' >>"$APT_DIR/kernels.tmp"
+  local newest
+  newest="$(awk '$4 == "sid"' "$APT_DIR/kernels.tmp" | sort -V -k1,1 | tail -n1)"
+  [ -z "$newest" ] || echo "$newest" | awk '{ $1 = "newest"; print }' >>"$APT_DIR/kernels.tmp"
   rm -f "$APT_DIR/candidates"
   mv "$APT_DIR/kernels.tmp" "$(kernel_index)"
 }

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The image cache: which images were used last, and pruning the others. Sourced by
 # build-node-image. Needs: CACHE, log, die_input.
 #

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The kernel and its modules inside an unpacked package tree, and the uncompressed
 # vmlinux inside a bzImage. Sourced by build-node-image. Needs: log, die.
 
