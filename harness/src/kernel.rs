@@ -18,8 +18,9 @@ pub enum KernelSpec {
     Series { major: u32, minor: u32 },
     /// One exact Debian package, as apt names it (`linux-image-6.1.0-57-amd64=6.1.192-3`).
     Package { name: String, version: String },
-    /// A `linux-image-*.deb` on this machine.
-    Deb(PathBuf),
+    /// A kernel file on this machine: a `linux-image-*.deb` (or, for the provider's own
+    /// tests, a bzImage or vmlinux with its module tree).
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,11 +59,7 @@ impl FromStr for KernelSpec {
             };
         }
         if s.ends_with(".deb") || s.contains('/') {
-            return if s.ends_with(".deb") {
-                Ok(Self::Deb(PathBuf::from(s)))
-            } else {
-                Err(err())
-            };
+            return Ok(Self::File(PathBuf::from(s)));
         }
         let (major, minor) = s.split_once('.').ok_or_else(err)?;
         let num = |x: &str| -> Option<u32> {
@@ -77,13 +74,23 @@ impl FromStr for KernelSpec {
     }
 }
 
+impl KernelSpec {
+    /// The argument `images/build-node-image --kernel` takes.
+    pub fn builder_arg(&self) -> std::ffi::OsString {
+        match self {
+            Self::File(p) => p.as_os_str().to_owned(),
+            other => other.to_string().into(),
+        }
+    }
+}
+
 impl fmt::Display for KernelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Newest => f.write_str("newest"),
             Self::Series { major, minor } => write!(f, "{major}.{minor}"),
             Self::Package { name, version } => write!(f, "{name}={version}"),
-            Self::Deb(p) => write!(f, "{}", p.display()),
+            Self::File(p) => write!(f, "{}", p.display()),
         }
     }
 }

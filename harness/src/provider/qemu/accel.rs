@@ -152,7 +152,7 @@ fn probe_kvm(qemu: &str, image: &NodeImage, work_dir: &Path) -> (bool, String) {
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-accel", "kvm", "-m", "128", "-smp", "1", "-no-reboot"])
         .arg("-kernel")
-        .arg(&image.vmlinux)
+        .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.initramfs)
         .args(["-append", "console=ttyS0 quiet mitigations=off dp.probe"])

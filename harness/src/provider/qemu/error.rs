@@ -15,6 +15,11 @@ pub enum QemuError {
     #[error("kernel not found: {path}")]
     KernelMissing { path: PathBuf },
 
+    /// The kernel asked for does not exist or is not a kernel (the builder's exit 2):
+    /// bad input, not a harness failure.
+    #[error("no node image for kernel {spec}: {message}")]
+    KernelUnavailable { spec: String, message: String },
+
     #[error(
         "image builder not found at {path} (set DP_HARNESS_IMAGES_DIR to the repository's images/)"
     )]
@@ -154,10 +159,6 @@ pub enum QemuError {
     },
     #[error("a cluster needs at least one node")]
     NoNodes,
-    /// The image builder could not have this kernel (exit status 2: not served, not a
-    /// kernel package); its message says what was tried and what exists.
-    #[error("{message}")]
-    KernelUnavailable { spec: String, message: String },
     #[error("interrupted while booting")]
     Interrupted,
 

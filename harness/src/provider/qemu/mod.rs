@@ -38,11 +38,11 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::kernel::KernelSpec;
+pub use crate::kernel::KernelSpec;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use error::{QemuError, Result};
-pub use image::NodeImage;
+pub use image::{BootMethod, NodeImage};
 pub use provider::QemuProvider;
 pub use ssh::{RemoteOutput, SshSession, SshSlot};
 
@@ -70,8 +70,9 @@ pub struct QemuConfig {
     pub nodes: Vec<String>,
     pub memory_mib: u32,
     pub cpus: u32,
-    /// A kernel for the image (a .deb, bzImage or vmlinux); Debian's by default.
-    pub kernel: Option<PathBuf>,
+    /// The image's kernel: a Debian series or a .deb, bzImage or vmlinux; the
+    /// builder's default (Debian's 6.1) when `None`.
+    pub kernel: Option<KernelSpec>,
     /// The module tree for a `kernel` given as bzImage or vmlinux.
     pub modules: Option<PathBuf>,
     /// Nodes that boot their own kernel instead of `kernel`/`image` (by node name).
@@ -234,7 +235,7 @@ fn node_images(config: &QemuConfig) -> Result<Vec<NodeImage>> {
                     let i = match &config.image {
                         Some(dir) => NodeImage::open(dir)?,
                         None => {
-                            NodeImage::build(config.kernel.as_deref(), config.modules.as_deref())?
+                            NodeImage::build(config.kernel.as_ref(), config.modules.as_deref())?
                         }
                     };
                     default.insert(i).clone()

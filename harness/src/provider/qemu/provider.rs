@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{clean_leftovers, NodeImage, QemuCluster, QemuConfig, QemuError};
+use super::{clean_leftovers, KernelSpec, NodeImage, QemuCluster, QemuConfig, QemuError};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod, Topology};
 use crate::node::ssh::SshNode;
 use crate::node::Node;
@@ -23,8 +23,8 @@ const NODE_STATE: &str = "/var/lib/dp-harness";
 /// Disposable VMs, one kernel per node.
 #[derive(Default)]
 pub struct QemuProvider {
-    /// A kernel for the node image (`--kernel`): a .deb, bzImage or vmlinux.
-    pub kernel: Option<PathBuf>,
+    /// The node image's kernel (`--kernel`): a Debian series or a .deb, bzImage, vmlinux.
+    pub kernel: Option<KernelSpec>,
     cluster: Option<QemuCluster>,
     facts: Facts,
 }
@@ -41,7 +41,7 @@ impl QemuProvider {
         }
     }
 
-    pub fn with_kernel(kernel: Option<PathBuf>) -> Self {
+    pub fn with_kernel(kernel: Option<KernelSpec>) -> Self {
         Self {
             kernel,
             ..Self::new()
@@ -102,7 +102,7 @@ impl Provider for QemuProvider {
             .iter()
             .any(|n| !topology.kernels.contains_key(n))
         {
-            NodeImage::build(self.kernel.as_deref(), None)
+            NodeImage::build(self.kernel.as_ref(), None)
                 .map_err(|e| provider_error(e, "building the node image"))?;
         }
         Ok(())
@@ -126,7 +126,7 @@ impl Provider for QemuProvider {
                 .map(|vm| NodeFacts {
                     name: vm.name.clone(),
                     kernel_release: vm.image.kernel_release.clone(),
-                    kernel_package: vm.image.kernel_package.clone(),
+                    kernel_package: vm.image.exact_kernel(),
                 })
                 .collect(),
         );

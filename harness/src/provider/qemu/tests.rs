@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{accel, clean_leftovers, QemuCluster, QemuConfig, QemuError};
+use super::{accel, clean_leftovers, KernelSpec, NodeImage, QemuCluster, QemuConfig, QemuError};
 
 #[path = "../../../tests/common/skip.rs"]
 mod skip;
@@ -22,6 +22,31 @@ fn skip_reason() -> Option<String> {
         return Some("no /dev/net/tun".into());
     }
     None
+}
+
+/// The kernel the VM tests boot: `$DP_HARNESS_TEST_KERNEL` (a series such as 5.10 or
+/// newest, or a kernel file), else the builder's default. Run the same tests per kernel:
+/// `DP_HARNESS_TEST_KERNEL=5.10 cargo nextest run -p harness -E 'test(boots)'`.
+fn test_kernel() -> Option<KernelSpec> {
+    let spec = std::env::var("DP_HARNESS_TEST_KERNEL").ok()?;
+    if spec.is_empty() {
+        return None;
+    }
+    Some(
+        spec.parse()
+            .unwrap_or_else(|e| panic!("DP_HARNESS_TEST_KERNEL={spec}: {e}")),
+    )
+}
+
+/// A cluster of `names` on the test kernel, or on the image directory
+/// `$DP_HARNESS_TEST_IMAGE` (e.g. one built with `build-node-image --boot-bzimage`).
+fn test_config(names: &[&str], art: &Path) -> QemuConfig {
+    let mut config = QemuConfig::new(names, art);
+    config.kernel = test_kernel();
+    config.image = std::env::var_os("DP_HARNESS_TEST_IMAGE")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from);
+    config
 }
 
 fn artifacts(test: &str) -> PathBuf {
@@ -46,7 +71,7 @@ fn two_vms_talk_over_ssh_and_the_cluster_network_then_leave_nothing() {
         return skip(&why);
     }
     let art = artifacts("two-vms");
-    let config = QemuConfig::new(&["vm-a", "vm-b"], &art);
+    let config = test_config(&["vm-a", "vm-b"], &art);
     let mut cluster = QemuCluster::boot(&config).expect("boot two VMs");
     eprintln!(
         "accelerator {} ({}), kernel {}",
@@ -231,7 +256,7 @@ fn a_vm_that_is_never_ready_fails_with_its_console_and_leaves_nothing() {
         return skip(&why);
     }
     let art = artifacts("never-ready");
-    let mut config = QemuConfig::new(&["slow"], &art);
+    let mut config = test_config(&["slow"], &art);
     config.boot_timeout = Duration::from_secs(1);
     let err = match QemuCluster::boot(&config) {
         Ok(_) => panic!("a 1 s boot timeout should fail"),
@@ -254,7 +279,7 @@ fn a_taken_port_is_retried_and_a_dead_runs_leftovers_are_cleaned() {
     }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
     let port = taken.local_addr().expect("its address").port();
-    let mut config = QemuConfig::new(&["orphan"], &artifacts("leftovers"));
+    let mut config = test_config(&["orphan"], &artifacts("leftovers"));
     config.first_ssh_port = Some(port);
     let cluster = QemuCluster::boot(&config).expect("boot despite the taken port");
     let node = &cluster.nodes()[0];
@@ -298,8 +323,8 @@ fn missing_qemu_and_missing_kernel_are_named() {
         "{err}"
     );
 
-    let err = super::NodeImage::build(Some(Path::new("/nonexistent/vmlinuz")), None)
-        .expect_err("no kernel");
+    let missing = KernelSpec::File(PathBuf::from("/nonexistent/vmlinuz"));
+    let err = NodeImage::build(Some(&missing), None).expect_err("no kernel");
     assert!(
         matches!(
             err,
@@ -367,7 +392,7 @@ fn the_provider_brings_up_vm_nodes_with_pods_and_takes_them_down() {
         run_dir: &run_dir,
         cancel: &cancel,
     };
-    let mut provider = super::QemuProvider::new();
+    let mut provider = super::QemuProvider::with_kernel(test_kernel());
     let cluster = provider.up(&req).expect("up");
     let facts = provider.facts();
     assert_eq!(facts.provider, "qemu");
@@ -436,4 +461,219 @@ fn the_provider_brings_up_vm_nodes_with_pods_and_takes_them_down() {
         .exists());
     assert!(!super::state_root().join(format!("dpq-{run_id}")).exists());
     assert!(run_dir.join("qemu/node-a.console").exists());
+}
+
+/// Boots one VM on the test kernel and checks, one by one, what every node needs of its
+/// kernel: the host root over 9p under an overlay, cgroup2 and bpffs, BTF, and modprobe of
+/// the modules the datapath and the faults use (veth, sch_netem, nf_tables through
+/// iptables).
+#[test]
+fn a_node_image_boots_with_9p_overlay_and_modprobe_working() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let kernel = test_kernel();
+    let art = artifacts("kernel");
+    let mut cluster = QemuCluster::boot(&test_config(&["vm-k"], &art)).expect("boot one VM");
+    let image = &cluster.image;
+    eprintln!(
+        "kernel {} ({} {}), boots the {:?}, VM ready in {:.1?}",
+        image.kernel_release,
+        image.kernel_package.as_deref().unwrap_or("-"),
+        image.kernel_version.as_deref().unwrap_or("-"),
+        image.boot,
+        cluster.nodes()[0].ready_time,
+    );
+    match &kernel {
+        Some(KernelSpec::Series { major, minor }) => {
+            assert!(
+                image
+                    .kernel_release
+                    .starts_with(&format!("{major}.{minor}.")),
+                "asked for {major}.{minor}, got {}",
+                image.kernel_release
+            );
+            assert!(image.kernel_package.is_some() && image.kernel_version.is_some());
+        }
+        Some(KernelSpec::Newest) => assert!(image.kernel_package.is_some()),
+        _ => {}
+    }
+    // What the host's root holds, as the guest should see it through 9p: size and
+    // modification time of files that stage2 does not touch.
+    let host_files = "stat -c '%n %s %Y' /usr/bin/busybox /etc/os-release /usr/sbin/iptables";
+    let host_view = std::process::Command::new("sh")
+        .args(["-c", host_files])
+        .output()
+        .expect("stat on the host");
+    let read_host = format!(
+        "test \"$({host_files})\" = '{}' && grep -qw 9p /proc/filesystems",
+        String::from_utf8_lossy(&host_view.stdout).trim()
+    );
+    let checks: &[(&str, &str)] = &[
+        ("the running kernel", "uname -r"),
+        // The 9p mount itself sits under the initramfs's root, out of the guest's view
+        // after switch_root: a file the host writes must be there.
+        ("host root over 9p", &read_host),
+        (
+            "overlay as the root",
+            "awk '$2 == \"/\" && $3 == \"overlay\"' /proc/mounts | grep -q .",
+        ),
+        (
+            "cgroup2",
+            "test \"$(stat -f -c %T /sys/fs/cgroup)\" = cgroup2fs",
+        ),
+        ("bpffs", "test \"$(stat -f -c %T /sys/fs/bpf)\" = bpf_fs"),
+        ("BTF", "test -s /sys/kernel/btf/vmlinux"),
+        (
+            "the guest's own modules",
+            "test -f /lib/modules/$(uname -r)/modules.dep",
+        ),
+        (
+            "veth",
+            "modprobe veth && ip link add dpk0 type veth peer name dpk1 && ip link del dpk0",
+        ),
+        (
+            "sch_netem",
+            "modprobe sch_netem && tc qdisc add dev lo root netem delay 1ms \
+             && tc qdisc del dev lo root",
+        ),
+        (
+            "nf_tables through iptables",
+            "modprobe nf_tables && iptables -w -A INPUT -i lo -m comment --comment dpk -j ACCEPT \
+             && iptables -w -D INPUT -i lo -m comment --comment dpk -j ACCEPT",
+        ),
+    ];
+    let ssh = cluster.nodes()[0].ssh().expect("ssh session");
+    let mut failed = Vec::new();
+    for (what, script) in checks {
+        let out = ssh
+            .run(script, None, Duration::from_secs(60))
+            .expect("a command over ssh");
+        if !out.success() {
+            failed.push(format!(
+                "{what}: `{script}` exited {:?}: {}{}",
+                out.status,
+                out.stdout_str(),
+                out.stderr_str()
+            ));
+        } else if *what == "the running kernel" {
+            assert_eq!(out.stdout_str().trim(), image.kernel_release);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "on {}:\n{}",
+        image.kernel_release,
+        failed.join("\n")
+    );
+    cluster.teardown().expect("teardown");
+}
+
+fn builder(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(super::image::builder_script())
+        .args(args)
+        .output()
+        .expect("run build-node-image")
+}
+
+/// A series Debian does not serve and a file that is no kernel are bad input (exit 2),
+/// say what was tried and what exists, and leave nothing in the cache.
+#[test]
+fn an_unserved_series_and_a_file_that_is_no_kernel_fail_as_bad_input_and_leave_nothing() {
+    if accel::which("apt-get").is_none() {
+        let why = "apt-get not installed: the builder fetches kernels with it";
+        assert!(std::env::var_os("CI").is_none(), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("images");
+    let text = tmp.path().join("not-a-kernel.deb");
+    std::fs::write(&text, "hello\n").expect("write");
+    let cache_arg = cache.to_str().expect("utf-8");
+    for spec in ["4.1", text.to_str().expect("utf-8"), "./no-such-kernel.deb"] {
+        let out = builder(&["--kernel", spec, "--cache", cache_arg]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--kernel {spec}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "error: kernel {}",
+                if spec == "4.1" { "series 4.1" } else { spec }
+            )),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("Debian serves (build-node-image --list):")
+                && stderr.contains("  6.1 "),
+            "--kernel {spec} should list what exists: {stderr}"
+        );
+        assert!(!cache.exists(), "--kernel {spec} left {}", cache.display());
+    }
+    let err = NodeImage::build(Some(&KernelSpec::File(text.clone())), None)
+        .expect_err("a text file is no kernel");
+    assert!(
+        matches!(&err, QemuError::KernelUnavailable { message, .. }
+            if message.contains("neither a linux-image-*.deb, a bzImage nor a vmlinux")),
+        "{err}"
+    );
+}
+
+/// --prune keeps the most recently used images within the bound, never one a harness holds.
+#[test]
+fn prune_removes_the_least_recently_used_images_beyond_the_bound_but_not_one_in_use() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = tmp.path().join("images");
+    // Four fake images of 1 MiB each, used 4, 3, 2 and 1 hours ago.
+    let mut dirs = Vec::new();
+    for (i, hours) in [4u64, 3, 2, 1].into_iter().enumerate() {
+        let dir = cache.join(format!("k{i}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("manifest"),
+            format!("kernel_release=k{i}\nboot=vmlinux\n"),
+        )
+        .expect("manifest");
+        std::fs::write(dir.join("vmlinux"), vec![0u8; 1 << 20]).expect("vmlinux");
+        std::fs::write(dir.join("initramfs.cpio.gz"), b"x").expect("initramfs");
+        let used = dir.join("last-used");
+        std::fs::write(&used, b"").expect("last-used");
+        let when = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&used)
+            .and_then(|f| f.set_modified(when))
+            .expect("set mtime");
+        dirs.push(dir);
+    }
+    std::fs::create_dir_all(cache.join(".build-dead.X")).expect("a dead build");
+    // The oldest is in use by "a harness" (this test holds its lock).
+    let held = NodeImage::open(&dirs[0]).expect("open the oldest image");
+    let cache_arg = cache.to_str().expect("utf-8");
+
+    let out = builder(&["--prune", "--keep", "2", "--cache", cache_arg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exists: Vec<bool> = dirs.iter().map(|d| d.exists()).collect();
+    assert_eq!(exists, [true, false, true, true], "{stdout}");
+    assert!(stdout.contains("in use"), "{stdout}");
+    assert!(!cache.join(".build-dead.X").exists(), "{stdout}");
+    assert!(
+        stdout.contains("removed") && stdout.contains("freed 1"),
+        "{stdout}"
+    );
+
+    drop(held);
+    let out = builder(&["--prune", "--keep-bytes", "1500K", "--cache", cache_arg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let exists: Vec<bool> = dirs.iter().map(|d| d.exists()).collect();
+    assert_eq!(exists, [false, false, false, true], "{stdout}");
+
+    let out = builder(&["--prune", "--keep-bytes", "lots", "--cache", cache_arg]);
+    assert_eq!(out.status.code(), Some(2));
 }

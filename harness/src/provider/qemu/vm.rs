@@ -78,7 +78,7 @@ pub fn spawn(qemu: &str, image: &NodeImage, spec: &VmSpec, port: u16) -> Result<
         .args(["-m", &spec.memory_mib.to_string()])
         .args(["-smp", &spec.cpus.to_string()])
         .arg("-kernel")
-        .arg(&image.vmlinux)
+        .arg(&image.kernel)
         .arg("-initrd")
         .arg(&spec.initrd)
         .args(["-append", &spec.append])
