@@ -49,11 +49,11 @@ pub struct NodeImage {
 /// What an image was built from: the kernel and module tree given, if any.
 type BuildKey = (Option<KernelSpec>, Option<PathBuf>);
 
-/// Where `build-node-image` lives: `$DP_HARNESS_IMAGES_DIR`, else the repository's images/.
+/// Where `build-node-image` lives: `$DP_HARNESS_IMAGES_DIR`, else images/ of the checkout.
 pub fn builder_script() -> PathBuf {
     let dir = std::env::var_os("DP_HARNESS_IMAGES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../images"));
+        .unwrap_or_else(|| crate::checkout::path("images"));
     dir.join("build-node-image")
 }
 
