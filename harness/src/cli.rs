@@ -480,9 +480,7 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
             };
         }
     };
-    let mut topology = s.topology();
-    topology.kernels = plan.kernels.clone();
-    if let Err(e) = provider.prepare(&topology) {
+    if let Err(e) = provider.prepare(&plan.topology(&s)) {
         eprintln!("harness: error: {}", crate::run::chain(&e));
         return match e {
             crate::provider::ProviderError::KernelUnavailable { .. } => ExitStatus::BadInput,

@@ -403,6 +403,14 @@ fn change_backends(rng: &mut ChaCha8Rng, all: &[String], now: &[String]) -> Vec<
 }
 
 impl Plan {
+    /// The topology the provider brings up: the suite's, with the plan's kernels.
+    pub fn topology(&self, suite: &Suite) -> crate::cluster::Topology {
+        crate::cluster::Topology {
+            kernels: self.kernels.clone(),
+            ..suite.topology()
+        }
+    }
+
     /// Applies `--kernel` arguments: one without a node is every node's kernel, one with
     /// a node is that node's (given later, it wins). A node the topology lacks is an error.
     pub fn set_kernels(&mut self, suite: &Suite, args: &[KernelArg]) -> Result<(), String> {

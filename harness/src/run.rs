@@ -298,7 +298,7 @@ impl Runner<'_> {
             marker: marker.clone(),
         });
         let before = host::snapshot();
-        let topo = self.suite.topology();
+        let topo = self.plan.topology(self.suite);
         let t = Instant::now();
         let up = self.provider.up(&UpRequest {
             run_id: &id,

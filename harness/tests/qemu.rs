@@ -313,3 +313,78 @@ fn a_kept_vm_cluster_answers_over_ssh_until_harness_clean_removes_it() {
     );
     assert_clean(&kept);
 }
+
+/// Two nodes on different kernels (one named in the suite, one from `--kernel NODE:SPEC`),
+/// as in a rolling upgrade: each boots its own, and the JUnit says which, per node.
+#[test]
+fn each_node_boots_the_kernel_it_asks_for_and_the_junit_names_it() {
+    let Some((dir, _)) = one_node_suite() else {
+        return;
+    };
+    let suite = dir.path().join("two-kernels.yaml");
+    std::fs::write(
+        &suite,
+        "name: two-kernels
+description: two VM nodes, two kernels
+topology:
+  nodes:
+    - name: node-a
+      kernel: \"5.10\"
+      pods: [client]
+    - name: node-b
+      pods: [web]
+services:
+  - name: web
+    vip: 10.96.0.10
+    port: 80
+    target-port: 8080
+    backends: [web]
+scenarios:
+  - name: deploy
+    steps:
+      - deploy: {}
+      - check:
+          invariants: [service-connectivity, pod-to-pod, one-program-per-hook]
+",
+    )
+    .expect("write suite");
+    let reports = dir.path().join("reports");
+    let out = command(&suite, &reports)
+        .args(["--kernel", "node-b:6.12"])
+        .output()
+        .expect("run harness");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let junit = std::fs::read_dir(&reports)
+        .expect("reports")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("junit.xml"))
+        .find(|p| p.is_file())
+        .expect("a junit.xml");
+    let xml = std::fs::read_to_string(&junit).expect("read junit");
+    let property = |name: &str| -> String {
+        let key = format!("<property name=\"{name}\" value=\"");
+        let start = xml.find(&key).unwrap_or_else(|| panic!("{name} in\n{xml}")) + key.len();
+        xml[start..]
+            .split('"')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(property("kernel.node-a").starts_with("5.10."), "{xml}");
+    assert!(property("kernel.node-b").starts_with("6.12."), "{xml}");
+    assert!(
+        property("kernel-package.node-a").starts_with("linux-image-5.10."),
+        "{xml}"
+    );
+    let name = format!(
+        "two-kernels [qemu {}+{}]",
+        property("kernel.node-a"),
+        property("kernel.node-b")
+    );
+    assert!(
+        xml.contains(&format!("<testsuite name=\"{name}\"")),
+        "{xml}"
+    );
+    assert_clean(&reports);
+}

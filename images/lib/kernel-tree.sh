@@ -49,7 +49,7 @@ elf_complete() {
 # QEMU boots a vmlinux through PVH only when it has the PVH entry note
 # (XEN_ELFNOTE_PHYS32_ENTRY, type 18, owner Xen; CONFIG_PVH=y).
 has_pvh_note() {
-  readelf -n "$1" 2>/dev/null | grep -Eq '^[[:space:]]*Xen[[:space:]]+0x[0-9a-f]+[[:space:]].*(0x00000012|PHYS32_ENTRY)'
+  readelf -n "$1" 2>/dev/null | grep -E '^[[:space:]]*Xen[[:space:]]+0x[0-9a-f]+[[:space:]].*(0x00000012|PHYS32_ENTRY)' >/dev/null
 }
 
 # Writes the uncompressed kernel of bzImage $1 to $2. The payload is found by its
@@ -80,7 +80,7 @@ extract_vmlinux() {
 decompress_modules() {
   local dir="$1"
   find "$dir" -name '*.ko.xz' -print0 | xargs -0r xz -d || die "xz -d of the modules in $dir failed"
-  if find "$dir" -name '*.ko.zst' | grep -q .; then
+  if [ -n "$(find "$dir" -name '*.ko.zst' -print -quit)" ]; then
     command -v zstd >/dev/null || die "the modules are .ko.zst: install zstd (ci/setup does)"
     find "$dir" -name '*.ko.zst' -print0 | xargs -0r zstd -qd --rm || die "zstd -d of the modules in $dir failed"
   fi

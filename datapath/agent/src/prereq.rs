@@ -30,6 +30,24 @@ pub enum PrereqError {
     },
 }
 
+/// Kernels before 5.11 charge BPF maps and programs to RLIMIT_MEMLOCK (later ones to the
+/// memory cgroup); its default of 8 MiB makes BPF_MAP_CREATE fail with EPERM on 5.10.
+/// Lifted for this process, as every BPF loader does.
+pub fn lift_memlock_limit() -> Result<(), String> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct it is given and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        return Err(format!(
+            "cannot lift RLIMIT_MEMLOCK ({}): on kernels before 5.11 BPF maps may fail to be created with EPERM",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 pub fn require_root() -> Result<(), PrereqError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

@@ -113,14 +113,35 @@ pub fn kernel(node: &dyn Node) -> Result<Kernel, String> {
 
 /// Programs attached directly to `cgroup` (not inherited), and the kernel's objects, in
 /// one round trip.
+///
+/// bpftool 7 asks BPF_PROG_QUERY for each program's attach flags, a field kernels before
+/// 6.0 refuse (EINVAL): there `cgroup show` fails (and `cgroup tree` lists nothing). Its
+/// `effective` query does not ask for them; on the root cgroup (a VM node's), what is in
+/// effect is exactly what is attached, so that is read instead. Elsewhere the failure
+/// stands: an inherited program must not pass for an attached one.
 pub fn observe(node: &dyn Node, cgroup: &Path) -> Result<(Vec<Attached>, Kernel), String> {
     let p = cgroup.display().to_string();
-    let cgroup_args: &[&str] = &["-j", "cgroup", "show", &p];
-    let mut calls = vec![cgroup_args];
+    let parent_procs = cgroup
+        .parent()
+        .map(|d| d.join("cgroup.procs").display().to_string())
+        .unwrap_or_default();
+    let show: &[&str] = &["-j", "cgroup", "show", &p];
+    let effective: &[&str] = &["-j", "cgroup", "show", &p, "effective"];
+    let mut calls = vec![show, effective];
     calls.extend(KERNEL_ARGS);
     let outs = bpftool_batch(node, &calls)?;
-    Ok((
-        parse(node, cgroup_args, &outs[0])?,
-        kernel_of(node, &outs[1..])?,
-    ))
+    let kernel = kernel_of(node, &outs[2..])?;
+    match parse(node, show, &outs[0]) {
+        Ok(attached) => Ok((attached, kernel)),
+        Err(e) => {
+            let is_root =
+                !parent_procs.is_empty() && node.read_file(Path::new(&parent_procs)).is_err();
+            if !is_root {
+                return Err(e);
+            }
+            let attached =
+                parse(node, effective, &outs[1]).map_err(|e2| format!("{e}; and {e2}"))?;
+            Ok((attached, kernel))
+        }
+    }
 }
