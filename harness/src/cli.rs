@@ -13,7 +13,7 @@ use crate::kernel::KernelArg;
 use crate::provider::{self, DEFAULT_PROVIDER};
 use crate::report::progress::Progress;
 use crate::report::{github, history, junit};
-use crate::run::{Event, Keep, Outcome, Runner};
+use crate::run::{Event, Keep, Runner};
 use crate::signal::Cancel;
 use crate::suite::{self, FaultKind, InvariantName, Suite};
 
@@ -549,17 +549,8 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
             _ => None,
         })
         .collect();
-    let status = match result.outcome {
-        Outcome::Interrupted => ExitStatus::Interrupted,
-        Outcome::HarnessError => ExitStatus::HarnessError,
-        Outcome::Completed if verdicts.contains(&Verdict::Fail) => ExitStatus::InvariantsFailed,
-        Outcome::Completed
-            if !verdicts.contains(&Verdict::Pass) || verdicts.contains(&Verdict::Unknown) =>
-        {
-            ExitStatus::Inconclusive
-        }
-        Outcome::Completed => ExitStatus::Passed,
-    };
+    let status = ExitStatus::of(result.outcome, &result.events);
+    let flaky = crate::exit::flaky(&result.events);
     let replay = plan.replay_command(&result.facts.exact_kernels());
     let outcome = format!("{:?}", status);
     let _ = history::write(
@@ -628,6 +619,13 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
             String::new()
         }
     );
+    if !flaky.is_empty() {
+        eprintln!(
+            "harness: flaky (failed in an iteration, passed in a later one; still exit {}): {}",
+            status.code(),
+            flaky.join(", ")
+        );
+    }
     eprintln!("harness: report {}", run_dir.display());
     eprintln!("harness: replay with: {replay}");
     status

@@ -148,6 +148,8 @@ pub fn snapshot() -> HostSnapshot {
     let bpf = crate::provider::netns::mount_of("bpf");
     let root = crate::state::root();
     let mut state_dirs = entries(Some(&root));
+    // The qemu provider's own root, not a run's.
+    state_dirs.remove("qemu");
     state_dirs.extend(
         entries(Some(&crate::provider::qemu::state_root()))
             .into_iter()
