@@ -13,7 +13,7 @@ use crate::kernel::KernelArg;
 use crate::provider::{self, DEFAULT_PROVIDER};
 use crate::report::progress::Progress;
 use crate::report::{github, history, junit};
-use crate::run::{Event, Outcome, Runner};
+use crate::run::{Event, Keep, Runner};
 use crate::signal::Cancel;
 use crate::suite::{self, FaultKind, InvariantName, Suite};
 
@@ -66,14 +66,19 @@ pub enum Command {
         #[arg(long, requires = "images")]
         keep_bytes: Option<String>,
     },
+    /// Print the host's state as JSON: network namespaces, links, cgroup and bpffs
+    /// directories, mounts, processes of ours, the host's iptables rules, run state
+    /// directories (what host-clean-after-down and ci/interrupts compare).
+    HostSnapshot,
     /// Run the plan recorded in RUN_DIR/history.json again (on the exact kernel packages
     /// it ran on, unless --kernel says otherwise).
     Replay {
         run_dir: PathBuf,
         #[arg(long)]
         junit: Option<PathBuf>,
-        #[arg(long)]
-        keep: bool,
+        /// As for `suite`.
+        #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "cluster")]
+        keep: Option<Keep>,
         #[arg(long)]
         reports_dir: Option<PathBuf>,
         /// The nodes' kernel instead of the recorded ones (as for `suite`).
@@ -99,9 +104,10 @@ pub struct RunOpts {
     /// Also write the JUnit XML here.
     #[arg(long)]
     pub junit: Option<PathBuf>,
-    /// Leave the cluster up after the run (for debugging; `harness clean` removes it).
-    #[arg(long)]
-    pub keep: bool,
+    /// Leave the cluster up after the run, for debugging: `--keep` stops the agents and
+    /// servers, `--keep=running` leaves them running too. `harness clean` removes it all.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "cluster")]
+    pub keep: Option<Keep>,
     /// Directory holding the suites (default: suites/ of the repository).
     #[arg(long)]
     pub suites_dir: Option<PathBuf>,
@@ -228,6 +234,19 @@ fn run(cli: Cli) -> ExitStatus {
             );
             ExitStatus::Passed
         }
+        Command::HostSnapshot => {
+            let snap = crate::observe::host::snapshot();
+            match serde_json::to_string_pretty(&snap) {
+                Ok(j) => {
+                    println!("{j}");
+                    ExitStatus::Passed
+                }
+                Err(e) => {
+                    eprintln!("harness: error: {e}");
+                    ExitStatus::HarnessError
+                }
+            }
+        }
         Command::Clean {
             images: true,
             keep,
@@ -250,6 +269,9 @@ fn run(cli: Cli) -> ExitStatus {
                 };
                 match p.clean_leftovers() {
                     Ok(c) => {
+                        for f in &c.found {
+                            println!("{name}: found {f}");
+                        }
                         for r in &c.removed {
                             println!("{name}: removed {r}");
                         }
@@ -525,17 +547,8 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
             _ => None,
         })
         .collect();
-    let status = match result.outcome {
-        Outcome::Interrupted => ExitStatus::Interrupted,
-        Outcome::HarnessError => ExitStatus::HarnessError,
-        Outcome::Completed if verdicts.contains(&Verdict::Fail) => ExitStatus::InvariantsFailed,
-        Outcome::Completed
-            if !verdicts.contains(&Verdict::Pass) || verdicts.contains(&Verdict::Unknown) =>
-        {
-            ExitStatus::Inconclusive
-        }
-        Outcome::Completed => ExitStatus::Passed,
-    };
+    let status = ExitStatus::of(result.outcome, &result.events);
+    let flaky = crate::exit::flaky(&result.events);
     let replay = plan.replay_command(&result.facts.exact_kernels());
     let outcome = format!("{:?}", status);
     let _ = history::write(
@@ -604,6 +617,13 @@ fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
             String::new()
         }
     );
+    if !flaky.is_empty() {
+        eprintln!(
+            "harness: flaky (failed in an iteration, passed in a later one; still exit {}): {}",
+            status.code(),
+            flaky.join(", ")
+        );
+    }
     eprintln!("harness: report {}", run_dir.display());
     eprintln!("harness: replay with: {replay}");
     status

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod exit;
 pub mod fault;
+pub mod gate;
 pub mod invariant;
 pub mod kernel;
 pub mod node;

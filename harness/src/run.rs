@@ -195,6 +195,15 @@ pub struct RunResult {
     pub wall: Duration,
 }
 
+/// What `--keep` leaves up after each scenario instead of tearing it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Keep {
+    /// Nodes, pods, pins and VMs; agents and servers stopped (`--keep`).
+    Cluster,
+    /// The cluster and its agents and servers, still running (`--keep=running`).
+    Running,
+}
+
 pub struct Runner<'a> {
     pub plan: &'a Plan,
     pub suite: &'a Suite,
@@ -202,7 +211,7 @@ pub struct Runner<'a> {
     pub binaries: Binaries,
     pub run_dir: PathBuf,
     pub cancel: Cancel,
-    pub keep: bool,
+    pub keep: Option<Keep>,
     pub progress: Progress,
 }
 
@@ -414,14 +423,23 @@ impl Runner<'_> {
             });
         }
         live.remember();
-        live.stop_processes();
-        if self.keep {
-            self.progress.line(&format!("scenario {name} #{it}: --keep: cluster left up (marker {marker}; `harness clean` removes it)"));
+        if self.keep != Some(Keep::Running) {
+            live.stop_processes();
+        }
+        if let Some(keep) = self.keep {
+            let what = match keep {
+                Keep::Cluster => "cluster left up, agents and servers stopped",
+                Keep::Running => "cluster left up with its agents and servers running",
+            };
+            self.progress.line(&format!(
+                "scenario {name} #{it}: --keep: {what} (marker {marker}; `harness clean` removes it)"
+            ));
             for how in self.provider.keep() {
                 self.progress.line(&format!("    {how}"));
             }
             return outcome;
         }
+        self.progress.line(&format!("scenario {name} #{it}: down"));
         self.down(&name, it, ev, &before, &marker, &live.seen);
         outcome
     }

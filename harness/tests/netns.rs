@@ -297,3 +297,98 @@ fn bad_suite_exits_with_the_bad_input_status() {
         "{err}"
     );
 }
+
+/// (pid, start time) of each process a state file lists.
+fn listed_processes(state_root: &Path) -> Vec<(u32, u64, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(state_root).unwrap().flatten() {
+        let Ok(text) = std::fs::read_to_string(e.path().join("state.json")) else {
+            continue;
+        };
+        let st: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for p in st["processes"].as_array().unwrap() {
+            v.push((
+                p["pid"].as_u64().unwrap() as u32,
+                p["start"].as_u64().unwrap(),
+                p["what"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    v
+}
+
+/// The start time of `pid` while it runs (a zombie has ended: None).
+fn start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    if rest.starts_with('Z') {
+        return None;
+    }
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[test]
+fn keep_running_leaves_agents_and_servers_up_until_harness_clean() {
+    if common::skip_unless_root("a netns run") {
+        return;
+    }
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    // A state root of its own: this test's `harness clean` sees no other run.
+    let root = dir.path().join("state");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = Command::new(harness())
+        .args(["suite", "smoke", "--provider", "netns", "--seed", "4"])
+        .arg("--keep=running")
+        .arg("--reports-dir")
+        .arg(dir.path().join("r"))
+        .env("DP_HARNESS_STATE_DIR", &root)
+        .env("CI", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run harness");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let procs = listed_processes(&root);
+    assert!(
+        procs.iter().any(|p| p.2.contains("datapathd run"))
+            && procs.iter().any(|p| p.2.contains("dp-probe serve")),
+        "the agent and the servers should be listed: {procs:?}\n{err}"
+    );
+    for (pid, start, what) in &procs {
+        assert_eq!(
+            start_time(*pid),
+            Some(*start),
+            "{what} is not running\n{err}"
+        );
+    }
+    let clean = Command::new(harness())
+        .arg("clean")
+        .env("DP_HARNESS_STATE_DIR", &root)
+        .output()
+        .expect("harness clean");
+    let said = String::from_utf8_lossy(&clean.stdout);
+    assert!(clean.status.success(), "{said}");
+    assert!(
+        said.contains("found dph-"),
+        "clean says what it found: {said}"
+    );
+    for (pid, start, what) in &procs {
+        assert!(
+            said.contains(&format!("stopped process {pid} ")),
+            "clean should say it stopped {what}: {said}"
+        );
+        assert_ne!(
+            start_time(*pid),
+            Some(*start),
+            "{what} survived harness clean"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "qemu")
+        .collect();
+    assert!(left.is_empty(), "state left: {left:?}");
+}

@@ -156,6 +156,10 @@ pub struct ExternalHost {
 /// How to run the external host's server on the host.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostServer {
+    /// The run's state file: the server is listed in it before it runs, so `harness
+    /// clean` stops it after a killed run.
+    #[serde(skip)]
+    pub state: crate::state::StateFile,
     /// `dp-probe` as the host runs it.
     pub dp_probe: PathBuf,
     /// Where its stdout and stderr go (the run's directory, so they stay as artifacts).

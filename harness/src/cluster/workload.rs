@@ -120,7 +120,10 @@ pub fn start_external(cluster: &Cluster, servers: &mut Vec<Server>) -> Result<()
     let (Some(ext), Some(cn)) = (&cluster.external, cluster.nodes.first()) else {
         return Ok(());
     };
-    let host = crate::node::netns::NetnsNode::host();
+    let host = match &ext.on_host {
+        Some(h) => crate::node::netns::NetnsNode::host().with_state(h.state.clone()),
+        None => crate::node::netns::NetnsNode::host(),
+    };
     let (node, probe, dir): (&dyn crate::node::Node, &std::path::Path, &std::path::Path) =
         match &ext.on_host {
             Some(h) => (&host, &h.dp_probe, &h.log_dir),

@@ -46,13 +46,18 @@ impl NetnsNode {
         NetnsNode::new("host", Path::new(""))
     }
 
+    /// The command for `argv`; behind the gate when the node records its processes.
     fn command(&self, argv: &[&str]) -> Command {
+        let new = |program: &str| match &self.state {
+            Some(_) => crate::gate::command(program),
+            None => Command::new(program),
+        };
         let mut cmd = if self.netns.as_os_str().is_empty() {
-            let mut c = Command::new(argv[0]);
+            let mut c = new(argv[0]);
             c.args(&argv[1..]);
             c
         } else {
-            let mut c = Command::new("nsenter");
+            let mut c = new("nsenter");
             c.arg(format!("--net={}", self.netns.display()))
                 .arg("--")
                 .args(argv);
@@ -62,6 +67,30 @@ impl NetnsNode {
         // then stops its children itself, in order.
         cmd.process_group(0);
         cmd
+    }
+
+    /// Starts `cmd` (from [`NetnsNode::command`]), recorded in the run's state first when
+    /// the node has one; stdin is null (or end-of-file).
+    fn start(&self, cmd: &mut Command, argv: &[&str]) -> Result<Child, NodeError> {
+        let spawned = match &self.state {
+            Some(st) => {
+                let what = format!("{}: {}", self.name, argv.join(" "));
+                crate::gate::spawn(cmd, st, &what, crate::gate::Stdin::Closed)
+            }
+            None => cmd.stdin(Stdio::null()).spawn(),
+        };
+        spawned.map_err(|source| NodeError::Spawn {
+            node: self.name.clone(),
+            command: argv.join(" "),
+            source,
+        })
+    }
+
+    /// Forgets a reaped child in the run's state.
+    fn reaped(&self, pid: u32, start: Option<u64>) {
+        if let Some(st) = &self.state {
+            crate::gate::reaped(st, pid, start);
+        }
     }
 
     fn file_err(&self, what: &'static str, path: &Path, source: std::io::Error) -> NodeError {
@@ -108,17 +137,10 @@ impl Node for NetnsNode {
 
     fn run(&self, argv: &[&str], timeout: Duration) -> Result<Output, NodeError> {
         let start = Instant::now();
-        let mut child = self
-            .command(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| NodeError::Spawn {
-                node: self.name.clone(),
-                command: argv.join(" "),
-                source,
-            })?;
+        let mut cmd = self.command(argv);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = self.start(&mut cmd, argv)?;
+        let started = crate::state::start_time(child.id());
         let out = drain(child.stdout.take());
         let err = drain(child.stderr.take());
         let deadline = start + timeout;
@@ -128,6 +150,7 @@ impl Node for NetnsNode {
                 Ok(None) if Instant::now() >= deadline => {
                     let _ = kill_pid(child.id(), libc::SIGKILL);
                     let _ = child.wait();
+                    self.reaped(child.id(), started);
                     let _ = out.join();
                     let _ = err.join();
                     return Err(NodeError::Timeout {
@@ -146,6 +169,7 @@ impl Node for NetnsNode {
                 }
             }
         };
+        self.reaped(child.id(), started);
         Ok(Output {
             stdout: out.join().unwrap_or_default(),
             stderr: err.join().unwrap_or_default(),
@@ -169,22 +193,17 @@ impl Node for NetnsNode {
         let stdout = open(&spec.stdout)?;
         let stderr = open(&spec.stderr)?;
         let mut cmd = self.command(&argv);
-        cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        cmd.stdout(stdout).stderr(stderr);
         for (k, v) in &spec.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|source| NodeError::Spawn {
-            node: self.name.clone(),
-            command: spec.argv.join(" "),
-            source,
-        })?;
-        if let Some(st) = &self.state {
-            st.add_pid(child.id());
-        }
+        let child = self.start(&mut cmd, &argv)?;
         Ok(Box::new(LocalProcess {
             node: self.name.clone(),
+            start: crate::state::start_time(child.id()),
             child,
             exit: None,
+            state: self.state.clone(),
         }))
     }
 
@@ -209,7 +228,11 @@ impl Node for NetnsNode {
 pub struct LocalProcess {
     node: String,
     child: Child,
+    /// Its start time, with which the run's state file lists it.
+    start: Option<u64>,
     exit: Option<Exit>,
+    /// The run's state file, which forgets the process once it is reaped.
+    state: Option<crate::state::StateFile>,
 }
 
 impl Process for LocalProcess {
@@ -241,6 +264,9 @@ impl Process for LocalProcess {
             match self.child.try_wait() {
                 Ok(Some(s)) => {
                     self.exit = Some(Exit::from_std(s));
+                    if let Some(st) = &self.state {
+                        crate::gate::reaped(st, self.child.id(), self.start);
+                    }
                     return Ok(self.exit);
                 }
                 Ok(None) if Instant::now() >= deadline => return Ok(None),

@@ -119,9 +119,11 @@ pub struct Limitation {
     pub reason: String,
 }
 
-/// What `clean_leftovers` removed, one line per object.
+/// What `clean_leftovers` found and removed, one line per run found and per object.
 #[derive(Debug, Clone, Default)]
 pub struct Cleaned {
+    /// Each run's state found: whose it is, whether it is live, what it lists.
+    pub found: Vec<String>,
     pub removed: Vec<String>,
     pub problems: Vec<String>,
 }

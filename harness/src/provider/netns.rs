@@ -374,26 +374,9 @@ impl NetnsProvider {
 pub fn teardown(st: &State) -> Cleaned {
     let mut c = Cleaned::default();
     // 1. Processes we started, by pid, only if still the same process.
-    let mut killed = Vec::new();
-    for &(pid, start) in &st.pids {
-        if state::same_process(pid, start) {
-            match crate::node::netns::kill_pid(pid, libc::SIGKILL) {
-                Ok(()) => {
-                    c.removed.push(format!("process {pid}"));
-                    killed.push((pid, start));
-                }
-                Err(e) => c.problems.push(format!("kill {pid}: {e}")),
-            }
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while killed
-        .iter()
-        .any(|&(p, s)| state::same_process(p, s) && !is_zombie(p))
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (stopped, problems) = state::stop_processes(&st.processes);
+    c.removed.extend(stopped);
+    c.problems.extend(problems);
     // 2. The datapath's pins and attachments, with its own cleanup.
     if let Some(d) = &st.datapathd {
         for (bpffs, cg) in &st.agents {
@@ -467,11 +450,23 @@ pub fn teardown(st: &State) -> Cleaned {
     c
 }
 
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
-        .unwrap_or(false)
+/// One line on a run's state found by `clean`: whose, live or not, what it lists.
+pub fn found_line(st: &State) -> String {
+    let live = st.processes.iter().filter(|p| p.alive()).count();
+    format!(
+        "{}: harness pid {} {}; lists {} process(es) ({live} running), {} namespace(s), {} cgroup(s), {} bpffs dir(s)",
+        st.marker,
+        st.owner.0,
+        if st.owner_alive() {
+            "still running: a live run, left alone"
+        } else {
+            "gone"
+        },
+        st.processes.len(),
+        st.netns.len(),
+        st.cgroups.len(),
+        st.bpffs.len()
+    )
 }
 
 impl Provider for NetnsProvider {
@@ -481,10 +476,8 @@ impl Provider for NetnsProvider {
 
     fn up(&mut self, req: &UpRequest<'_>) -> Result<Cluster, ProviderError> {
         let marker = format!("dph-{}", req.run_id);
-        let sf = StateFile::create(&marker).map_err(io(
-            "cannot create state file under",
-            Path::new(state::STATE_ROOT),
-        ))?;
+        let sf = StateFile::create(&marker)
+            .map_err(io("cannot create state file under", &state::root()))?;
         self.state = Some(sf.clone());
         self.nodes = req.topology.nodes.clone();
         self.up_inner(req, &sf)
@@ -507,6 +500,26 @@ impl Provider for NetnsProvider {
                 source: None,
             })
         }
+    }
+
+    fn keep(&mut self) -> Vec<String> {
+        // Forgotten here, listed in its state file: `harness clean` removes it once this
+        // process has ended.
+        let Some(sf) = self.state.take() else {
+            return Vec::new();
+        };
+        let st = sf.get();
+        let mut how: Vec<String> = st
+            .netns
+            .iter()
+            .map(|ns| format!("{ns}: nsenter --net=/run/netns/{ns}"))
+            .collect();
+        let running = st.processes.iter().filter(|p| p.alive()).count();
+        how.push(format!(
+            "{running} process(es) still running, listed in {}",
+            sf.dir().join("state.json").display()
+        ));
+        how
     }
 
     fn facts(&self) -> Facts {
@@ -557,12 +570,8 @@ impl Provider for NetnsProvider {
             if !st.marker.starts_with("dph-") {
                 continue;
             }
-            let (pid, start) = st.owner;
-            if pid != std::process::id() && state::same_process(pid, start) {
-                all.problems.push(format!(
-                    "{}: run still live (pid {pid}), left alone",
-                    st.marker
-                ));
+            all.found.push(found_line(&st));
+            if st.owner_alive() {
                 continue;
             }
             let c = teardown(&st);

@@ -179,6 +179,9 @@ pub struct QemuCluster {
     /// Each node's image, in node order, until [`QemuCluster::start`] hands them out.
     images: Vec<NodeImage>,
     pub state_dir: PathBuf,
+    /// `state_dir/state.json`: every process and the namespace of the run, listed before
+    /// each exists (crate::state), for teardown and `harness clean`.
+    pub state: crate::state::StateFile,
     pub artifacts_dir: PathBuf,
     nodes: Vec<VmNode>,
     net: Option<ClusterNet>,
@@ -193,20 +196,11 @@ pub struct QemuCluster {
     bin_dir: Option<PathBuf>,
 }
 
-/// Where runs keep their state (pid files, keys, initrds, SSH control sockets).
+/// Where runs keep their state (state file, keys, initrds, SSH control sockets):
+/// `qemu/` under the harness's state root (crate::state::root, which
+/// `$DP_HARNESS_STATE_DIR` overrides).
 pub fn state_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("DP_HARNESS_STATE_DIR") {
-        return PathBuf::from(d);
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        PathBuf::from("/run/dp-harness/qemu")
-    } else {
-        std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir)
-            .join("dp-harness/qemu")
-    }
+    crate::state::root().join("qemu")
 }
 
 /// Host paths the guest does not see at the same path (it has tmpfs over them);
@@ -271,14 +265,6 @@ fn new_run_id() -> String {
     format!("{:08x}", (mix ^ (mix >> 29)) as u32)
 }
 
-/// Start time of a process (field 22 of /proc/PID/stat), to tell a live owner from a
-/// reused PID.
-fn proc_start_time(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    after.split_whitespace().nth(19).map(str::to_owned)
-}
-
 fn require_tool(tool: &str, hint: &'static str) -> Result<()> {
     if accel::which(tool).is_none() {
         return Err(QemuError::ToolMissing {
@@ -322,13 +308,10 @@ impl QemuCluster {
         let run_id = config.run_id.clone().unwrap_or_else(new_run_id);
         let marker = format!("{RUN_PREFIX}{run_id}");
         let state_dir = state_root().join(&marker);
-        std::fs::create_dir_all(&state_dir).map_err(io_err("creating", &state_dir))?;
+        let state = crate::state::StateFile::create_in(&state_dir, &marker)
+            .map_err(io_err("creating the state file in", &state_dir))?;
         std::fs::create_dir_all(&config.artifacts_dir)
             .map_err(io_err("creating", &config.artifacts_dir))?;
-        let pid = std::process::id();
-        let owner = format!("{pid} {}\n", proc_start_time(pid).unwrap_or_default());
-        let owner_path = state_dir.join("owner");
-        std::fs::write(&owner_path, owner).map_err(io_err("writing", &owner_path))?;
 
         let mut cluster = QemuCluster {
             accel: AccelDecision {
@@ -338,6 +321,7 @@ impl QemuCluster {
             image,
             images,
             state_dir: state_dir.clone(),
+            state,
             artifacts_dir: config.artifacts_dir.clone(),
             nodes: Vec::new(),
             net: None,
@@ -377,6 +361,9 @@ impl QemuCluster {
         std::fs::write(&self.known_hosts, b"").map_err(io_err("writing", &self.known_hosts))?;
 
         let id = &self.run_id;
+        self.state
+            .update(|s| s.netns.push(marker.to_owned()))
+            .map_err(io_err("writing", &sd.join("state.json")))?;
         self.net = Some(ClusterNet::create(marker, &format!("dpq{id}br"))?);
         let base = config.cluster_base.octets();
         let hosts: String = config
@@ -476,10 +463,7 @@ impl QemuCluster {
                 _ => vm::free_port()?,
             };
             let started = Instant::now();
-            let child = vm::spawn(&config.qemu_binary, &image, &spec, port)?;
-            let pid_path = sd.join(format!("{name}.pid"));
-            std::fs::write(&pid_path, format!("{}\n", child.id()))
-                .map_err(io_err("writing", &pid_path))?;
+            let child = vm::spawn(&config.qemu_binary, &image, &spec, port, &self.state)?;
             self.nodes.push(VmNode {
                 name: name.clone(),
                 index: i,
@@ -550,6 +534,9 @@ impl QemuCluster {
                     _ => None,
                 };
                 if let Some(status) = exited {
+                    if let Some(c) = &node.child {
+                        crate::gate::reaped(&self.state, c.id(), None);
+                    }
                     let log = vm::read_text(&node.qemu_log);
                     if log.contains(vm::PORT_TAKEN) {
                         if attempts[i] >= PORT_ATTEMPTS {
@@ -567,6 +554,7 @@ impl QemuCluster {
                             &node.image,
                             &node.spec,
                             node.ssh_port,
+                            &self.state,
                         )?);
                         still.push(i);
                         continue;
@@ -611,6 +599,7 @@ impl QemuCluster {
                 &name,
                 session,
                 self.rt.clone(),
+                Some(self.state.clone()),
             ))));
         }
         Ok(())
@@ -834,6 +823,7 @@ impl QemuCluster {
             name,
             session,
             self.rt.clone(),
+            Some(self.state.clone()),
         ))));
         self.start_helper(idx)?;
         Ok(started.elapsed())
@@ -857,7 +847,14 @@ impl QemuCluster {
                 let _ = child.wait();
             }
         }
-        let mut first_err = None;
+        // Whatever else the state lists and still runs (a ControlMaster that did not
+        // exit, the external host's server): by pid and start time.
+        let (_, problems) = crate::state::stop_processes(&self.state.get().processes);
+        let mut first_err = problems.first().map(|p| QemuError::Io {
+            what: "stopping the run's processes",
+            path: self.state_dir.clone(),
+            source: std::io::Error::other(p.clone()),
+        });
         if let Some(mut net) = self.net.take() {
             if let Err(e) = net.delete() {
                 first_err.get_or_insert(e);
@@ -914,88 +911,80 @@ impl Drop for QemuCluster {
     }
 }
 
-/// What [`clean_leftovers`] removed.
+/// What [`clean_leftovers`] found and did, one line each.
 #[derive(Debug, Default)]
 pub struct Cleaned {
-    pub processes: Vec<u32>,
-    pub netns: Vec<String>,
-    pub state_dirs: Vec<PathBuf>,
+    pub found: Vec<String>,
+    pub removed: Vec<String>,
+    pub problems: Vec<String>,
 }
 
-/// Removes what runs that died left behind: QEMU processes carrying a dead run's marker
-/// (killed by PID), `dpq-*` namespaces and state directories of runs whose owner is gone.
-/// Runs whose owner process still lives are left alone.
+/// Removes what runs that died left behind, as their state files list it: processes by
+/// pid and start time (QEMU, ssh, the external host's server), the run's namespace, its
+/// state directory. Runs whose owner process still lives are left alone; nothing is
+/// found by name.
 pub fn clean_leftovers() -> Result<Cleaned> {
     let mut cleaned = Cleaned::default();
-    let root = state_root();
-    let mut live = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&root) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(RUN_PREFIX) {
+    for path in crate::state::all_in(&state_root()) {
+        let st = match crate::state::StateFile::open(&path) {
+            Ok(sf) => sf.get(),
+            Err(e) => {
+                cleaned
+                    .problems
+                    .push(format!("unreadable state file {}: {e}", path.display()));
                 continue;
             }
-            let owner = std::fs::read_to_string(e.path().join("owner")).unwrap_or_default();
-            let mut it = owner.split_whitespace();
-            let alive = match (it.next().and_then(|p| p.parse::<u32>().ok()), it.next()) {
-                (Some(pid), Some(start)) => proc_start_time(pid).as_deref() == Some(start),
-                _ => false,
-            };
-            if alive {
-                live.push(name);
-            }
+        };
+        cleaned.found.push(crate::provider::netns::found_line(&st));
+        if st.owner_alive() {
+            continue;
         }
-    }
-    // QEMU processes of dead runs, found by the marker in their command line.
-    if let Ok(procs) = std::fs::read_dir("/proc") {
-        for p in procs.flatten() {
-            let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
-                continue;
-            };
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let is_qemu = args.first().is_some_and(|a| {
-                a.rsplit('/')
-                    .next()
-                    .unwrap_or("")
-                    .starts_with("qemu-system")
-            });
-            // guest=dpq-<id>-<node>: the run's marker is up to the second '-'.
-            let run = args
-                .iter()
-                .find_map(|a| a.strip_prefix("guest="))
-                .and_then(|g| g.strip_prefix(RUN_PREFIX))
-                .map(|rest| format!("{RUN_PREFIX}{}", rest.split('-').next().unwrap_or("")));
-            if let (true, Some(run)) = (is_qemu, run) {
-                if !live.contains(&run) {
-                    // SAFETY: kill(2) on a PID we just read; a race with its exit is harmless.
-                    if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
-                        cleaned.processes.push(pid);
-                    }
+        let (stopped, problems) = crate::state::stop_processes(&st.processes);
+        cleaned
+            .removed
+            .extend(stopped.into_iter().map(|s| format!("{}: {s}", st.marker)));
+        cleaned.problems.extend(problems);
+        for ns in &st.netns {
+            if Path::new("/run/netns").join(ns).exists() {
+                match net::delete_netns(ns) {
+                    Ok(()) => cleaned
+                        .removed
+                        .push(format!("{}: network namespace {ns}", st.marker)),
+                    Err(e) => cleaned.problems.push(e.to_string()),
                 }
             }
         }
-    }
-    if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(RUN_PREFIX) && !live.contains(&name) {
-                net::delete_netns(&name)?;
-                cleaned.netns.push(name);
+        if let Some(dir) = path.parent() {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => cleaned.removed.push(format!(
+                    "{}: state directory {}",
+                    st.marker,
+                    dir.display()
+                )),
+                Err(e) => cleaned
+                    .problems
+                    .push(format!("removing {}: {e}", dir.display())),
             }
         }
     }
-    if let Ok(entries) = std::fs::read_dir(&root) {
+    // A directory without a state file: a run killed before it wrote one (nothing of
+    // it exists yet), or an older harness's layout, which names no start times.
+    if let Ok(entries) = std::fs::read_dir(state_root()) {
         for e in entries.flatten() {
+            let dir = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(RUN_PREFIX) && !live.contains(&name) {
-                std::fs::remove_dir_all(e.path()).map_err(io_err("removing", &e.path()))?;
-                cleaned.state_dirs.push(e.path());
+            if !name.starts_with(RUN_PREFIX) || dir.join("state.json").exists() {
+                continue;
+            }
+            if dir.join("owner").exists() {
+                cleaned.problems.push(format!(
+                    "{}: written by an older harness (no state.json), left alone",
+                    dir.display()
+                ));
+            } else if std::fs::remove_dir_all(&dir).is_ok() {
+                cleaned
+                    .removed
+                    .push(format!("{name}: empty state directory {}", dir.display()));
             }
         }
     }

@@ -249,6 +249,7 @@ impl Provider for QemuProvider {
                     addr: std::net::SocketAddrV4::new(addr, 8080),
                     netns: PathBuf::from(format!("/run/netns/{ns}")),
                     on_host: Some(HostServer {
+                        state: cluster.state.clone(),
                         dp_probe: req.binaries.dp_probe.clone(),
                         log_dir: req.run_dir.to_path_buf(),
                     }),
@@ -293,17 +294,10 @@ impl Provider for QemuProvider {
 
     fn clean_leftovers(&self) -> Result<Cleaned, ProviderError> {
         let c = clean_leftovers().map_err(|e| provider_error(e, "cleaning leftovers"))?;
-        let mut removed = Vec::new();
-        removed.extend(c.processes.iter().map(|p| format!("QEMU process {p}")));
-        removed.extend(c.netns.iter().map(|n| format!("network namespace {n}")));
-        removed.extend(
-            c.state_dirs
-                .iter()
-                .map(|d| format!("state directory {}", d.display())),
-        );
         Ok(Cleaned {
-            removed,
-            problems: Vec::new(),
+            found: c.found,
+            removed: c.removed,
+            problems: c.problems,
         })
     }
 }

@@ -30,35 +30,57 @@ pub struct Remote {
     gone: Arc<Mutex<Option<String>>>,
     next_id: AtomicU64,
     ssh: Mutex<Child>,
+    /// The run's state file listing the ssh client (pid, start time), forgotten once
+    /// the client is reaped.
+    recorded: Option<(crate::state::StateFile, Option<u64>)>,
 }
 
 impl Remote {
-    /// Starts `helper` (a path on the node) through the ControlMaster at `control`.
-    pub fn start(node: &str, control: &Path, helper: &Path) -> Result<Remote> {
+    /// Starts `helper` (a path on the node) through the ControlMaster at `control`; its
+    /// ssh client is recorded in the run's `state` before it runs (crate::gate).
+    pub fn start(
+        node: &str,
+        control: &Path,
+        helper: &Path,
+        state: Option<&crate::state::StateFile>,
+    ) -> Result<Remote> {
         // As the openssh crate runs its own commands over the master (`-p 9`: never a
         // fresh connection if the master is gone).
-        let mut cmd = Command::new("ssh");
+        let mut cmd = match state {
+            Some(_) => crate::gate::command("ssh"),
+            None => Command::new("ssh"),
+        };
         cmd.arg("-S")
             .arg(control)
             .args(["-o", "BatchMode=yes", "-T", "-p", "9", "none", "--"])
             .arg(helper)
             .arg("serve");
-        Remote::over(node, cmd, helper)
+        Remote::over(node, cmd, helper, state)
     }
 
     /// Starts `cmd`, which must speak the helper's protocol on its stdin and stdout (the
     /// ssh command above; tests run dp-remote directly).
-    pub fn over(node: &str, mut cmd: Command, helper: &Path) -> Result<Remote> {
-        let mut ssh = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|source| QemuError::RemoteStart {
-                node: node.to_owned(),
-                helper: helper.to_owned(),
-                reason: source.to_string(),
-            })?;
+    pub fn over(
+        node: &str,
+        mut cmd: Command,
+        helper: &Path,
+        state: Option<&crate::state::StateFile>,
+    ) -> Result<Remote> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let spawned = match state {
+            Some(st) => crate::gate::spawn(
+                &mut cmd,
+                st,
+                &format!("ssh to {node}: dp-remote serve"),
+                crate::gate::Stdin::Kept,
+            ),
+            None => cmd.stdin(Stdio::piped()).spawn(),
+        };
+        let mut ssh = spawned.map_err(|source| QemuError::RemoteStart {
+            node: node.to_owned(),
+            helper: helper.to_owned(),
+            reason: source.to_string(),
+        })?;
         let (Some(stdin), Some(stdout)) = (ssh.stdin.take(), ssh.stdout.take()) else {
             let _ = ssh.kill();
             let _ = ssh.wait();
@@ -119,6 +141,7 @@ impl Remote {
             pending,
             gone,
             next_id: AtomicU64::new(1),
+            recorded: state.map(|st| (st.clone(), crate::state::start_time(ssh.id()))),
             ssh: Mutex::new(ssh),
         };
         // Proves the helper runs (a missing binary shows here, not at the first command).
@@ -231,6 +254,9 @@ impl Drop for Remote {
         let mut ssh = self.ssh.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = ssh.kill();
         let _ = ssh.wait();
+        if let Some((st, start)) = &self.recorded {
+            crate::gate::reaped(st, ssh.id(), *start);
+        }
     }
 }
 
@@ -260,7 +286,7 @@ mod tests {
         let h = test_binary();
         let mut cmd = Command::new(&h);
         cmd.arg("serve");
-        Remote::over("local", cmd, &h).expect("dp-remote starts")
+        Remote::over("local", cmd, &h, None).expect("dp-remote starts")
     }
 
     fn run(argv: &[&str]) -> Op {

@@ -133,6 +133,8 @@ pub struct SshSession {
     /// The node's dp-remote helper once started ([`SshSession::start_remote`]), and the
     /// path it was started from (to start it again if its channel ends).
     remote: Mutex<Option<(PathBuf, Arc<Remote>)>>,
+    /// The run's state file: the ControlMaster and helper channels are listed in it.
+    state: Option<crate::state::StateFile>,
 }
 
 /// The current session of a node, replaced when the node reboots; shared by the provider
@@ -165,12 +167,27 @@ impl SshSlot {
 }
 
 impl SshSession {
-    pub fn new(node: &str, session: Session, rt: Arc<Runtime>) -> Self {
+    /// A session whose ControlMaster (started by the openssh crate, detached from us) is
+    /// recorded in `state` as soon as it is known.
+    pub fn new(
+        node: &str,
+        session: Session,
+        rt: Arc<Runtime>,
+        state: Option<crate::state::StateFile>,
+    ) -> Self {
+        if let Some(st) = &state {
+            if let Some(pid) = master_pid(session.control_socket()) {
+                if let Some(start) = crate::state::start_time(pid) {
+                    let _ = st.add_process(pid, start, &format!("ssh ControlMaster to {node}"));
+                }
+            }
+        }
         Self {
             node: node.to_owned(),
             session: RwLock::new(Some(session)),
             rt,
             remote: Mutex::new(None),
+            state,
         }
     }
 
@@ -191,7 +208,7 @@ impl SshSession {
             })?;
             session.control_socket().to_owned()
         };
-        Remote::start(&self.node, &control, helper)
+        Remote::start(&self.node, &control, helper, self.state.as_ref())
     }
 
     /// The helper, started again when its channel has ended; `None` if it was never
@@ -443,3 +460,18 @@ impl Drop for SshSession {
 }
 
 pub use crate::node::shell_quote;
+
+/// The pid of the ControlMaster listening on `control` (`ssh -O check` says
+/// "Master running (pid=N)").
+fn master_pid(control: &Path) -> Option<u32> {
+    let out = std::process::Command::new("ssh")
+        .arg("-S")
+        .arg(control)
+        .args(["-O", "check", "none"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let rest = &text[text.find("(pid=")? + 5..];
+    rest[..rest.find(')')?].parse().ok()
+}

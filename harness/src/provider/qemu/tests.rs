@@ -268,8 +268,10 @@ fn a_vm_that_is_never_ready_fails_with_its_console_and_leaves_nothing() {
     );
     assert!(err.to_string().contains("slow.console"), "{err}");
     let left = clean_leftovers().expect("clean");
-    assert!(left.processes.is_empty(), "left: {left:?}");
-    assert!(left.netns.is_empty(), "left: {left:?}");
+    assert!(
+        !left.removed.iter().any(|r| r.contains("-slow")),
+        "left: {left:?}"
+    );
 }
 
 #[test]
@@ -292,12 +294,19 @@ fn a_taken_port_is_retried_and_a_dead_runs_leftovers_are_cleaned() {
     let state = cluster.state_dir.clone();
 
     // The run "dies": nothing tears it down, and its owner is a pid that no longer runs.
-    std::fs::write(state.join("owner"), "999999999 0\n").expect("fake a dead owner");
+    cluster
+        .state
+        .update(|s| s.owner = (999_999_999, 0))
+        .expect("fake a dead owner");
     std::mem::forget(cluster);
     let cleaned = clean_leftovers().expect("clean");
-    assert!(cleaned.processes.contains(&pid), "{cleaned:?}");
-    assert!(cleaned.netns.contains(&netns), "{cleaned:?}");
-    assert!(cleaned.state_dirs.contains(&state), "{cleaned:?}");
+    let has = |what: &str| cleaned.removed.iter().any(|r| r.contains(what));
+    assert!(has(&format!("stopped process {pid} ")), "{cleaned:?}");
+    assert!(has(&format!("network namespace {netns}")), "{cleaned:?}");
+    assert!(
+        has(&format!("state directory {}", state.display())),
+        "{cleaned:?}"
+    );
     // The forgotten Child is never reaped by us: wait for the kill, then reap it here.
     for _ in 0..100 {
         if !pid_alive(pid) {

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use super::accel::Accel;
 use super::error::{QemuError, Result};
@@ -61,8 +61,15 @@ pub fn free_port() -> Result<u16> {
         })
 }
 
-/// Starts QEMU for `spec` with the SSH forward on `port`. The console file is truncated.
-pub fn spawn(qemu: &str, image: &NodeImage, spec: &VmSpec, port: u16) -> Result<Child> {
+/// Starts QEMU for `spec` with the SSH forward on `port`, recorded in the run's `state`
+/// before it runs (crate::gate). The console file is truncated.
+pub fn spawn(
+    qemu: &str,
+    image: &NodeImage,
+    spec: &VmSpec,
+    port: u16,
+    state: &crate::state::StateFile,
+) -> Result<Child> {
     let log = std::fs::File::create(&spec.qemu_log).map_err(|source| QemuError::Io {
         what: "creating",
         path: spec.qemu_log.clone(),
@@ -71,7 +78,7 @@ pub fn spawn(qemu: &str, image: &NodeImage, spec: &VmSpec, port: u16) -> Result<
     let _ = std::fs::remove_file(&spec.qmp);
     // A console left by an earlier run must not show its ready marker to this one.
     let _ = std::fs::remove_file(&spec.console);
-    let mut cmd = Command::new(qemu);
+    let mut cmd = crate::gate::command(qemu);
     cmd.args(["-name", &format!("guest={}", spec.guest_name)])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-accel", spec.accel.qemu_arg()])
@@ -116,11 +123,11 @@ pub fn spawn(qemu: &str, image: &NodeImage, spec: &VmSpec, port: u16) -> Result<
                 spec.cluster_mac
             ),
         ])
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));
     let tap = spec.tap.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec. The gate's
+    // shell keeps fd 3 open across its exec of QEMU.
     unsafe {
         cmd.pre_exec(move || {
             if tap == TAP_FD {
@@ -133,9 +140,12 @@ pub fn spawn(qemu: &str, image: &NodeImage, spec: &VmSpec, port: u16) -> Result<
             Ok(())
         });
     }
-    cmd.spawn().map_err(|source| QemuError::Spawn {
-        command: format!("{qemu} (node {})", spec.name),
-        source,
+    let what = format!("qemu {}", spec.guest_name);
+    crate::gate::spawn(&mut cmd, state, &what, crate::gate::Stdin::Closed).map_err(|source| {
+        QemuError::Spawn {
+            command: format!("{qemu} (node {})", spec.name),
+            source,
+        }
     })
 }
 
