@@ -166,7 +166,7 @@ pub enum ProviderError {
     #[error("provider {provider}: interrupted")]
     Interrupted { provider: &'static str },
     /// A kernel the run asks for cannot be had: bad usage, said before anything boots.
-    #[error("provider {provider}: kernel {spec}: {message}")]
+    #[error("provider {provider}: {message}")]
     KernelUnavailable {
         provider: &'static str,
         spec: String,

@@ -72,6 +72,11 @@ fn provider_error(e: QemuError, what: &str) -> ProviderError {
             spec,
             message,
         },
+        QemuError::KernelMissing { path } => ProviderError::KernelUnavailable {
+            provider: NAME,
+            spec: path.display().to_string(),
+            message: format!("kernel {}: no such file", path.display()),
+        },
         other => ProviderError::Other {
             provider: NAME,
             what: what.to_owned(),
