@@ -448,8 +448,14 @@ impl Plan {
     /// kernels the nodes really booted (node -> exact package), when the provider knows
     /// them: they pin the replay to the same packages; else `--kernel` is repeated as given.
     pub fn replay_command(&self, exact: &BTreeMap<String, KernelSpec>) -> String {
+        // A binary rebuilt while it runs (`cargo run` building its siblings) is
+        // "<path> (deleted)" to the kernel; the path is what a replay runs.
         let program = std::env::current_exe()
-            .map(|p| crate::checkout::canonical(&p))
+            .map(|p| {
+                let text = p.to_string_lossy();
+                let live = text.strip_suffix(" (deleted)").map(PathBuf::from);
+                crate::checkout::canonical(&live.unwrap_or(p))
+            })
             .unwrap_or_else(|_| PathBuf::from("harness"));
         let mut args: Vec<String> = vec![
             program.display().to_string(),
