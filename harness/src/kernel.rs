@@ -177,15 +177,7 @@ mod tests {
 
     #[test]
     fn what_is_not_a_kernel_says_what_is() {
-        for s in [
-            "",
-            "5",
-            "5.x",
-            "latest",
-            "linux-image-6.1=",
-            "bash=5",
-            "/boot/vmlinuz",
-        ] {
+        for s in ["", "5", "5.x", "latest", "linux-image-6.1=", "bash=5"] {
             let e = s.parse::<KernelSpec>().expect_err(s);
             assert!(e.to_string().contains("Debian kernel series"), "{e}");
         }

@@ -386,11 +386,18 @@ fn the_provider_brings_up_vm_nodes_with_pods_and_takes_them_down() {
         ],
         kernels: Default::default(),
     };
-    // Any host binaries do: the guest sees the host's root.
+    // Any binaries do, in one directory as cargo puts them (the guests see it through
+    // the binaries share, wherever it is: this one is under /tmp, hidden from them).
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    let copy = |from: &Path, name: &str| -> PathBuf {
+        let to = bin_dir.path().join(name);
+        std::fs::copy(from, &to).expect("copy a binary");
+        to
+    };
     let binaries = Binaries {
-        datapathd: PathBuf::from("/usr/bin/true"),
-        dp_probe: PathBuf::from("/usr/bin/ping"),
-        dp_remote: super::remote::test_binary(),
+        datapathd: copy(Path::new("/usr/bin/true"), "datapathd"),
+        dp_probe: copy(Path::new("/usr/bin/ping"), "dp-probe"),
+        dp_remote: copy(&super::remote::test_binary(), "dp-remote"),
     };
     let run_id = RunId::fresh();
     let cancel = Cancel::new();
