@@ -219,7 +219,7 @@ pub fn build(
 }
 
 /// The XML text. quick-junit writes `disabled` on testsuite, which the Surefire schema
-/// (../shared/data/junit-10.xsd) does not allow: it is dropped here.
+/// (harness/tests/data/junit-10.xsd) does not allow: it is dropped here.
 pub fn to_xml(report: &Report) -> Result<String, quick_junit::SerializeError> {
     let xml = report.to_string()?;
     let mut out = String::with_capacity(xml.len());
