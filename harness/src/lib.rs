@@ -20,3 +20,4 @@ pub mod run;
 pub mod signal;
 pub mod state;
 pub mod suite;
+pub mod suite_run;

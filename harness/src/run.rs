@@ -40,6 +40,9 @@ pub enum Event {
         index: usize,
         step: PlannedStep,
         ms: u64,
+        /// When the step ended, in ms since the run started (0 in older histories).
+        #[serde(default)]
+        at_ms: u64,
         detail: Vec<String>,
         error: Option<String>,
     },
@@ -49,6 +52,10 @@ pub enum Event {
         invariant: InvariantName,
         judgement: Judgement,
         ms: u64,
+        /// When the verdict was reached, in ms since the run started (0 in older
+        /// histories): `harness mutate` times a fault to the first failure with it.
+        #[serde(default)]
+        at_ms: u64,
     },
     Artifacts {
         scenario: String,
@@ -206,9 +213,20 @@ pub struct Runner<'a> {
     pub progress: Progress,
 }
 
+/// When the run started, for the events' `at_ms`.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn at_ms(self) -> u64 {
+        ms(self.0)
+    }
+}
+
 impl Runner<'_> {
     pub fn run(mut self) -> RunResult {
         let start = Instant::now();
+        let clock = Clock(start);
         let mut events = Vec::new();
         let mut outcome = Outcome::Completed;
         for sc in &self.plan.scenarios {
@@ -216,7 +234,7 @@ impl Runner<'_> {
                 outcome = Outcome::Interrupted;
                 break;
             }
-            match self.scenario(sc, &mut events) {
+            match self.scenario(sc, &mut events, clock) {
                 Outcome::Completed => {}
                 o => {
                     outcome = o;
@@ -260,7 +278,12 @@ impl Runner<'_> {
         ))
     }
 
-    fn scenario(&mut self, sc: &crate::plan::PlannedScenario, ev: &mut Vec<Event>) -> Outcome {
+    fn scenario(
+        &mut self,
+        sc: &crate::plan::PlannedScenario,
+        ev: &mut Vec<Event>,
+        clock: Clock,
+    ) -> Outcome {
         let (name, it) = (sc.name.clone(), sc.iteration);
         if let Some(reason) = self.cannot_run(sc) {
             self.progress
@@ -282,6 +305,7 @@ impl Runner<'_> {
                     invariant,
                     judgement: Judgement::skipped(reason.clone()),
                     ms: 0,
+                    at_ms: clock.at_ms(),
                 });
             }
             return Outcome::Completed;
@@ -329,7 +353,7 @@ impl Runner<'_> {
                 });
                 let interrupted = matches!(e, crate::provider::ProviderError::Interrupted { .. })
                     || self.cancel.is_cancelled();
-                self.down(&name, it, ev, &before, &marker, &bpf::Kernel::default());
+                self.down(&name, it, ev, &before, &marker, &bpf::Kernel::default(), clock);
                 return if interrupted {
                     Outcome::Interrupted
                 } else {
@@ -360,7 +384,7 @@ impl Runner<'_> {
                 sc.steps.len(),
                 describe(step)
             ));
-            let r = self.step(&mut live, step, &name, it, ev);
+            let r = self.step(&mut live, step, &name, it, ev, clock);
             let (detail, error) = match r {
                 Ok(d) => (d, None),
                 Err(e) => (Vec::new(), Some(e)),
@@ -376,6 +400,7 @@ impl Runner<'_> {
                 index: i,
                 step: step.clone(),
                 ms: ms(t),
+                at_ms: clock.at_ms(),
                 detail,
                 error: error.clone(),
             });
@@ -422,7 +447,7 @@ impl Runner<'_> {
             }
             return outcome;
         }
-        self.down(&name, it, ev, &before, &marker, &live.seen);
+        self.down(&name, it, ev, &before, &marker, &live.seen, clock);
         outcome
     }
 
@@ -434,6 +459,7 @@ impl Runner<'_> {
         before: &host::HostSnapshot,
         marker: &str,
         seen: &bpf::Kernel,
+        clock: Clock,
     ) {
         let t = Instant::now();
         let r = self.provider.down();
@@ -467,6 +493,7 @@ impl Runner<'_> {
             invariant: InvariantName::HostCleanAfterDown,
             judgement: j,
             ms: ms(t),
+            at_ms: clock.at_ms(),
         });
     }
 
@@ -477,6 +504,7 @@ impl Runner<'_> {
         name: &str,
         it: u32,
         ev: &mut Vec<Event>,
+        clock: Clock,
     ) -> Result<Vec<String>, String> {
         match step {
             PlannedStep::Deploy { accelerate } => {
@@ -642,6 +670,7 @@ impl Runner<'_> {
                         invariant: *inv,
                         judgement: j,
                         ms: ms(t),
+                        at_ms: clock.at_ms(),
                     });
                 }
                 live.remember();
