@@ -700,7 +700,7 @@ pub fn describe(s: &PlannedStep) -> String {
             format!("fault node-reboot node={}", p.node)
         }
         PlannedStep::Fault(crate::plan::FaultPlan::SockmapLeak(p)) => format!(
-            "fault sockmap-leak node={} target={}:{} planted server-side={} client-side={} from port {} churn={} over ports {}-{}",
+            "fault sockmap-leak node={} target={}:{} planted server-side={} client-side={} from port {} churn={} over ports {}-{} orphans={}",
             p.node,
             p.pod,
             p.port,
@@ -708,8 +708,9 @@ pub fn describe(s: &PlannedStep) -> String {
             p.client_keys,
             p.base_port,
             p.churn,
-            p.base_port,
-            p.base_port + p.churn_ports - 1
+            p.churn_range().start,
+            p.churn_range().end - 1,
+            p.orphan_keys
         ),
         PlannedStep::Fault(crate::plan::FaultPlan::LinkDegrade(p)) => format!(
             "fault link-degrade node={} delay={}ms loss={}% hold={}ms",

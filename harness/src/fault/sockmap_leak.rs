@@ -15,6 +15,11 @@
 //! ones: a correct datapath replaces the keys (or collects them) and every exchange is
 //! answered; one that inserts with "no exist" hangs on each reuse.
 //!
+//! Besides, a few server-side keys are planted on the block's last ports, which the churn
+//! leaves out ("orphans"): no connection ever replaces them, so they stay until the
+//! agent's garbage collector removes them; without them a datapath that replaces keys on
+//! insert but never collects looked correct.
+//!
 //! Proof: the planted keys with the decoy's cookie in the dump, the churn's summary, the
 //! `dp_accel_stats` counters that moved, and the keys still stale afterwards. Heal: none
 //! while the scenario runs: the decoys stay open (closing them would make the kernel
@@ -136,6 +141,7 @@ impl SockmapLeak {
         server: SocketAddrV4,
         side: Side,
         ports: std::ops::Range<u16>,
+        what: &str,
     ) -> Result<(Box<dyn Process>, PathBuf, Planted), FaultError> {
         let map = obs::map_path(cn).display().to_string();
         let mut argv = vec![
@@ -154,10 +160,8 @@ impl SockmapLeak {
         }
         let out = cn
             .work_dir
-            .join(format!("sockmap-leak-plant-{}.out", side.as_str()));
-        let err = cn
-            .work_dir
-            .join(format!("sockmap-leak-plant-{}.err", side.as_str()));
+            .join(format!("sockmap-leak-plant-{what}.out"));
+        let err = cn.work_dir.join(format!("sockmap-leak-plant-{what}.err"));
         let mut proc = cn
             .node
             .spawn(&SpawnSpec {
@@ -244,15 +248,20 @@ impl Fault for SockmapLeak {
         // 1. Plant, server side then client side; the decoys stay open.
         let server_ports = p.base_port..p.base_port + p.server_keys;
         let client_ports = server_ports.end..server_ports.end + p.client_keys;
+        let orphan_ports = p.churn_range().end..p.base_port + p.churn_ports;
         let mut planted = Vec::new();
-        for (side, ports) in [(Side::Server, server_ports), (Side::Client, client_ports)] {
+        for (what, side, ports) in [
+            ("server", Side::Server, server_ports),
+            ("client", Side::Client, client_ports),
+            ("orphan", Side::Server, orphan_ports),
+        ] {
             if ports.is_empty() {
                 continue;
             }
-            let (proc, log, got) = self.plant(live, &cn, node_addr, server, side, ports)?;
+            let (proc, log, got) = self.plant(live, &cn, node_addr, server, side, ports, what)?;
             // From here the decoy is the scenario's: stopped with the other processes.
             live.servers.push(Server {
-                pod: format!("{NAME}-decoy-{}", side.as_str()),
+                pod: format!("{NAME}-decoy-{what}"),
                 node: p.node.clone(),
                 proc,
                 log,
@@ -264,10 +273,11 @@ impl Fault for SockmapLeak {
                 )));
             }
             rec.proof.push(format!(
-                "{}: planted {} {}-side key(s) in {}, each pointing at an established decoy and read back with its cookie: {}",
+                "{}: planted {} {}-side key(s){} in {}, each pointing at an established decoy and read back with its cookie: {}",
                 p.node,
                 got.keys.len(),
                 side.as_str(),
+                if what == "orphan" { " on ports the churn never uses" } else { "" },
                 obs::map_path(&cn).display(),
                 got.keys
                     .iter()
@@ -305,7 +315,7 @@ impl Fault for SockmapLeak {
         ));
 
         // 3. Churn at once, the planted ports first.
-        let last = p.base_port + p.churn_ports - 1;
+        let last = p.churn_range().end - 1;
         let argv: Vec<String> = vec![
             cn.dp_probe.display().to_string(),
             "churn".into(),
