@@ -41,6 +41,26 @@ pub enum Command {
         #[command(flatten)]
         opts: RunOpts,
     },
+    /// The mutation score: the correct datapath and every mutant of the suite's
+    /// must-catch, on the same seeds; exit 0 only when every mutant is caught and the
+    /// correct datapath passed (a survivor or a false alarm: exit 1).
+    Mutate {
+        name: String,
+        #[command(flatten)]
+        opts: RunOpts,
+        /// Run K seeds (from --seed, else from the clock, upwards).
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+        seeds: Option<u32>,
+    },
+    /// The false-alarm rate: the correct datapath over N seeds (from --seed, else from the
+    /// clock, upwards); prints false alarms and harness errors per invariant.
+    Soak {
+        name: String,
+        #[command(flatten)]
+        opts: RunOpts,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+    },
     /// List the suites, providers, faults and invariants.
     List {
         #[arg(long)]
@@ -152,6 +172,24 @@ fn run(cli: Cli) -> ExitStatus {
                 Err(status) => status,
             }
         }
+        Command::Mutate { name, opts, seeds } => score(&name, &opts, true, |file, suite, cancel| {
+            let first = opts.seed.unwrap_or_else(clock_seed);
+            let seeds: Vec<u64> = (0..u64::from(seeds.unwrap_or(1)))
+                .map(|i| first.wrapping_add(i))
+                .collect();
+            let r = crate::mutate::mutate(file, suite, &opts, &seeds, cancel);
+            print!("{}", r.render());
+            if let Some(j) = &opts.junit {
+                write_junit(j, &r.junit());
+            }
+            r.status(cancel)
+        }),
+        Command::Soak { name, opts, runs } => score(&name, &opts, false, |file, suite, cancel| {
+            let first = opts.seed.unwrap_or_else(clock_seed);
+            let r = crate::mutate::soak(file, suite, &opts, first, runs, cancel);
+            print!("{}", r.render());
+            r.status(cancel)
+        }),
         Command::Replay {
             run_dir,
             junit,
@@ -299,6 +337,51 @@ fn prune_images(keep: Option<u32>, keep_bytes: Option<&str>) -> ExitStatus {
             eprintln!("harness: error: running {}: {e}", script.display());
             ExitStatus::HarnessError
         }
+    }
+}
+
+/// Resolves and checks the suite for `mutate`/`soak` (`mutants`: it must list must-catch
+/// mutants that datapathd builds), then runs `f` with a cancel flag.
+fn score(
+    name: &str,
+    opts: &RunOpts,
+    mutants: bool,
+    f: impl FnOnce(&std::path::Path, &Suite, &Cancel) -> ExitStatus,
+) -> ExitStatus {
+    let dir = opts.suites_dir.clone().unwrap_or_else(suite::default_dir);
+    let file = suite::resolve(name, &dir);
+    let checked = if opts.datapath_mutant.is_some() {
+        Err(crate::mutate::MutateError::MutantGiven)
+    } else {
+        Suite::load(&file).map_err(Into::into)
+    };
+    let checked = checked.and_then(|s| {
+        if mutants {
+            crate::mutate::prepare(&file, opts)
+        } else {
+            Ok(s)
+        }
+    });
+    let s = match checked {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("harness: error: {}", crate::run::chain(&e));
+            return e.status();
+        }
+    };
+    match installed_cancel() {
+        Ok(cancel) => f(&file, &s, &cancel),
+        Err(status) => status,
+    }
+}
+
+fn write_junit(path: &std::path::Path, report: &quick_junit::Report) {
+    let xml = crate::report::junit::to_xml(report).unwrap_or_default();
+    if let Err(e) = std::fs::write(path, xml) {
+        eprintln!(
+            "harness: error writing JUnit output to {}: {e}",
+            path.display()
+        );
     }
 }
 

@@ -11,6 +11,7 @@ pub mod exit;
 pub mod fault;
 pub mod invariant;
 pub mod kernel;
+pub mod mutate;
 pub mod node;
 pub mod observe;
 pub mod plan;
