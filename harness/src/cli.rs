@@ -178,9 +178,16 @@ fn run(cli: Cli) -> ExitStatus {
                 .map(|i| first.wrapping_add(i))
                 .collect();
             let r = crate::mutate::mutate(file, suite, &opts, &seeds, cancel);
-            print!("{}", r.render());
+            let table = r.render();
+            print!("{table}");
             if let Some(j) = &opts.junit {
-                write_junit(j, &r.junit());
+                write_junit(j, &r.junit(&opts.junit_properties));
+            }
+            if let Some(md) = &opts.summary_md {
+                let text = format!("### harness mutate {}\n```\n{table}```\n", suite.name);
+                if let Err(e) = std::fs::write(md, text) {
+                    eprintln!("harness: error writing {}: {e}", md.display());
+                }
             }
             r.status(cancel)
         }),

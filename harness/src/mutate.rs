@@ -461,8 +461,8 @@ impl MutationReport {
     }
 
     /// JUnit: one testsuite, a testcase for the correct datapath and one per mutant (its
-    /// seeds together: any survivor fails it).
-    pub fn junit(&self) -> Report {
+    /// seeds together: any survivor fails it), with the user's `--junit-property`s.
+    pub fn junit(&self, extra: &[(String, String)]) -> Report {
         let cell = self
             .rows
             .iter()
@@ -478,6 +478,9 @@ impl MutationReport {
             ),
             Property::new("mutation-score", format!("{caught}/{total}")),
         ]);
+        for (k, v) in extra {
+            suite.add_property(Property::new(k.clone(), v.clone()));
+        }
         let mut by_variant: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
         let mut order = Vec::new();
         for r in &self.rows {

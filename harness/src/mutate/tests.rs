@@ -138,7 +138,7 @@ fn the_exit_status_names_survivors_and_false_alarms() {
         text.contains("survivor: m (seed 5) was not caught by service-connectivity; failed: one-program-per-hook"),
         "{text}"
     );
-    let xml = crate::report::junit::to_xml(&r.junit()).expect("xml");
+    let xml = crate::report::junit::to_xml(&r.junit(&[])).expect("xml");
     assert!(xml.contains(r#"<testsuite name="mutate sock-lb [netns 6.18]""#), "{xml}");
     assert!(xml.contains(r#"<failure message="named ones passed; failed: one-program-per-hook""#), "{xml}");
 }
