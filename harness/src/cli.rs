@@ -172,25 +172,27 @@ fn run(cli: Cli) -> ExitStatus {
                 Err(status) => status,
             }
         }
-        Command::Mutate { name, opts, seeds } => score(&name, &opts, true, |file, suite, cancel| {
-            let first = opts.seed.unwrap_or_else(clock_seed);
-            let seeds: Vec<u64> = (0..u64::from(seeds.unwrap_or(1)))
-                .map(|i| first.wrapping_add(i))
-                .collect();
-            let r = crate::mutate::mutate(file, suite, &opts, &seeds, cancel);
-            let table = r.render();
-            print!("{table}");
-            if let Some(j) = &opts.junit {
-                write_junit(j, &r.junit(&opts.junit_properties));
-            }
-            if let Some(md) = &opts.summary_md {
-                let text = format!("### harness mutate {}\n```\n{table}```\n", suite.name);
-                if let Err(e) = std::fs::write(md, text) {
-                    eprintln!("harness: error writing {}: {e}", md.display());
+        Command::Mutate { name, opts, seeds } => {
+            score(&name, &opts, true, |file, suite, cancel| {
+                let first = opts.seed.unwrap_or_else(clock_seed);
+                let seeds: Vec<u64> = (0..u64::from(seeds.unwrap_or(1)))
+                    .map(|i| first.wrapping_add(i))
+                    .collect();
+                let r = crate::mutate::mutate(file, suite, &opts, &seeds, cancel);
+                let table = r.render();
+                print!("{table}");
+                if let Some(j) = &opts.junit {
+                    write_junit(j, &r.junit(&opts.junit_properties));
                 }
-            }
-            r.status(cancel)
-        }),
+                if let Some(md) = &opts.summary_md {
+                    let text = format!("### harness mutate {}\n```\n{table}```\n", suite.name);
+                    if let Err(e) = std::fs::write(md, text) {
+                        eprintln!("harness: error writing {}: {e}", md.display());
+                    }
+                }
+                r.status(cancel)
+            })
+        }
         Command::Soak { name, opts, runs } => score(&name, &opts, false, |file, suite, cancel| {
             let first = opts.seed.unwrap_or_else(clock_seed);
             let r = crate::mutate::soak(file, suite, &opts, first, runs, cancel);

@@ -129,10 +129,7 @@ pub fn failed_invariants(events: &[Event]) -> Vec<InvariantName> {
 
 /// From the start of the fault of the scenario iteration where the first failure of one
 /// of `which` happened, to that failure (ms; negative when it came first).
-pub fn fault_to_failure_ms(
-    events: &[Event],
-    which: impl Fn(InvariantName) -> bool,
-) -> Option<i64> {
+pub fn fault_to_failure_ms(events: &[Event], which: impl Fn(InvariantName) -> bool) -> Option<i64> {
     let (sc, it, fail_at) = events.iter().find_map(|e| match e {
         Event::Verdict {
             scenario,
@@ -371,12 +368,10 @@ impl MutationReport {
         if cancel.is_cancelled() {
             return ExitStatus::Interrupted;
         }
-        let wrong = self.rows.iter().any(|r| {
-            matches!(
-                r.fate,
-                Fate::Survived { .. } | Fate::FalseAlarm { .. }
-            )
-        });
+        let wrong = self
+            .rows
+            .iter()
+            .any(|r| matches!(r.fate, Fate::Survived { .. } | Fate::FalseAlarm { .. }));
         if wrong {
             return ExitStatus::InvariantsFailed;
         }
@@ -394,7 +389,13 @@ impl MutationReport {
     /// The table, the score, and each survivor, false alarm and unjudged run by name.
     pub fn render(&self) -> String {
         let mut t = tabular(
-            &["mutant", "seed", "result", "caught by (named invariants that failed)", "fault -> first failure"],
+            &[
+                "mutant",
+                "seed",
+                "result",
+                "caught by (named invariants that failed)",
+                "fault -> first failure",
+            ],
             self.rows
                 .iter()
                 .map(|r| {
@@ -511,9 +512,9 @@ impl MutationReport {
                     )
                 })
                 .collect();
-            let bad = rows.iter().find(|r| {
-                matches!(r.fate, Fate::Survived { .. } | Fate::FalseAlarm { .. })
-            });
+            let bad = rows
+                .iter()
+                .find(|r| matches!(r.fate, Fate::Survived { .. } | Fate::FalseAlarm { .. }));
             let unjudged = rows
                 .iter()
                 .find(|r| matches!(r.fate, Fate::NotJudged { .. }));
@@ -656,7 +657,15 @@ impl SoakReport {
 
     pub fn render(&self) -> String {
         let mut t = tabular(
-            &["invariant", "verdicts", "pass", "false alarms", "unknown", "skipped", "failed on seeds"],
+            &[
+                "invariant",
+                "verdicts",
+                "pass",
+                "false alarms",
+                "unknown",
+                "skipped",
+                "failed on seeds",
+            ],
             self.per_invariant
                 .iter()
                 .map(|(i, t)| {

@@ -211,22 +211,13 @@ pub struct Runner<'a> {
     pub cancel: Cancel,
     pub keep: bool,
     pub progress: Progress,
-}
-
-/// When the run started, for the events' `at_ms`.
-#[derive(Clone, Copy)]
-struct Clock(Instant);
-
-impl Clock {
-    fn at_ms(self) -> u64 {
-        ms(self.0)
-    }
+    /// When the run started: events' `at_ms` count from here.
+    pub started: Instant,
 }
 
 impl Runner<'_> {
     pub fn run(mut self) -> RunResult {
-        let start = Instant::now();
-        let clock = Clock(start);
+        let start = self.started;
         let mut events = Vec::new();
         let mut outcome = Outcome::Completed;
         for sc in &self.plan.scenarios {
@@ -234,7 +225,7 @@ impl Runner<'_> {
                 outcome = Outcome::Interrupted;
                 break;
             }
-            match self.scenario(sc, &mut events, clock) {
+            match self.scenario(sc, &mut events) {
                 Outcome::Completed => {}
                 o => {
                     outcome = o;
@@ -278,12 +269,7 @@ impl Runner<'_> {
         ))
     }
 
-    fn scenario(
-        &mut self,
-        sc: &crate::plan::PlannedScenario,
-        ev: &mut Vec<Event>,
-        clock: Clock,
-    ) -> Outcome {
+    fn scenario(&mut self, sc: &crate::plan::PlannedScenario, ev: &mut Vec<Event>) -> Outcome {
         let (name, it) = (sc.name.clone(), sc.iteration);
         if let Some(reason) = self.cannot_run(sc) {
             self.progress
@@ -305,7 +291,7 @@ impl Runner<'_> {
                     invariant,
                     judgement: Judgement::skipped(reason.clone()),
                     ms: 0,
-                    at_ms: clock.at_ms(),
+                    at_ms: ms(self.started),
                 });
             }
             return Outcome::Completed;
@@ -353,7 +339,7 @@ impl Runner<'_> {
                 });
                 let interrupted = matches!(e, crate::provider::ProviderError::Interrupted { .. })
                     || self.cancel.is_cancelled();
-                self.down(&name, it, ev, &before, &marker, &bpf::Kernel::default(), clock);
+                self.down(&name, it, ev, &before, &marker, &bpf::Kernel::default());
                 return if interrupted {
                     Outcome::Interrupted
                 } else {
@@ -384,7 +370,7 @@ impl Runner<'_> {
                 sc.steps.len(),
                 describe(step)
             ));
-            let r = self.step(&mut live, step, &name, it, ev, clock);
+            let r = self.step(&mut live, step, &name, it, ev);
             let (detail, error) = match r {
                 Ok(d) => (d, None),
                 Err(e) => (Vec::new(), Some(e)),
@@ -400,7 +386,7 @@ impl Runner<'_> {
                 index: i,
                 step: step.clone(),
                 ms: ms(t),
-                at_ms: clock.at_ms(),
+                at_ms: ms(self.started),
                 detail,
                 error: error.clone(),
             });
@@ -447,7 +433,7 @@ impl Runner<'_> {
             }
             return outcome;
         }
-        self.down(&name, it, ev, &before, &marker, &live.seen, clock);
+        self.down(&name, it, ev, &before, &marker, &live.seen);
         outcome
     }
 
@@ -459,7 +445,6 @@ impl Runner<'_> {
         before: &host::HostSnapshot,
         marker: &str,
         seen: &bpf::Kernel,
-        clock: Clock,
     ) {
         let t = Instant::now();
         let r = self.provider.down();
@@ -493,7 +478,7 @@ impl Runner<'_> {
             invariant: InvariantName::HostCleanAfterDown,
             judgement: j,
             ms: ms(t),
-            at_ms: clock.at_ms(),
+            at_ms: ms(self.started),
         });
     }
 
@@ -504,7 +489,6 @@ impl Runner<'_> {
         name: &str,
         it: u32,
         ev: &mut Vec<Event>,
-        clock: Clock,
     ) -> Result<Vec<String>, String> {
         match step {
             PlannedStep::Deploy { accelerate } => {
@@ -670,7 +654,7 @@ impl Runner<'_> {
                         invariant: *inv,
                         judgement: j,
                         ms: ms(t),
-                        at_ms: clock.at_ms(),
+                        at_ms: ms(self.started),
                     });
                 }
                 live.remember();

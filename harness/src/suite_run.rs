@@ -279,6 +279,7 @@ pub fn run_suite(file: &Path, seed: u64, opts: &RunOpts, cancel: &Cancel) -> Sui
         cancel: cancel.clone(),
         keep: opts.keep,
         progress: progress.clone(),
+        started: std::time::Instant::now(),
     }
     .run();
     progress.finish();

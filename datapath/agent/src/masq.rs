@@ -37,8 +37,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    MasqConfig, NatEndpoint, NatKey, GLOBAL_MUTATIONS, MAP_MASQ_CFG, MAP_MASQ_FWD, MAP_MASQ_PODS, MAP_MASQ_REV,
-    MASQ_LAYOUT_VERSION, MASQ_MAX_CIDRS, PROG_MASQ_EGRESS, PROG_MASQ_INGRESS,
+    MasqConfig, NatEndpoint, NatKey, GLOBAL_MUTATIONS, MAP_MASQ_CFG, MAP_MASQ_FWD, MAP_MASQ_PODS,
+    MAP_MASQ_REV, MASQ_LAYOUT_VERSION, MASQ_MAX_CIDRS, PROG_MASQ_EGRESS, PROG_MASQ_INGRESS,
 };
 use serde::Serialize;
 use tracing::{info, warn};

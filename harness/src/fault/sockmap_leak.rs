@@ -48,18 +48,28 @@ const CHURN_READ_TIMEOUT_MS: u64 = 1000;
 
 pub struct SockmapLeak(pub SockmapLeakPlan);
 
-/// Which end's view a planted key takes (`plant-sockhash --key-for`).
+/// Which keys one plant-sockhash writes: the server's or the client's view of tuples the
+/// churn uses, or the server's view of tuples it never uses (orphans).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Server,
     Client,
+    Orphan,
 }
 
 impl Side {
+    /// `plant-sockhash --key-for`.
+    fn key_for(self) -> &'static str {
+        match self {
+            Side::Server | Side::Orphan => "server",
+            Side::Client => "client",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
-            Side::Server => "server",
-            Side::Client => "client",
+            Side::Orphan => "orphan",
+            s => s.key_for(),
         }
     }
 }
@@ -141,7 +151,6 @@ impl SockmapLeak {
         server: SocketAddrV4,
         side: Side,
         ports: std::ops::Range<u16>,
-        what: &str,
     ) -> Result<(Box<dyn Process>, PathBuf, Planted), FaultError> {
         let map = obs::map_path(cn).display().to_string();
         let mut argv = vec![
@@ -150,7 +159,7 @@ impl SockmapLeak {
             "--map".into(),
             map,
             "--key-for".into(),
-            side.as_str().into(),
+            side.key_for().into(),
             "--server".into(),
             server.to_string(),
         ];
@@ -160,8 +169,10 @@ impl SockmapLeak {
         }
         let out = cn
             .work_dir
-            .join(format!("sockmap-leak-plant-{what}.out"));
-        let err = cn.work_dir.join(format!("sockmap-leak-plant-{what}.err"));
+            .join(format!("sockmap-leak-plant-{}.out", side.as_str()));
+        let err = cn
+            .work_dir
+            .join(format!("sockmap-leak-plant-{}.err", side.as_str()));
         let mut proc = cn
             .node
             .spawn(&SpawnSpec {
@@ -250,18 +261,18 @@ impl Fault for SockmapLeak {
         let client_ports = server_ports.end..server_ports.end + p.client_keys;
         let orphan_ports = p.churn_range().end..p.base_port + p.churn_ports;
         let mut planted = Vec::new();
-        for (what, side, ports) in [
-            ("server", Side::Server, server_ports),
-            ("client", Side::Client, client_ports),
-            ("orphan", Side::Server, orphan_ports),
+        for (side, ports) in [
+            (Side::Server, server_ports),
+            (Side::Client, client_ports),
+            (Side::Orphan, orphan_ports),
         ] {
             if ports.is_empty() {
                 continue;
             }
-            let (proc, log, got) = self.plant(live, &cn, node_addr, server, side, ports, what)?;
+            let (proc, log, got) = self.plant(live, &cn, node_addr, server, side, ports)?;
             // From here the decoy is the scenario's: stopped with the other processes.
             live.servers.push(Server {
-                pod: format!("{NAME}-decoy-{what}"),
+                pod: format!("{NAME}-decoy-{}", side.as_str()),
                 node: p.node.clone(),
                 proc,
                 log,
@@ -276,8 +287,12 @@ impl Fault for SockmapLeak {
                 "{}: planted {} {}-side key(s){} in {}, each pointing at an established decoy and read back with its cookie: {}",
                 p.node,
                 got.keys.len(),
-                side.as_str(),
-                if what == "orphan" { " on ports the churn never uses" } else { "" },
+                side.key_for(),
+                if side == Side::Orphan {
+                    " on ports the churn never uses"
+                } else {
+                    ""
+                },
                 obs::map_path(&cn).display(),
                 got.keys
                     .iter()

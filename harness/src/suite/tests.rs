@@ -253,7 +253,8 @@ fn a_node_may_name_its_kernel_and_a_wrong_one_is_located() {
 #[test]
 fn must_catch_names_known_mutants_and_checked_invariants() {
     let with = |entry: &str| format!("{GOOD}must-catch:\n{entry}");
-    let ok = with("  - mutant: getpeername-not-rewritten\n    invariants: [service-connectivity]\n");
+    let ok =
+        with("  - mutant: getpeername-not-rewritten\n    invariants: [service-connectivity]\n");
     let s = Suite::parse(Path::new("t.yaml"), &ok).expect("parses");
     assert_eq!(s.must_catch[0].mutant, "getpeername-not-rewritten");
 
@@ -264,7 +265,10 @@ fn must_catch_names_known_mutants_and_checked_invariants() {
         e.starts_with("t.yaml:19:13: at `must-catch[0].mutant`: unknown mutant `stale-prog` (known: stale-cgroup-prog,"),
         "{e}"
     );
-    assert!(e.contains("expected form: must-catch: [{mutant: NAME"), "{e}");
+    assert!(
+        e.contains("expected form: must-catch: [{mutant: NAME"),
+        "{e}"
+    );
 
     let e = err(&with(
         "  - mutant: stale-cgroup-prog\n    invariants: [one-program-per-hook]\n",
@@ -274,7 +278,9 @@ fn must_catch_names_known_mutants_and_checked_invariants() {
         "{e}"
     );
 
-    let e = err(&with("  - mutant: stale-cgroup-prog\n    invariants: [no-such-check]\n"));
+    let e = err(&with(
+        "  - mutant: stale-cgroup-prog\n    invariants: [no-such-check]\n",
+    ));
     assert!(
         e.contains("at `must-catch[0].invariants[0]`: unknown variant `no-such-check`"),
         "{e}"
