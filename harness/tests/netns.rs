@@ -235,7 +235,8 @@ fn every_sock_lb_mutant_is_caught_by_the_invariants_that_name_it() {
     );
     let xml = common::row_junit(&report, "udp-reply-not-reversed", 3);
     assert!(
-        xml.contains("-> dns (10.96.0.53:53)") && xml.contains("instead of the service address"),
+        xml.contains("dns (10.96.0.53:53) attempt")
+            && xml.contains("instead of the service address"),
         "the UDP reply's source is the evidence: {xml}"
     );
     assert_clean(&before);
