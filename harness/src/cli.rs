@@ -3,19 +3,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use crate::cluster::Binaries;
 use crate::exit::ExitStatus;
-use crate::invariant::Verdict;
 use crate::kernel::KernelArg;
 use crate::provider::{self, DEFAULT_PROVIDER};
-use crate::report::progress::Progress;
-use crate::report::{github, history, junit};
-use crate::run::{Event, Keep, Runner};
+use crate::report::history;
+use crate::run::Keep;
 use crate::signal::Cancel;
 use crate::suite::{self, FaultKind, InvariantName, Suite};
+use crate::suite_run::{clock_seed, run_suite};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +41,26 @@ pub enum Command {
         name: String,
         #[command(flatten)]
         opts: RunOpts,
+    },
+    /// The mutation score: the correct datapath and every mutant of the suite's
+    /// must-catch, on the same seeds; exit 0 only when every mutant is caught and the
+    /// correct datapath passed (a survivor or a false alarm: exit 1).
+    Mutate {
+        name: String,
+        #[command(flatten)]
+        opts: RunOpts,
+        /// Run K seeds (from --seed, else from the clock, upwards).
+        #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+        seeds: Option<u32>,
+    },
+    /// The false-alarm rate: the correct datapath over N seeds (from --seed, else from the
+    /// clock, upwards); prints false alarms and harness errors per invariant.
+    Soak {
+        name: String,
+        #[command(flatten)]
+        opts: RunOpts,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
     },
     /// List the suites, providers, faults and invariants.
     List {
@@ -157,8 +174,38 @@ fn run(cli: Cli) -> ExitStatus {
             let dir = opts.suites_dir.clone().unwrap_or_else(suite::default_dir);
             let file = suite::resolve(&name, &dir);
             let seed = opts.seed.unwrap_or_else(clock_seed);
-            run_suite(&file, seed, &opts)
+            match installed_cancel() {
+                Ok(cancel) => run_suite(&file, seed, &opts, &cancel).status,
+                Err(status) => status,
+            }
         }
+        Command::Mutate { name, opts, seeds } => {
+            score(&name, &opts, true, |file, suite, cancel| {
+                let first = opts.seed.unwrap_or_else(clock_seed);
+                let seeds: Vec<u64> = (0..u64::from(seeds.unwrap_or(1)))
+                    .map(|i| first.wrapping_add(i))
+                    .collect();
+                let r = crate::mutate::mutate(file, suite, &opts, &seeds, cancel);
+                let table = r.render();
+                print!("{table}");
+                if let Some(j) = &opts.junit {
+                    write_junit(j, &r.junit(&opts.junit_properties));
+                }
+                if let Some(md) = &opts.summary_md {
+                    let text = format!("### harness mutate {}\n```\n{table}```\n", suite.name);
+                    if let Err(e) = std::fs::write(md, text) {
+                        eprintln!("harness: error writing {}: {e}", md.display());
+                    }
+                }
+                r.status(cancel)
+            })
+        }
+        Command::Soak { name, opts, runs } => score(&name, &opts, false, |file, suite, cancel| {
+            let first = opts.seed.unwrap_or_else(clock_seed);
+            let r = crate::mutate::soak(file, suite, &opts, first, runs, cancel);
+            print!("{}", r.render());
+            r.status(cancel)
+        }),
         Command::Replay {
             run_dir,
             junit,
@@ -207,7 +254,10 @@ fn run(cli: Cli) -> ExitStatus {
                 junit_properties: h.plan.junit_properties.clone(),
                 summary_md: None,
             };
-            run_suite(&h.plan.suite_file, h.plan.seed, &opts)
+            match installed_cancel() {
+                Ok(cancel) => run_suite(&h.plan.suite_file, h.plan.seed, &opts, &cancel).status,
+                Err(status) => status,
+            }
         }
         Command::List { suites_dir } => {
             let dir = suites_dir.unwrap_or_else(suite::default_dir);
@@ -322,309 +372,59 @@ fn prune_images(keep: Option<u32>, keep_bytes: Option<&str>) -> ExitStatus {
     }
 }
 
-fn clock_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        % 1_000_000_007
-}
-
-/// The binaries to deploy: $DP_HARNESS_BIN_DIR, else beside this executable (cargo puts
-/// datapathd and dp-probe in the same target directory).
-fn binaries() -> anyhow::Result<Binaries> {
-    let dir = match std::env::var_os("DP_HARNESS_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => std::env::current_exe()?
-            .parent()
-            .map(|p| {
-                if p.ends_with("deps") {
-                    p.parent().unwrap_or(p).to_path_buf()
-                } else {
-                    p.to_path_buf()
-                }
-            })
-            .unwrap_or_default(),
+/// Resolves and checks the suite for `mutate`/`soak` (`mutants`: it must list must-catch
+/// mutants that datapathd builds), then runs `f` with a cancel flag.
+fn score(
+    name: &str,
+    opts: &RunOpts,
+    mutants: bool,
+    f: impl FnOnce(&std::path::Path, &Suite, &Cancel) -> ExitStatus,
+) -> ExitStatus {
+    let dir = opts.suites_dir.clone().unwrap_or_else(suite::default_dir);
+    let file = suite::resolve(name, &dir);
+    let checked = if opts.datapath_mutant.is_some() {
+        Err(crate::mutate::MutateError::MutantGiven)
+    } else {
+        Suite::load(&file).map_err(Into::into)
     };
-    let b = Binaries {
-        datapathd: dir.join("datapathd"),
-        dp_probe: dir.join("dp-probe"),
-        dp_remote: dir.join("dp-remote"),
-    };
-    let missing = [&b.datapathd, &b.dp_probe, &b.dp_remote]
-        .iter()
-        .any(|p| !p.is_file());
-    if missing && std::env::var_os("DP_HARNESS_BIN_DIR").is_none() {
-        build_siblings(&dir)?;
-    }
-    for (p, pkg) in [
-        (&b.datapathd, "datapath-agent"),
-        (&b.dp_probe, "dp-probe"),
-        (&b.dp_remote, "dp-remote"),
-    ] {
-        if !p.is_file() {
-            anyhow::bail!(
-                "{} not found: build it with `cargo build -p {pkg}` (or set DP_HARNESS_BIN_DIR)",
-                p.display()
-            );
+    let checked = checked.and_then(|s| {
+        if mutants {
+            crate::mutate::prepare(&file, opts)
+        } else {
+            Ok(s)
         }
-    }
-    Ok(b)
-}
-
-/// Builds datapathd and dp-probe when the harness was started by `cargo run` (which
-/// builds only the harness) on a checkout where they were never built: the same
-/// `cargo build` as the README's test command (default members, so the same feature
-/// resolution and nothing rebuilt twice), into the harness's own target directory.
-fn build_siblings(dir: &std::path::Path) -> anyhow::Result<()> {
-    let (Some(cargo), Some(manifest_dir)) = (
-        std::env::var_os("CARGO"),
-        std::env::var_os("CARGO_MANIFEST_DIR"),
-    ) else {
-        return Ok(());
-    };
-    let workspace = PathBuf::from(manifest_dir).join("..").join("Cargo.toml");
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    let mut cmd = std::process::Command::new(&cargo);
-    cmd.arg("build").arg("--manifest-path").arg(&workspace);
-    if release {
-        cmd.arg("--release");
-    }
-    if let Some(target) = dir.parent() {
-        cmd.env("CARGO_TARGET_DIR", target);
-    }
-    eprintln!(
-        "harness: datapathd, dp-probe or dp-remote not built yet: running `cargo build{}` (once)",
-        if release { " --release" } else { "" }
-    );
-    let status = cmd
-        .status()
-        .with_context(|| format!("running {}", PathBuf::from(&cargo).display()))?;
-    if !status.success() {
-        anyhow::bail!(
-            "`cargo build` of datapathd and dp-probe failed ({status}); see its output above"
-        );
-    }
-    Ok(())
-}
-
-/// Checks that datapathd knows the failpoints and the mutant the plan uses.
-fn check_datapathd(b: &Binaries, mutant: Option<&str>) -> anyhow::Result<()> {
-    let out = std::process::Command::new(&b.datapathd)
-        .arg("failpoints")
-        .output()?;
-    let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect();
-    for f in crate::plan::FAILPOINTS {
-        if !listed.iter().any(|l| l == f) {
-            anyhow::bail!(
-                "`{} failpoints` does not list `{f}`, which the plan may choose",
-                b.datapathd.display()
-            );
-        }
-    }
-    if let Some(m) = mutant {
-        let out = std::process::Command::new(&b.datapathd)
-            .arg("mutants")
-            .output()?;
-        if !String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(m))
-        {
-            anyhow::bail!(
-                "unknown datapath mutant `{m}`; `datapathd mutants` lists: {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `--reports-dir`, else reports/ of the checkout the harness runs from; canonical.
-fn reports_root(opts: &RunOpts) -> PathBuf {
-    let dir = opts
-        .reports_dir
-        .clone()
-        .unwrap_or_else(|| crate::checkout::path("reports"));
-    crate::checkout::canonical(&dir)
-}
-
-fn run_suite(file: &std::path::Path, seed: u64, opts: &RunOpts) -> ExitStatus {
-    let s = match Suite::load(file) {
+    });
+    let s = match checked {
         Ok(s) => s,
         Err(e) => {
             eprintln!("harness: error: {}", crate::run::chain(&e));
-            return ExitStatus::BadInput;
+            return e.status();
         }
     };
-    let Some(mut provider) = provider::by_name(&opts.provider) else {
+    match installed_cancel() {
+        Ok(cancel) => f(&file, &s, &cancel),
+        Err(status) => status,
+    }
+}
+
+fn write_junit(path: &std::path::Path, report: &quick_junit::Report) {
+    let xml = crate::report::junit::to_xml(report).unwrap_or_default();
+    if let Err(e) = std::fs::write(path, xml) {
         eprintln!(
-            "harness: error: unknown provider `{}` (known: {})",
-            opts.provider,
-            crate::provider::PROVIDERS.join(", ")
+            "harness: error writing JUnit output to {}: {e}",
+            path.display()
         );
-        return ExitStatus::BadInput;
-    };
-    if !opts.kernels.is_empty() && provider.facts().shared_kernel {
-        eprintln!(
-            "harness: error: --kernel: provider {} runs every node on this host's kernel; use --provider qemu",
-            opts.provider
-        );
-        return ExitStatus::BadInput;
     }
-    let mut plan = crate::plan::plan(
-        &s,
-        crate::checkout::canonical(file),
-        seed,
-        &opts.provider,
-        opts.datapath_mutant.as_deref(),
-        opts.repeat,
-    );
-    if let Err(e) = plan.set_kernels(&s, &opts.kernels) {
-        eprintln!("harness: error: {e}");
-        return ExitStatus::BadInput;
-    }
-    plan.junit_properties = opts.junit_properties.clone();
-    plan.reports_dir = opts.reports_dir.as_deref().map(crate::checkout::canonical);
-    let bins = match binaries()
-        .and_then(|b| check_datapathd(&b, opts.datapath_mutant.as_deref()).map(|_| b))
-    {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("harness: error: {e:#}");
-            return if e.to_string().contains("unknown datapath mutant") {
-                ExitStatus::BadInput
-            } else {
-                ExitStatus::HarnessError
-            };
-        }
-    };
-    if let Err(e) = provider.prepare(&plan.topology(&s)) {
-        eprintln!("harness: error: {}", crate::run::chain(&e));
-        return match e {
-            crate::provider::ProviderError::KernelUnavailable { .. } => ExitStatus::BadInput,
-            _ => ExitStatus::HarnessError,
-        };
-    }
-    let run_name = format!("{}-{}-{}", s.name, seed, crate::provider::RunId::fresh());
-    let run_dir = reports_root(opts).join(&run_name);
-    if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        eprintln!("harness: error: cannot create {}: {e}", run_dir.display());
-        return ExitStatus::HarnessError;
-    }
+}
+
+/// A cancel flag with the SIGINT/SIGTERM handlers installed, once per process.
+fn installed_cancel() -> Result<Cancel, ExitStatus> {
     let cancel = Cancel::new();
-    if let Err(e) = cancel.install() {
-        eprintln!("harness: error: cannot install signal handlers: {e}");
-        return ExitStatus::HarnessError;
-    }
-    let started = chrono::Local::now().fixed_offset();
-    let progress = Progress::new(Some(&run_dir.join("harness.log")));
-    progress.line(&format!("run {} -> {}", run_name, run_dir.display()));
-    progress.line(&format!(
-        "replay with: {}",
-        plan.replay_command(&Default::default())
-    ));
-    let result = Runner {
-        plan: &plan,
-        suite: &s,
-        provider,
-        binaries: bins,
-        run_dir: run_dir.clone(),
-        cancel: cancel.clone(),
-        keep: opts.keep,
-        progress: progress.clone(),
-    }
-    .run();
-    progress.finish();
-    let verdicts: Vec<Verdict> = result
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Verdict { judgement, .. } => Some(judgement.verdict),
-            _ => None,
-        })
-        .collect();
-    let status = ExitStatus::of(result.outcome, &result.events);
-    let flaky = crate::exit::flaky(&result.events);
-    let replay = plan.replay_command(&result.facts.exact_kernels());
-    let outcome = format!("{:?}", status);
-    let _ = history::write(
-        &run_dir.join("history.json"),
-        &plan,
-        &replay,
-        &result,
-        &outcome,
-    );
-    let meta = junit::RunMeta {
-        run_dir: run_dir.clone(),
-        replay: replay.clone(),
-        started,
-    };
-    let report = junit::build(
-        &plan,
-        &result.facts,
-        &result.limitations,
-        &result.events,
-        &meta,
-    );
-    let xml = junit::to_xml(&report).unwrap_or_default();
-    let _ = std::fs::write(run_dir.join("junit.xml"), &xml);
-    if let Some(j) = &opts.junit {
-        if let Err(e) = std::fs::write(j, &xml) {
-            eprintln!(
-                "harness: error writing JUnit output to {}: {e}",
-                j.display()
-            );
+    match cancel.install() {
+        Ok(()) => Ok(cancel),
+        Err(e) => {
+            eprintln!("harness: error: cannot install signal handlers: {e}");
+            Err(ExitStatus::HarnessError)
         }
     }
-    let run = github::Run {
-        plan: &plan,
-        facts: &result.facts,
-        events: &result.events,
-        status,
-        replay: &replay,
-    };
-    if let Err(e) = github::publish(&run, opts.summary_md.as_deref()) {
-        eprintln!("harness: {}", crate::run::chain(&e));
-    }
-    let (mut up, mut steps, mut down) = (0u64, 0u64, 0u64);
-    for e in &result.events {
-        match e {
-            Event::Up { ms, .. } => up += ms,
-            Event::Step { ms, .. } => steps += ms,
-            Event::Down { ms, .. } => down += ms,
-            _ => {}
-        }
-    }
-    let skipped = verdicts.iter().filter(|v| **v == Verdict::Skipped).count();
-    eprintln!(
-        "harness: {} [{} {}] in {:.1} s (set-up {:.1} s, steps {:.1} s, teardown {:.1} s); exit {}: {}{}",
-        s.name,
-        result.facts.provider,
-        result.facts.kernel,
-        result.wall.as_secs_f64(),
-        up as f64 / 1000.0,
-        steps as f64 / 1000.0,
-        down as f64 / 1000.0,
-        status.code(),
-        status.meaning(),
-        if skipped > 0 {
-            format!(" ({skipped} verdict(s) skipped: see the JUnit)")
-        } else {
-            String::new()
-        }
-    );
-    if !flaky.is_empty() {
-        eprintln!(
-            "harness: flaky (failed in an iteration, passed in a later one; still exit {}): {}",
-            status.code(),
-            flaky.join(", ")
-        );
-    }
-    eprintln!("harness: report {}", run_dir.display());
-    eprintln!("harness: replay with: {replay}");
-    status
 }

@@ -128,6 +128,7 @@ mod tests {
             invariant: InvariantName::ServiceConnectivity,
             judgement: j,
             ms: 1,
+            at_ms: 0,
         }
     }
 

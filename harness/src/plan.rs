@@ -116,6 +116,18 @@ pub struct SockmapLeakPlan {
     pub client_keys: u16,
     pub churn: u32,
     pub churn_ports: u16,
+    /// Server-side keys planted on the block's last ports, which the churn leaves out:
+    /// no connection ever replaces them, so only the agent's garbage collector removes
+    /// them (0 in older histories).
+    #[serde(default)]
+    pub orphan_keys: u16,
+}
+
+impl SockmapLeakPlan {
+    /// The node-side ports the churn cycles over: the block without its orphans.
+    pub fn churn_range(&self) -> std::ops::Range<u16> {
+        self.base_port..self.base_port + self.churn_ports - self.orphan_keys
+    }
 }
 
 /// The node-side ports the sockmap-leak fault uses: below Linux's ephemeral range
@@ -382,6 +394,7 @@ fn plan_sockmap_leak(rng: &mut ChaCha8Rng, suite: &Suite, node: Option<&str>) ->
         // Thousands of short connections: each port is reused two or three times.
         churn: rng.random_range(2000..=3000),
         churn_ports,
+        orphan_keys: rng.random_range(1..=3),
     }
 }
 

@@ -40,6 +40,9 @@ pub enum Event {
         index: usize,
         step: PlannedStep,
         ms: u64,
+        /// When the step ended, in ms since the run started (0 in older histories).
+        #[serde(default)]
+        at_ms: u64,
         detail: Vec<String>,
         error: Option<String>,
     },
@@ -49,6 +52,10 @@ pub enum Event {
         invariant: InvariantName,
         judgement: Judgement,
         ms: u64,
+        /// When the verdict was reached, in ms since the run started (0 in older
+        /// histories): `harness mutate` times a fault to the first failure with it.
+        #[serde(default)]
+        at_ms: u64,
     },
     Artifacts {
         scenario: String,
@@ -213,11 +220,13 @@ pub struct Runner<'a> {
     pub cancel: Cancel,
     pub keep: Option<Keep>,
     pub progress: Progress,
+    /// When the run started: events' `at_ms` count from here.
+    pub started: Instant,
 }
 
 impl Runner<'_> {
     pub fn run(mut self) -> RunResult {
-        let start = Instant::now();
+        let start = self.started;
         let mut events = Vec::new();
         let mut outcome = Outcome::Completed;
         for sc in &self.plan.scenarios {
@@ -291,6 +300,7 @@ impl Runner<'_> {
                     invariant,
                     judgement: Judgement::skipped(reason.clone()),
                     ms: 0,
+                    at_ms: ms(self.started),
                 });
             }
             return Outcome::Completed;
@@ -385,6 +395,7 @@ impl Runner<'_> {
                 index: i,
                 step: step.clone(),
                 ms: ms(t),
+                at_ms: ms(self.started),
                 detail,
                 error: error.clone(),
             });
@@ -485,6 +496,7 @@ impl Runner<'_> {
             invariant: InvariantName::HostCleanAfterDown,
             judgement: j,
             ms: ms(t),
+            at_ms: ms(self.started),
         });
     }
 
@@ -660,6 +672,7 @@ impl Runner<'_> {
                         invariant: *inv,
                         judgement: j,
                         ms: ms(t),
+                        at_ms: ms(self.started),
                     });
                 }
                 live.remember();
@@ -689,7 +702,7 @@ pub fn describe(s: &PlannedStep) -> String {
             format!("fault node-reboot node={}", p.node)
         }
         PlannedStep::Fault(crate::plan::FaultPlan::SockmapLeak(p)) => format!(
-            "fault sockmap-leak node={} target={}:{} planted server-side={} client-side={} from port {} churn={} over ports {}-{}",
+            "fault sockmap-leak node={} target={}:{} planted server-side={} client-side={} from port {} churn={} over ports {}-{} orphans={}",
             p.node,
             p.pod,
             p.port,
@@ -697,8 +710,9 @@ pub fn describe(s: &PlannedStep) -> String {
             p.client_keys,
             p.base_port,
             p.churn,
-            p.base_port,
-            p.base_port + p.churn_ports - 1
+            p.churn_range().start,
+            p.churn_range().end - 1,
+            p.orphan_keys
         ),
         PlannedStep::Fault(crate::plan::FaultPlan::LinkDegrade(p)) => format!(
             "fault link-degrade node={} delay={}ms loss={}% hold={}ms",

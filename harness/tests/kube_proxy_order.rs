@@ -1,10 +1,10 @@
 //! Incident B end to end on the netns provider (every node its own netfilter and
 //! conntrack): the correct datapath keeps pods' external traffic flowing in every
-//! kube-proxy / datapath start order, and the `kube-proxy-first` mutant is caught with
-//! iptables evidence. Needs root, cgroup2, bpffs and iptables (ci/setup).
+//! kube-proxy / datapath start order, and `harness mutate kube-proxy-order` catches every
+//! mutant with exactly the invariants that name its bug (iptables evidence). Needs root, cgroup2, bpffs and iptables (ci/setup).
 
 mod common;
-use common::{lock, netns_suite, skip_unless_root};
+use common::{assert_caught_exactly, lock, mutate, netns_suite, row_junit, skip_unless_root};
 
 fn suite(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     netns_suite("kube-proxy-order", args, dir)
@@ -41,22 +41,35 @@ fn kube_proxy_order_passes_with_the_correct_datapath() {
 }
 
 #[test]
-fn the_kube_proxy_first_mutant_is_caught() {
+fn every_kube_proxy_order_mutant_is_caught_by_the_invariants_that_name_it() {
+    use harness::suite::InvariantName::{
+        ForwardChainOrder, NoInvalidDrops, PodToExternal, RulesExactlyOnce,
+    };
     if skip() {
         return;
     }
     let _l = lock();
     let dir = tempfile::tempdir().unwrap();
-    let (code, err, xml) = suite(&["--datapath-mutant", "kube-proxy-first"], dir.path());
-    assert_eq!(code, 1, "invariants-failed status expected: {err}");
-    assert!(
-        xml.contains(r#"<failure message="forward-chain-order"#)
-            || xml.contains(r#"<failure message="pod-to-external"#)
-            || xml.contains(r#"<failure message="no-invalid-drops"#),
-        "the failure names an incident-B invariant: {xml}"
+    let report = mutate("kube-proxy-order", 5, dir.path());
+    assert_caught_exactly(
+        &report,
+        5,
+        &[
+            (
+                "kube-proxy-first",
+                &[ForwardChainOrder, PodToExternal, NoInvalidDrops],
+            ),
+            (
+                "forward-jump-appended",
+                &[ForwardChainOrder, PodToExternal, NoInvalidDrops],
+            ),
+            ("forward-jump-duplicated", &[RulesExactlyOnce]),
+            ("masq-reply-port-kept", &[PodToExternal]),
+        ],
     );
+    let xml = row_junit(&report, "kube-proxy-first", 5);
     assert!(
-        xml.contains("INVALID") || xml.contains("KUBE-FORWARD"),
+        xml.contains("INVALID") && xml.contains("KUBE-FORWARD"),
         "iptables evidence in the report: {xml}"
     );
 }

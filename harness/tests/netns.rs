@@ -12,6 +12,10 @@ fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_harness"))
 }
 
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 mod common;
 use common::lock;
 
@@ -206,37 +210,34 @@ fn sock_lb_passes_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn the_stale_cgroup_prog_mutant_is_caught() {
+fn every_sock_lb_mutant_is_caught_by_the_invariants_that_name_it() {
+    use harness::suite::InvariantName::{OneProgramPerHook, ServiceConnectivity};
     let _l = lock();
     let before = host();
     let dir = tempfile::tempdir().unwrap();
-    let junit = dir.path().join("junit.xml");
-    let (code, _, err) = run(
+    let report = common::mutate("sock-lb", 3, dir.path());
+    common::assert_caught_exactly(
+        &report,
+        3,
         &[
-            "suite",
-            "sock-lb",
-            "--provider",
-            "netns",
-            "--seed",
-            "3",
-            "--datapath-mutant",
-            "stale-cgroup-prog",
-            "--junit",
-            junit.to_str().unwrap(),
+            (
+                "stale-cgroup-prog",
+                &[OneProgramPerHook, ServiceConnectivity],
+            ),
+            ("udp-reply-not-reversed", &[ServiceConnectivity]),
+            ("getpeername-not-rewritten", &[ServiceConnectivity]),
         ],
-        &dir.path().join("r"),
     );
-    assert_eq!(code, 1, "invariants-failed status expected: {err}");
-    let xml = std::fs::read_to_string(&junit).unwrap();
+    let xml = common::row_junit(&report, "stale-cgroup-prog", 3);
     assert!(
-        xml.contains(r#"<failure message="one-program-per-hook"#)
-            || xml.contains(r#"<failure message="service-connectivity"#),
-        "{xml}"
-    );
-    assert!(
-        xml.contains("programs of ours attached (want 1)")
-            || xml.contains("which is not a current backend"),
+        xml.contains("programs of ours attached (want 1)"),
         "evidence: {xml}"
+    );
+    let xml = common::row_junit(&report, "udp-reply-not-reversed", 3);
+    assert!(
+        xml.contains("dns (10.96.0.53:53) attempt")
+            && xml.contains("instead of the service address"),
+        "the UDP reply's source is the evidence: {xml}"
     );
     assert_clean(&before);
 }
@@ -391,4 +392,59 @@ fn keep_running_leaves_agents_and_servers_up_until_harness_clean() {
         .filter(|n| n != "qemu")
         .collect();
     assert!(left.is_empty(), "state left: {left:?}");
+}
+
+#[test]
+fn mutate_names_a_survivor_and_what_failed_instead() {
+    let _l = lock();
+    let dir = tempfile::tempdir().unwrap();
+    // sock-lb, but getpeername-not-rewritten is to be caught by an invariant that cannot
+    // see it: one program per hook is still true of that mutant.
+    let text = std::fs::read_to_string(repo().join("suites/sock-lb.yaml")).unwrap();
+    let cut = text.find("must-catch:").expect("must-catch in sock-lb");
+    let copy = format!(
+        "{}must-catch:\n  - mutant: getpeername-not-rewritten\n    invariants: [one-program-per-hook]\n",
+        &text[..cut]
+    );
+    let file = dir.path().join("blind.yaml");
+    std::fs::write(&file, copy).unwrap();
+    let junit = dir.path().join("mutate.xml");
+    let out = Command::new(harness())
+        .args([
+            "mutate",
+            file.to_str().unwrap(),
+            "--provider",
+            "netns",
+            "--seed",
+            "3",
+        ])
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--reports-dir")
+        .arg(dir.path().join("r"))
+        .env("CI", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run harness");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a survivor is exit 1:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("survivor: getpeername-not-rewritten (seed 3) was not caught by one-program-per-hook; failed: service-connectivity"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mutation score 0/1 (0 %); correct datapath passed 1/1 run(s)"),
+        "{stdout}"
+    );
+    let xml = std::fs::read_to_string(&junit).expect("mutate's JUnit");
+    assert!(
+        xml.contains(r#"<testcase name="getpeername-not-rewritten""#)
+            && xml
+                .contains(r#"<failure message="named ones passed; failed: service-connectivity""#),
+        "{xml}"
+    );
 }

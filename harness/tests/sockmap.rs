@@ -1,11 +1,12 @@
 //! Incident C end to end on the netns provider: suite `sockmap` passes with the correct
-//! datapath, with the acceleration counters in the report, and the `sockmap-noexist`
-//! mutant is caught by the invariant that names the bug, with the stale keys as evidence.
+//! datapath, with the acceleration counters in the report, and `harness mutate sockmap`
+//! catches every mutant with exactly the invariants that name its bug, with the stale
+//! keys as evidence.
 //! Needs root, cgroup2, bpffs, bpftool and ss (ci/setup); uses datapathd and dp-probe
 //! from this target directory (`cargo build` the workspace first).
 
 mod common;
-use common::{lock, netns_suite, skip_unless_root};
+use common::{assert_caught_exactly, lock, mutate, netns_suite, row_junit, skip_unless_root};
 
 fn suite(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
     netns_suite("sockmap", args, dir)
@@ -62,29 +63,39 @@ fn sockmap_passes_with_the_correct_datapath_and_shows_acceleration() {
 }
 
 #[test]
-fn the_sockmap_noexist_mutant_is_caught_with_the_stale_keys() {
+fn every_sockmap_mutant_is_caught_by_the_invariants_that_name_it() {
+    use harness::suite::InvariantName::{PayloadLiveness, SockhashBounded, SockhashKeysLive};
     if skip() {
         return;
     }
     let _l = lock();
     let dir = tempfile::tempdir().expect("temp dir");
-    let (code, err, xml) = suite(&["--datapath-mutant", "sockmap-noexist"], dir.path());
-    assert_eq!(code, 1, "invariants-failed status expected: {err}");
-    assert!(
-        xml.contains(r#"<failure message="sockhash-keys-live: iteration 1:"#),
-        "sockhash-keys-live names the bug: {xml}"
+    let report = mutate("sockmap", 5, dir.path());
+    assert_caught_exactly(
+        &report,
+        5,
+        &[
+            (
+                "sockmap-noexist",
+                &[SockhashKeysLive, SockhashBounded, PayloadLiveness],
+            ),
+            ("sockmap-no-gc", &[SockhashKeysLive, SockhashBounded]),
+            ("sockmap-key-port-order", &[SockhashKeysLive]),
+            ("sockmap-active-only", &[SockhashKeysLive]),
+        ],
     );
+    let xml = row_junit(&report, "sockmap-noexist", 5);
     assert!(
         xml.contains("which is the socket 127.0.0.1:") && xml.contains("a stale key"),
         "the stale keys (pointing at the decoys) are the evidence: {xml}"
     );
     assert!(
-        xml.contains(r#"<failure message="payload-liveness: iteration 1:"#)
-            && xml.contains("established and silent"),
+        xml.contains("established and silent"),
         "requests on the leaked tuples hang: {xml}"
     );
+    let xml = row_junit(&report, "sockmap-no-gc", 5);
     assert!(
-        xml.contains(r#"<failure message="sockhash-bounded: iteration 1:"#),
-        "the map holds more than its connections: {xml}"
+        xml.contains("172.31.0.1:2") && xml.contains("a stale key"),
+        "the orphan keys no connection replaced are the evidence: {xml}"
     );
 }

@@ -42,7 +42,8 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// List the failpoint names accepted by `run --failpoint`, one per line.
     Failpoints,
-    /// List the mutants accepted by `run --mutant`, one per line.
+    /// List the mutants accepted by `run --mutant`, one per line: the name, then what it
+    /// breaks.
     Mutants,
 }
 
@@ -199,13 +200,15 @@ fn net_options(a: &RunArgs) -> Result<Option<NetSyncOptions>> {
             pod_prefix: a.pod_iface_prefix.clone(),
             mode: a.tc_attach,
             max_entries: positive("max-masq", a.max_masq)?,
+            mutations: a.mutant.map(Mutant::bpf_mutations).unwrap_or(0),
         }),
         None => None,
     };
-    let policy = if a.mutant == Some(Mutant::KubeProxyFirst) {
-        JumpPolicy::AppendOnce
-    } else {
-        JumpPolicy::KeepFirst
+    let policy = match a.mutant {
+        Some(Mutant::KubeProxyFirst) => JumpPolicy::AppendOnce,
+        Some(Mutant::ForwardJumpAppended) => JumpPolicy::MoveByAppend,
+        Some(Mutant::ForwardJumpDuplicated) => JumpPolicy::KeepFirstNoDelete,
+        _ => JumpPolicy::KeepFirst,
     };
     let forward_chain = a.forward_chain.then(|| a.pod_iface_prefix.clone());
     if masq.is_none() && forward_chain.is_none() {
@@ -351,8 +354,9 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Mutants => {
+            // NAME, then what it breaks: the harness reads the first word.
             for m in Mutant::ALL {
-                println!("{m}");
+                println!("{:<26} {}", m.name(), m.description());
             }
             Ok(())
         }

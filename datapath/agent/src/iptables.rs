@@ -213,6 +213,19 @@ pub enum JumpPolicy {
     KeepFirst,
     /// Mutant `kube-proxy-first`: append once (`-C`, then `-A` if absent), never reorder.
     AppendOnce,
+    /// Mutant `forward-jump-appended`: reorders like `KeepFirst`, but the new jump goes in
+    /// with `-A FORWARD`, behind whatever was prepended.
+    MoveByAppend,
+    /// Mutant `forward-jump-duplicated`: inserts the new jump on top like `KeepFirst`, but
+    /// never deletes the old ones.
+    KeepFirstNoDelete,
+}
+
+impl JumpPolicy {
+    /// Whether the agent reconciles the jump periodically after its start.
+    pub fn reconciles(self) -> bool {
+        self != JumpPolicy::AppendOnce
+    }
 }
 
 /// What one reconcile changed.
@@ -331,7 +344,7 @@ impl ForwardChain {
                     changes.jump_inserted = true;
                 }
             }
-            JumpPolicy::KeepFirst => {
+            policy => {
                 let positions: Vec<usize> = jumps.iter().map(|(p, _)| *p).collect();
                 if positions != [1] {
                     let stale = match jumps.split_first() {
@@ -342,14 +355,21 @@ impl ForwardChain {
                         // Absent, not first, or first with an identical copy further down
                         // (a delete by spec would hit the top one): insert a new generation.
                         _ => {
-                            self.insert_jump(&["-I", "FORWARD", "1"], unused_generation(&jumps))?;
+                            let how: &[&str] = if policy == JumpPolicy::MoveByAppend {
+                                &["-A", "FORWARD"]
+                            } else {
+                                &["-I", "FORWARD", "1"]
+                            };
+                            self.insert_jump(how, unused_generation(&jumps))?;
                             changes.jump_inserted = true;
                             jumps
                         }
                     };
-                    for (_, rule) in &stale {
-                        delete_rule(&self.ipt, "FORWARD", rule)?;
-                        changes.jumps_deleted += 1;
+                    if policy != JumpPolicy::KeepFirstNoDelete {
+                        for (_, rule) in &stale {
+                            delete_rule(&self.ipt, "FORWARD", rule)?;
+                            changes.jumps_deleted += 1;
+                        }
                     }
                 }
             }

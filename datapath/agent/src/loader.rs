@@ -22,8 +22,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    AccelConfig, Meta, ACCEL_MAX_CIDRS, GLOBAL_FAST_REFUSE, INSERT_ANY, INSERT_NOEXIST,
-    LAYOUT_VERSION, MAP_META, META_KEY, PROG_SKMSG,
+    AccelConfig, Meta, ACCEL_MAX_CIDRS, GLOBAL_FAST_REFUSE, GLOBAL_MUTATIONS, INSERT_ANY,
+    INSERT_NOEXIST, LAYOUT_VERSION, MAP_META, META_KEY, PROG_SKMSG,
 };
 use tracing::{info, warn};
 
@@ -153,6 +153,8 @@ pub fn start(object: &[u8], opts: &StartOptions<'_>) -> Result<Started, LoadErro
         prepare_maps(opts.layout, &specs, fp)?;
     }
 
+    // Declared before the loader, which borrows it.
+    let mutations = opts.mutant.map(Mutant::bpf_mutations).unwrap_or(0);
     let mut loader = EbpfLoader::new();
     let pins: Vec<_> = specs
         .iter()
@@ -164,6 +166,9 @@ pub fn start(object: &[u8], opts: &StartOptions<'_>) -> Result<Started, LoadErro
     if !opts.fast_refuse {
         loader.override_global(GLOBAL_FAST_REFUSE, &0u32, true);
         info!("bpf_set_retval unavailable: a service without backends answers EPERM");
+    }
+    if mutations != 0 {
+        loader.override_global(GLOBAL_MUTATIONS, &mutations, true);
     }
     if !legacy {
         for (name, pin) in pins.iter().filter(|(n, _)| *n != MAP_META) {

@@ -37,8 +37,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    MasqConfig, NatEndpoint, NatKey, MAP_MASQ_CFG, MAP_MASQ_FWD, MAP_MASQ_PODS, MAP_MASQ_REV,
-    MASQ_LAYOUT_VERSION, MASQ_MAX_CIDRS, PROG_MASQ_EGRESS, PROG_MASQ_INGRESS,
+    MasqConfig, NatEndpoint, NatKey, GLOBAL_MUTATIONS, MAP_MASQ_CFG, MAP_MASQ_FWD, MAP_MASQ_PODS,
+    MAP_MASQ_REV, MASQ_LAYOUT_VERSION, MASQ_MAX_CIDRS, PROG_MASQ_EGRESS, PROG_MASQ_INGRESS,
 };
 use serde::Serialize;
 use tracing::{info, warn};
@@ -246,6 +246,8 @@ pub struct MasqOptions {
     pub mode: TcMode,
     /// Capacity of each NAT map (LRU).
     pub max_entries: u32,
+    /// `DP_MUTATIONS` of the object (a mutant's deliberate bugs; 0 for the correct one).
+    pub mutations: u32,
 }
 
 /// Where the masquerade keeps its pins: `<bpffs>/masq/{maps,links}/`.
@@ -360,6 +362,9 @@ pub fn start(bpffs: &Path, opts: &MasqOptions) -> Result<Masq, MasqError> {
     }
     for (name, pin) in &pins {
         loader.map_pin_path(name, pin.as_path());
+    }
+    if opts.mutations != 0 {
+        loader.override_global(GLOBAL_MUTATIONS, &opts.mutations, true);
     }
     let mut ebpf = loader.load(OBJECT).map_err(MasqError::Object)?;
 

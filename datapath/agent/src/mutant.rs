@@ -8,40 +8,110 @@ pub enum Mutant {
     /// Incident A: legacy `BPF_PROG_ATTACH` with `BPF_F_ALLOW_MULTI`, fresh unpinned maps on
     /// every start, no sweep of what an earlier run left attached.
     StaleCgroupProg,
+    /// Socket LB: `dp_recvmsg4` does not reverse-translate.
+    UdpReplyNotReversed,
+    /// Socket LB: `dp_getpeername4` does not reverse-translate.
+    GetpeernameNotRewritten,
     /// Incident B: the `DP_FORWARD` jump is appended (`-A FORWARD`) once at start and its
     /// order never reconciled, so kube-proxy's `KUBE-FORWARD` (INVALID drop) runs first.
     KubeProxyFirst,
+    /// Incident B's chain: the reconcile moves the jump back with `-A` instead of `-I 1`.
+    ForwardJumpAppended,
+    /// Incident B's chain: the reconcile inserts a new jump on top, never deletes the old.
+    ForwardJumpDuplicated,
+    /// Incident B's masquerade: replies get the pod's address back but keep the port.
+    MasqReplyPortKept,
     /// Incident C: `dp_sockops` inserts with `BPF_NOEXIST` (a stale key keeps a new
     /// connection's socket out of `dp_sockhash`) and the agent never garbage-collects keys.
     SockmapNoexist,
+    /// Incident C's collector: off (inserts replace, as they should).
+    SockmapNoGc,
+    /// Incident C's keys: the peer's port in network byte order.
+    SockmapKeyPortOrder,
+    /// Incident C's sock_ops: only the connecting end is inserted.
+    SockmapActiveOnly,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 3] = [
+    pub const ALL: [Mutant; 11] = [
         Mutant::StaleCgroupProg,
+        Mutant::UdpReplyNotReversed,
+        Mutant::GetpeernameNotRewritten,
         Mutant::KubeProxyFirst,
+        Mutant::ForwardJumpAppended,
+        Mutant::ForwardJumpDuplicated,
+        Mutant::MasqReplyPortKept,
         Mutant::SockmapNoexist,
+        Mutant::SockmapNoGc,
+        Mutant::SockmapKeyPortOrder,
+        Mutant::SockmapActiveOnly,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mutant::StaleCgroupProg => "stale-cgroup-prog",
+            Mutant::UdpReplyNotReversed => "udp-reply-not-reversed",
+            Mutant::GetpeernameNotRewritten => "getpeername-not-rewritten",
             Mutant::KubeProxyFirst => "kube-proxy-first",
+            Mutant::ForwardJumpAppended => "forward-jump-appended",
+            Mutant::ForwardJumpDuplicated => "forward-jump-duplicated",
+            Mutant::MasqReplyPortKept => "masq-reply-port-kept",
             Mutant::SockmapNoexist => "sockmap-noexist",
+            Mutant::SockmapNoGc => "sockmap-no-gc",
+            Mutant::SockmapKeyPortOrder => "sockmap-key-port-order",
+            Mutant::SockmapActiveOnly => "sockmap-active-only",
         }
     }
 
+    /// What it breaks, in one line (`datapathd mutants`).
     pub fn description(self) -> &'static str {
         match self {
             Mutant::StaleCgroupProg => {
-                "incident A: legacy multi attach, fresh unpinned maps on every start, no sweep"
+                "incident A: legacy multi attach, fresh unpinned maps on every start, no sweep: after a restart the old program rewrites connects to dead backends first"
+            }
+            Mutant::UdpReplyNotReversed => {
+                "socket LB: recvmsg4 does not reverse-translate, so UDP replies to a service come from the backend's address (resolvers drop them)"
+            }
+            Mutant::GetpeernameNotRewritten => {
+                "socket LB: getpeername4 does not reverse-translate, so a TCP client of a service sees the backend as its peer"
             }
             Mutant::KubeProxyFirst => {
                 "incident B: the DP_FORWARD jump is appended once and its order never reconciled"
             }
+            Mutant::ForwardJumpAppended => {
+                "kube-proxy order: the reconcile moves the DP_FORWARD jump back with -A instead of -I 1, so it stays behind KUBE-FORWARD's INVALID drop"
+            }
+            Mutant::ForwardJumpDuplicated => {
+                "kube-proxy order: the reconcile inserts a new DP_FORWARD jump on top without deleting the old one, so jumps pile up in FORWARD"
+            }
+            Mutant::MasqReplyPortKept => {
+                "masquerade: replies get the pod's address back but keep the masquerade port, so the pod answers them with a reset"
+            }
             Mutant::SockmapNoexist => {
                 "incident C: sockhash inserts with BPF_NOEXIST and no garbage collection of stale keys"
             }
+            Mutant::SockmapNoGc => {
+                "sockmap: the agent never garbage-collects dp_sockhash, so keys no live socket owns stay in the map"
+            }
+            Mutant::SockmapKeyPortOrder => {
+                "sockmap: sock_ops keys connections with the peer's port in network byte order, so keys name tuples no socket has and nothing is accelerated"
+            }
+            Mutant::SockmapActiveOnly => {
+                "sockmap: sock_ops inserts only the connecting end, so the accepting end of every connection is missing from dp_sockhash"
+            }
+        }
+    }
+
+    /// The `.rodata` bits (`DP_MUTATIONS`) of the eBPF objects that this mutant sets.
+    pub fn bpf_mutations(self) -> u32 {
+        use datapath_common::*;
+        match self {
+            Mutant::UdpReplyNotReversed => MUTATE_NO_RECVMSG_REVNAT,
+            Mutant::GetpeernameNotRewritten => MUTATE_NO_GETPEERNAME_REVNAT,
+            Mutant::SockmapKeyPortOrder => MUTATE_SOCKKEY_PORT_ORDER,
+            Mutant::SockmapActiveOnly => MUTATE_SOCKOPS_ACTIVE_ONLY,
+            Mutant::MasqReplyPortKept => MUTATE_MASQ_REPLY_PORT_KEPT,
+            _ => 0,
         }
     }
 }
@@ -93,7 +163,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, kube-proxy-first, sockmap-noexist"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only"
         );
     }
 }

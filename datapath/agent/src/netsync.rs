@@ -143,8 +143,8 @@ fn keep_in_sync(masq: Option<Masq>, chain: Option<ForwardChain>) {
             }
         }
         if let Some(c) = &chain {
-            // The mutant never reconciles after start.
-            if c.policy == JumpPolicy::KeepFirst && last_chain.elapsed() >= CHAIN_PERIOD {
+            // The kube-proxy-first mutant never reconciles after start.
+            if c.policy.reconciles() && last_chain.elapsed() >= CHAIN_PERIOD {
                 last_chain = Instant::now();
                 let before = nft.then(crate::nftgen::generation).and_then(Result::ok);
                 if !chain_read_due(clean_at, before, last_full.elapsed()) {

@@ -106,12 +106,16 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         }
     }
     // Stale sockhash keys a previous run (or anyone) left: collected before `ready`, then
-    // on a period. The mutant never collects (incident C).
-    let mut gc = (opts.mutant != Some(Mutant::SockmapNoexist)).then(Gc::default);
+    // on a period. The mutants sockmap-noexist (incident C) and sockmap-no-gc never collect.
+    let no_gc = matches!(
+        opts.mutant,
+        Some(Mutant::SockmapNoexist | Mutant::SockmapNoGc)
+    );
+    let mut gc = (!no_gc).then(Gc::default);
     if let Some(gc) = gc.as_mut() {
         gc_round(gc, &started.accel.sockhash);
-    } else {
-        warn!("mutant sockmap-noexist: dp_sockhash is never garbage-collected");
+    } else if let Some(m) = opts.mutant {
+        warn!("mutant {m}: dp_sockhash is never garbage-collected");
     }
     // Masquerade and DP_FORWARD: attached and reconciled once before `ready`, then kept in
     // sync by their own thread (which ends with the process).

@@ -529,14 +529,30 @@ pub fn link_info(fd: BorrowedFd<'_>) -> Result<LinkInfo> {
     })
 }
 
+/// How often a link id that answers EAGAIN is asked again, 1 ms apart.
+const LINK_SETTLE_TRIES: u32 = 200;
+
 /// Every cgroup link in the kernel attached to cgroup `cgroup_id` (all attach types).
-/// Links that vanish while we look are skipped.
+/// Links that vanish while we look are skipped; so are links another process is still
+/// creating (EAGAIN: an id given out, the link not settled yet; on a shared kernel other
+/// agents start at the same moment), once they stay unsettled for a while: a link that
+/// is not settled is attached to nothing yet.
 pub fn cgroup_links(cgroup_id: u64) -> Result<Vec<LinkInfo>> {
     let mut out = Vec::new();
     for id in all_ids(Obj::Link)? {
-        let fd = match fd_by_id(Obj::Link, id) {
+        let mut tries = 0;
+        let fd = loop {
+            match fd_by_id(Obj::Link, id) {
+                Err(e) if e.is(libc::EAGAIN) && tries < LINK_SETTLE_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                r => break r,
+            }
+        };
+        let fd = match fd {
             Ok(fd) => fd,
-            Err(e) if e.is(libc::ENOENT) => continue,
+            Err(e) if e.is(libc::ENOENT) || e.is(libc::EAGAIN) => continue,
             Err(e) => return Err(e),
         };
         let info = match link_info(std::os::fd::AsFd::as_fd(&fd)) {

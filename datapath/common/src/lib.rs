@@ -35,6 +35,20 @@ pub const PROG_CONNECT4: &str = "dp_connect4";
 /// The eBPF object's `.rodata` switch for `bpf_set_retval` (u32, 1 = use it); the agent
 /// sets it to 0 on kernels without the helper.
 pub const GLOBAL_FAST_REFUSE: &str = "DP_FAST_REFUSE";
+/// The `.rodata` switch of deliberate bugs (u32 bit set, 0 = none) in both eBPF objects:
+/// the agent sets it at load time for a mutant (`datapathd mutants`), so one object
+/// serves the correct datapath and every variant, and the verifier drops the dead branch.
+pub const GLOBAL_MUTATIONS: &str = "DP_MUTATIONS";
+/// recvmsg4 leaves the reply's source as the backend (no reverse translation).
+pub const MUTATE_NO_RECVMSG_REVNAT: u32 = 1 << 0;
+/// getpeername4 leaves the peer as the backend.
+pub const MUTATE_NO_GETPEERNAME_REVNAT: u32 = 1 << 1;
+/// sock_ops keys a connection with the peer's port in network byte order.
+pub const MUTATE_SOCKKEY_PORT_ORDER: u32 = 1 << 2;
+/// sock_ops inserts only the connecting end (active), never the accepting end.
+pub const MUTATE_SOCKOPS_ACTIVE_ONLY: u32 = 1 << 3;
+/// The masquerade's reply path restores the pod's address but keeps the masquerade port.
+pub const MUTATE_MASQ_REPLY_PORT_KEPT: u32 = 1 << 4;
 pub const PROG_SENDMSG4: &str = "dp_sendmsg4";
 pub const PROG_RECVMSG4: &str = "dp_recvmsg4";
 pub const PROG_GETPEERNAME4: &str = "dp_getpeername4";

@@ -19,7 +19,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use datapath_common::{
-    Backend, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey, PROTO_TCP, PROTO_UDP,
+    Backend, RevNatKey, RevNatValue, ServiceKey, ServiceValue, SlotKey,
+    MUTATE_NO_GETPEERNAME_REVNAT, MUTATE_NO_RECVMSG_REVNAT, PROTO_TCP, PROTO_UDP,
 };
 
 // Placeholder sizes: the agent sets every map's max_entries at load time.
@@ -55,13 +56,17 @@ pub fn dp_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg4)]
 pub fn dp_recvmsg4(ctx: SockAddrContext) -> i32 {
     // recvmsg4 and getpeername4 must return 1: they can only rewrite, never reject.
-    reverse(&ctx);
+    if !mutated(MUTATE_NO_RECVMSG_REVNAT) {
+        reverse(&ctx);
+    }
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn dp_getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx);
+    if !mutated(MUTATE_NO_GETPEERNAME_REVNAT) {
+        reverse(&ctx);
+    }
     ALLOW
 }
 
@@ -182,6 +187,19 @@ fn refuse() -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
     }
     REJECT
+}
+
+/// The deliberate bugs of a mutant (`datapath_common::MUTATE_*` bits): 0 for the correct
+/// datapath. Set by the agent at load time like [`DP_FAST_REFUSE`]; frozen in `.rodata`, so
+/// the verifier prunes the branches of the bugs that are off.
+#[unsafe(no_mangle)]
+static DP_MUTATIONS: u32 = 0;
+
+#[inline(always)]
+pub(crate) fn mutated(bit: u32) -> bool {
+    // SAFETY: a plain read of a static; volatile so the load the loader decides stays.
+    let bits = unsafe { core::ptr::read_volatile(&DP_MUTATIONS) };
+    bits & bit != 0
 }
 
 #[cfg(not(test))]

@@ -26,7 +26,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    MasqConfig, NatEndpoint, NatKey, MASQ_LAYOUT_VERSION, MASQ_MAX_CIDRS, PROTO_TCP, PROTO_UDP,
+    MasqConfig, NatEndpoint, NatKey, MASQ_LAYOUT_VERSION, MASQ_MAX_CIDRS,
+    MUTATE_MASQ_REPLY_PORT_KEPT, PROTO_TCP, PROTO_UDP,
 };
 
 // Placeholder sizes: the agent sets max_entries at load time.
@@ -292,10 +293,14 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
         pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    let pod = match unsafe { REV.get(&key) } {
+    let mut pod = match unsafe { REV.get(&key) } {
         Some(v) => *v,
         None => return Ok(PASS),
     };
+    if mutated(MUTATE_MASQ_REPLY_PORT_KEPT) {
+        // The bug: only the address is translated back.
+        pod.port = p.dport;
+    }
     rewrite(ctx, &p, End::Destination, &pod)?;
     // SAFETY: copied out at once.
     match unsafe { PODS.get(&pod.addr) } {
@@ -308,6 +313,18 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
         // Pod interface unknown yet: let the stack route it.
         None => Ok(PASS),
     }
+}
+
+/// The deliberate bugs of a mutant (`datapath_common::MUTATE_*` bits), 0 for the correct
+/// datapath: set by the agent at load time, frozen in `.rodata` (see the socket-LB object).
+#[unsafe(no_mangle)]
+static DP_MUTATIONS: u32 = 0;
+
+#[inline(always)]
+fn mutated(bit: u32) -> bool {
+    // SAFETY: a plain read of a static; volatile so the load the loader decides stays.
+    let bits = unsafe { core::ptr::read_volatile(&DP_MUTATIONS) };
+    bits & bit != 0
 }
 
 #[cfg(not(test))]

@@ -22,9 +22,10 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use datapath_common::{
-    AccelConfig, SockKey, ACCEL_MAX_CIDRS, FAMILY_INET, FAMILY_INET6, SOCKHASH_VALUE_SIZE,
-    STAT_BYTES_REDIRECTED, STAT_COUNT, STAT_ESTABLISHED, STAT_INSERT_FAILED, STAT_INSERT_OK,
-    STAT_MSG, STAT_MSG_PASSED, STAT_MSG_REDIRECTED,
+    AccelConfig, SockKey, ACCEL_MAX_CIDRS, FAMILY_INET, FAMILY_INET6, MUTATE_SOCKKEY_PORT_ORDER,
+    MUTATE_SOCKOPS_ACTIVE_ONLY, SOCKHASH_VALUE_SIZE, STAT_BYTES_REDIRECTED, STAT_COUNT,
+    STAT_ESTABLISHED, STAT_INSERT_FAILED, STAT_INSERT_OK, STAT_MSG, STAT_MSG_PASSED,
+    STAT_MSG_REDIRECTED,
 };
 
 /// `dp_sockhash`, declared by hand: aya-ebpf's `SockHash` has 4-byte values, and ours are
@@ -72,7 +73,10 @@ const SK_PASS: u32 = 1;
 #[sock_ops]
 pub fn dp_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
-    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+    let passive_too = !crate::mutated(MUTATE_SOCKOPS_ACTIVE_ONLY);
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        || (passive_too && op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+    {
         established(ctx.ops);
     }
     // sock_ops return values are ignored for these callbacks; 1 is the convention.
@@ -146,6 +150,10 @@ fn established(ops: *mut bpf_sock_ops) {
     let Some(mut key) = key else {
         return;
     };
+    if crate::mutated(MUTATE_SOCKKEY_PORT_ORDER) {
+        // The bug: the peer's port as the context carries it (network byte order).
+        key.dst_port = u32::from((key.dst_port as u16).to_be());
+    }
     if key.family != FAMILY_INET
         || !in_nets(key.src_addr[0], &cfg)
         || !in_nets(key.dst_addr[0], &cfg)

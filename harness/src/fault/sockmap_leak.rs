@@ -15,6 +15,11 @@
 //! ones: a correct datapath replaces the keys (or collects them) and every exchange is
 //! answered; one that inserts with "no exist" hangs on each reuse.
 //!
+//! Besides, a few server-side keys are planted on the block's last ports, which the churn
+//! leaves out ("orphans"): no connection ever replaces them, so they stay until the
+//! agent's garbage collector removes them; without them a datapath that replaces keys on
+//! insert but never collects looked correct.
+//!
 //! Proof: the planted keys with the decoy's cookie in the dump, the churn's summary, the
 //! `dp_accel_stats` counters that moved, and the keys still stale afterwards. Heal: none
 //! while the scenario runs: the decoys stay open (closing them would make the kernel
@@ -43,18 +48,28 @@ const CHURN_READ_TIMEOUT_MS: u64 = 1000;
 
 pub struct SockmapLeak(pub SockmapLeakPlan);
 
-/// Which end's view a planted key takes (`plant-sockhash --key-for`).
+/// Which keys one plant-sockhash writes: the server's or the client's view of tuples the
+/// churn uses, or the server's view of tuples it never uses (orphans).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Server,
     Client,
+    Orphan,
 }
 
 impl Side {
+    /// `plant-sockhash --key-for`.
+    fn key_for(self) -> &'static str {
+        match self {
+            Side::Server | Side::Orphan => "server",
+            Side::Client => "client",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
-            Side::Server => "server",
-            Side::Client => "client",
+            Side::Orphan => "orphan",
+            s => s.key_for(),
         }
     }
 }
@@ -144,7 +159,7 @@ impl SockmapLeak {
             "--map".into(),
             map,
             "--key-for".into(),
-            side.as_str().into(),
+            side.key_for().into(),
             "--server".into(),
             server.to_string(),
         ];
@@ -244,8 +259,13 @@ impl Fault for SockmapLeak {
         // 1. Plant, server side then client side; the decoys stay open.
         let server_ports = p.base_port..p.base_port + p.server_keys;
         let client_ports = server_ports.end..server_ports.end + p.client_keys;
+        let orphan_ports = p.churn_range().end..p.base_port + p.churn_ports;
         let mut planted = Vec::new();
-        for (side, ports) in [(Side::Server, server_ports), (Side::Client, client_ports)] {
+        for (side, ports) in [
+            (Side::Server, server_ports),
+            (Side::Client, client_ports),
+            (Side::Orphan, orphan_ports),
+        ] {
             if ports.is_empty() {
                 continue;
             }
@@ -264,10 +284,15 @@ impl Fault for SockmapLeak {
                 )));
             }
             rec.proof.push(format!(
-                "{}: planted {} {}-side key(s) in {}, each pointing at an established decoy and read back with its cookie: {}",
+                "{}: planted {} {}-side key(s){} in {}, each pointing at an established decoy and read back with its cookie: {}",
                 p.node,
                 got.keys.len(),
-                side.as_str(),
+                side.key_for(),
+                if side == Side::Orphan {
+                    " on ports the churn never uses"
+                } else {
+                    ""
+                },
                 obs::map_path(&cn).display(),
                 got.keys
                     .iter()
@@ -305,7 +330,7 @@ impl Fault for SockmapLeak {
         ));
 
         // 3. Churn at once, the planted ports first.
-        let last = p.base_port + p.churn_ports - 1;
+        let last = p.churn_range().end - 1;
         let argv: Vec<String> = vec![
             cn.dp_probe.display().to_string(),
             "churn".into(),

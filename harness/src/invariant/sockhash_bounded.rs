@@ -16,8 +16,9 @@ use crate::observe::features::KernelNeed;
 use crate::observe::sockhash::{self as obs, Scope};
 use crate::suite::InvariantName;
 
-/// How long an over-the-bound count is re-observed before it fails.
-pub const SETTLE: Duration = Duration::from_secs(1);
+/// How long an over-the-bound count is re-observed before it fails (stale keys must be
+/// collected by then).
+pub const SETTLE: Duration = obs::COLLECT_BOUND;
 
 pub struct SockhashBounded;
 

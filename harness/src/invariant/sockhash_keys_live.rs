@@ -11,7 +11,7 @@
 //! local pod server (`dp-probe reqresp`, in the node's cgroup) and observes once they are
 //! ESTABLISHED. (1) Every key is owned: its cookie names a socket of the node whose tuple
 //! is the key; a key that fails is observed again for up to [`SETTLE`] (a socket caught
-//! closing leaves the map; a stale key stays). (2) Every accelerated socket is in the
+//! closing leaves the map; a stale key must be garbage-collected by then, or it stays). (2) Every accelerated socket is in the
 //! map: both ends of each established connection from the node's address to a local pod
 //! server are found under their own keys with their own cookies (`ss` lists the sockets
 //! before and after the map is read; only connections alive in both are judged).
@@ -27,8 +27,9 @@ use crate::observe::features::KernelNeed;
 use crate::observe::sockhash::{self as obs, Scope, Target};
 use crate::suite::InvariantName;
 
-/// How long keys that are not owned are re-observed before they fail.
-pub const SETTLE: Duration = Duration::from_secs(1);
+/// How long keys that are not owned are re-observed before they fail: until the agent's
+/// garbage collector must have removed them.
+pub const SETTLE: Duration = obs::COLLECT_BOUND;
 /// Connections per local pod server held open while the map is observed.
 const CONNECTIONS: u32 = 2;
 /// Requests per connection, `INTERVAL_MS` apart: the connections would live about 30 s,

@@ -358,6 +358,12 @@ pub fn reqresp_timeout(connections: u64, requests: u64, read_timeout_ms: u64) ->
     Duration::from_millis(30_000 + connections * read_timeout_ms + connections * requests * 50)
 }
 
+/// How long a stale `dp_sockhash` key may live: datapathd collects every 5 s (a key whose
+/// cookie names no socket after two rounds), so 12 s. The sockhash invariants re-observe a
+/// failing map for this long before they fail: a socket caught closing leaves the map at
+/// once, a planted or leaked key must be collected by then.
+pub const COLLECT_BOUND: std::time::Duration = std::time::Duration::from_secs(12);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,7 @@ pub fn build(
                 invariant,
                 judgement,
                 ms,
+                ..
             } => {
                 let c = cases
                     .entry((scenario.clone(), invariant.as_str().to_string()))

@@ -118,7 +118,7 @@ fn expected_for(path: &str) -> &'static str {
     } else if path.starts_with("scenarios") {
         super::scenario::EXPECTED
     } else if path.starts_with("must-catch") {
-        "must-catch: [{mutant: stale-cgroup-prog, invariants: [one-program-per-hook, ...]}]"
+        super::must_catch::EXPECTED
     } else {
         "a suite: {name, description, repeat, topology, services, scenarios, must-catch, providers}"
     }

@@ -3,6 +3,7 @@
 //! file, line, column, the key path and the expected form.
 
 pub mod error;
+pub mod must_catch;
 pub mod scenario;
 pub mod service;
 pub mod step;
@@ -12,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub use error::SuiteError;
+pub use must_catch::{MustCatch, KNOWN_MUTANTS};
 pub use scenario::Scenario;
 pub use service::{Protocol, ServiceSpec};
 pub use step::{FaultKind, InvariantName, Step};
@@ -42,13 +44,6 @@ pub struct Suite {
 
 fn one() -> u32 {
     1
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct MustCatch {
-    pub mutant: String,
-    pub invariants: Vec<InvariantName>,
 }
 
 impl Suite {
@@ -263,6 +258,73 @@ impl Suite {
                             step::EXPECTED,
                         );
                     }
+                }
+            }
+        }
+        self.validate_must_catch(file, text)
+    }
+
+    /// Every must-catch entry names a known mutant once, and invariants that a scenario
+    /// of this suite checks (an invariant never judged can never catch anything).
+    fn validate_must_catch(&self, file: &Path, text: &str) -> Result<(), SuiteError> {
+        let bad = |path: String, needle: &str, message: String| {
+            Err(SuiteError::invalid(
+                file,
+                text,
+                path,
+                needle,
+                message,
+                must_catch::EXPECTED,
+            ))
+        };
+        let checked: BTreeSet<InvariantName> = self
+            .scenarios
+            .iter()
+            .flat_map(|sc| &sc.steps)
+            .filter_map(|st| match st {
+                Step::Check(c) => Some(c.invariants.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut seen = BTreeSet::new();
+        for (i, m) in self.must_catch.iter().enumerate() {
+            if !KNOWN_MUTANTS.contains(&m.mutant.as_str()) {
+                return bad(
+                    format!("must-catch[{i}].mutant"),
+                    &m.mutant,
+                    format!(
+                        "unknown mutant `{}` (known: {})",
+                        m.mutant,
+                        KNOWN_MUTANTS.join(", ")
+                    ),
+                );
+            }
+            if !seen.insert(m.mutant.as_str()) {
+                return bad(
+                    format!("must-catch[{i}].mutant"),
+                    &m.mutant,
+                    format!("mutant `{}` is listed twice", m.mutant),
+                );
+            }
+            if m.invariants.is_empty() {
+                return bad(
+                    format!("must-catch[{i}].invariants"),
+                    &m.mutant,
+                    format!("mutant `{}` names no invariant to catch it", m.mutant),
+                );
+            }
+            for (j, inv) in m.invariants.iter().enumerate() {
+                if !checked.contains(inv) {
+                    return bad(
+                        format!("must-catch[{i}].invariants[{j}]"),
+                        inv.as_str(),
+                        format!(
+                            "invariant {inv} is not checked by any scenario of this suite, so it can never catch `{}` (checked: {})",
+                            m.mutant,
+                            checked.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
                 }
             }
         }

@@ -249,3 +249,47 @@ fn a_node_may_name_its_kernel_and_a_wrong_one_is_located() {
     assert!(e.contains("topology.nodes[0].kernel"), "{e}");
     assert!(e.contains("Debian kernel series"), "{e}");
 }
+
+#[test]
+fn must_catch_names_known_mutants_and_checked_invariants() {
+    let with = |entry: &str| format!("{GOOD}must-catch:\n{entry}");
+    let ok =
+        with("  - mutant: getpeername-not-rewritten\n    invariants: [service-connectivity]\n");
+    let s = Suite::parse(Path::new("t.yaml"), &ok).expect("parses");
+    assert_eq!(s.must_catch[0].mutant, "getpeername-not-rewritten");
+
+    let e = err(&with(
+        "  - mutant: stale-prog\n    invariants: [service-connectivity]\n",
+    ));
+    assert!(
+        e.starts_with("t.yaml:19:13: at `must-catch[0].mutant`: unknown mutant `stale-prog` (known: stale-cgroup-prog,"),
+        "{e}"
+    );
+    assert!(
+        e.contains("expected form: must-catch: [{mutant: NAME"),
+        "{e}"
+    );
+
+    let e = err(&with(
+        "  - mutant: stale-cgroup-prog\n    invariants: [one-program-per-hook]\n",
+    ));
+    assert!(
+        e.contains("t.yaml:20:") && e.contains("at `must-catch[0].invariants[0]`: invariant one-program-per-hook is not checked by any scenario of this suite, so it can never catch `stale-cgroup-prog` (checked: service-connectivity)"),
+        "{e}"
+    );
+
+    let e = err(&with(
+        "  - mutant: stale-cgroup-prog\n    invariants: [no-such-check]\n",
+    ));
+    assert!(
+        e.contains("at `must-catch[0].invariants[0]`: unknown variant `no-such-check`"),
+        "{e}"
+    );
+
+    let twice = "  - mutant: stale-cgroup-prog\n    invariants: [service-connectivity]\n";
+    let e = err(&with(&format!("{twice}{twice}")));
+    assert!(
+        e.contains("at `must-catch[1].mutant`: mutant `stale-cgroup-prog` is listed twice"),
+        "{e}"
+    );
+}

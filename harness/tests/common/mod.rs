@@ -58,3 +58,78 @@ pub fn skip_unless_root(needs: &str) -> bool {
         None => false,
     }
 }
+
+/// `harness mutate SUITE --provider netns --seed SEED`, through the library (as the
+/// command runs it), with its reports in `dir`.
+#[allow(dead_code)] // not every test file runs mutate
+pub fn mutate(suite: &str, seed: u64, dir: &Path) -> harness::mutate::MutationReport {
+    let opts = harness::cli::RunOpts {
+        provider: "netns".into(),
+        seed: Some(seed),
+        repeat: None,
+        datapath_mutant: None,
+        junit: None,
+        keep: None,
+        suites_dir: None,
+        reports_dir: Some(dir.join("r")),
+        kernels: Vec::new(),
+        junit_properties: Vec::new(),
+        summary_md: None,
+    };
+    let file = harness::suite::resolve(suite, &harness::suite::default_dir());
+    let s = harness::mutate::prepare(&file, &opts)
+        .unwrap_or_else(|e| panic!("mutate {suite} cannot start: {e}"));
+    let cancel = harness::signal::Cancel::new();
+    let report = harness::mutate::mutate(&file, &s, &opts, &[seed], &cancel);
+    eprintln!("{}", report.render());
+    report
+}
+
+/// The correct datapath passed on `seed`, and each mutant was caught by exactly the
+/// invariants given (those its must-catch entry names that failed), in any order.
+#[allow(dead_code)]
+pub fn assert_caught_exactly(
+    report: &harness::mutate::MutationReport,
+    seed: u64,
+    expected: &[(&str, &[harness::suite::InvariantName])],
+) {
+    use harness::mutate::{Fate, Variant};
+    let table = report.render();
+    let correct = report
+        .rows
+        .iter()
+        .find(|r| r.variant == Variant::Correct && r.seed == seed)
+        .unwrap_or_else(|| panic!("no run of the correct datapath:\n{table}"));
+    assert_eq!(correct.fate, Fate::Passed, "the correct datapath:\n{table}");
+    assert_eq!(
+        report.mutants().len(),
+        expected.len(),
+        "one row per must-catch mutant:\n{table}"
+    );
+    for (mutant, want) in expected {
+        let row = report
+            .row(mutant, seed)
+            .unwrap_or_else(|| panic!("no row for {mutant}:\n{table}"));
+        match &row.fate {
+            Fate::Caught { by, .. } => {
+                let mut got = by.clone();
+                got.sort();
+                let mut want = want.to_vec();
+                want.sort();
+                assert_eq!(got, want, "{mutant} caught by other invariants:\n{table}");
+            }
+            other => panic!("{mutant} not caught: {other:?}\n{table}"),
+        }
+    }
+}
+
+/// The JUnit XML the run of `variant` (a mutant's name, or `(correct datapath)`) wrote in
+/// its report directory.
+#[allow(dead_code)]
+pub fn row_junit(report: &harness::mutate::MutationReport, variant: &str, seed: u64) -> String {
+    let dir = report
+        .row(variant, seed)
+        .and_then(|r| r.run_dir.clone())
+        .unwrap_or_else(|| panic!("no report directory for {variant}"));
+    std::fs::read_to_string(dir.join("junit.xml")).expect("the run's junit.xml")
+}

@@ -35,6 +35,7 @@ fn v(it: u32, inv: InvariantName, j: Judgement) -> Event {
         invariant: inv,
         judgement: j,
         ms: 10,
+        at_ms: 0,
     }
 }
 
@@ -51,6 +52,7 @@ fn events() -> Vec<Event> {
             index: 0,
             step: PlannedStep::Deploy { accelerate: false },
             ms: 1500,
+            at_ms: 1500,
             detail: vec!["::warning::from a node's output".into()],
             error: None,
         },

@@ -31,6 +31,7 @@ fn v(it: u32, inv: InvariantName, j: Judgement) -> Event {
         invariant: inv,
         judgement: j,
         ms: 10,
+        at_ms: 0,
     }
 }
 
