@@ -92,7 +92,7 @@ fn features_reports_everything_available_on_this_kernel() {
     assert_eq!(c["tc_attach"]["value"], "tcx", "{c:#}");
     assert!(
         probe_cgroups_left().is_empty(),
-        "scratch cgroups left: {:?}",
+        "the probes left cgroups behind: {:?}",
         probe_cgroups_left()
     );
 

@@ -1,8 +1,8 @@
 //! Kernel features the datapath uses, probed on the running kernel (never inferred from its
 //! version: distribution kernels backport), and the choices derived from them.
 //!
-//! * [`probe::probe_all`] asks the kernel (program loads, map creation, links on a scratch
-//!   cgroup and on `lo`, helper calls judged by the verifier's log) and records for each
+//! * [`probe::probe_all`] asks the kernel (program loads, map creation, links on the cgroup v2
+//!   root and on `lo`, helper calls judged by the verifier's log) and records for each
 //!   [`Feature`] whether it is available and how that was decided.
 //! * [`decide`] turns those results and what the command line asked for into [`Choices`]:
 //!   pure, unit-tested. A missing optional feature degrades (clsact instead of tcx, EPERM

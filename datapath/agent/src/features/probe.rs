@@ -2,14 +2,15 @@
 //! program of a type, create a map of a shape, create a link, call a helper) with tiny
 //! hand-written programs, and says how the answer was obtained.
 //!
-//! Side effects are private and short-lived: links go on a scratch cgroup made for the
-//! probe (no process in it) and, for tcx, on `lo` with a pass-through program (TCX_NEXT);
-//! every object is released when its fd closes, and the scratch cgroup is removed.
+//! Side effects are short-lived and leave nothing: links of pass-through programs (they
+//! return 1, "let the operation through") go on the cgroup v2 root and, for tcx, on `lo`
+//! (TCX_NEXT); none is pinned, so every object goes when its fd closes, and with the
+//! process if it is killed mid-probe. (A cgroup made for the probe could not: an agent
+//! SIGKILLed while probing, as the harness's faults do, left it behind.)
 
 use std::{
     io::Read as _,
     os::fd::{AsFd, AsRawFd, OwnedFd},
-    path::PathBuf,
 };
 
 use aya_obj::generated::{bpf_attach_type, bpf_map_type, bpf_prog_type};
@@ -48,12 +49,12 @@ pub fn probe_all(assumed_missing: &[Feature]) -> Probes {
     probes
 }
 
-/// State shared by the probes: the scratch cgroup and the link the update probe swaps.
+/// State shared by the probes: the cgroup the probes link to and the link the update probe swaps.
 /// Fields drop in order: the link before the cgroup it is on.
 #[derive(Default)]
 struct Ctx {
     connect4_link: Option<(OwnedFd, OwnedFd)>,
-    scratch: Option<Result<ScratchCgroup, String>>,
+    cgroup: Option<Result<ProbeCgroup, String>>,
 }
 
 fn errno_name(e: &SysError) -> String {
@@ -167,49 +168,49 @@ impl Ctx {
         }
     }
 
-    fn scratch(&mut self) -> Result<&ScratchCgroup, String> {
-        self.scratch
-            .get_or_insert_with(ScratchCgroup::create)
+    fn probe_cgroup(&mut self) -> Result<&ProbeCgroup, String> {
+        self.cgroup
+            .get_or_insert_with(ProbeCgroup::create)
             .as_ref()
             .map_err(Clone::clone)
     }
 
-    /// A connect4 program linked to the scratch cgroup (kept for the update probe).
+    /// A connect4 program linked to the cgroup v2 root (kept for the update probe).
     fn cgroup_link(&mut self) -> Probe {
         let attach = raw_attach(Attach::Connect4);
         let prog = match trivial(ProgType::CgroupSockAddr, attach, 1) {
             Ok(p) => p,
             Err(e) => return failed("BPF_PROG_LOAD cgroup_sock_addr (connect4)", &e),
         };
-        let cg = match self.scratch() {
+        let cg = match self.probe_cgroup() {
             Ok(cg) => cg,
             Err(why) => return Probe::missing(format!("not probed: {why}")),
         };
         match sys::link_create(prog.as_fd(), cg.fd.as_raw_fd() as u32, attach) {
             Ok(link) => {
                 self.connect4_link = Some((link, prog));
-                Probe::ok("probe: BPF_LINK_CREATE connect4 on a scratch cgroup ok")
+                Probe::ok("probe: BPF_LINK_CREATE connect4 on the cgroup v2 root ok")
             }
-            Err(e) => failed("BPF_LINK_CREATE connect4 on a scratch cgroup", &e),
+            Err(e) => failed("BPF_LINK_CREATE connect4 on the cgroup v2 root", &e),
         }
     }
 
-    /// Swap the scratch link's program, as a restart does (`BPF_F_REPLACE`).
+    /// Swap the probe link's program, as a restart does (`BPF_F_REPLACE`).
     fn link_update(&mut self) -> Probe {
         let Some((link, old)) = &self.connect4_link else {
-            return Probe::missing("not probed: no scratch link");
+            return Probe::missing("not probed: no probe link");
         };
         let new = match trivial(ProgType::CgroupSockAddr, raw_attach(Attach::Connect4), 1) {
             Ok(p) => p,
             Err(e) => return failed("BPF_PROG_LOAD cgroup_sock_addr (connect4)", &e),
         };
         match sys::link_update(link.as_fd(), new.as_fd(), old.as_fd()) {
-            Ok(()) => Probe::ok("probe: BPF_LINK_UPDATE with BPF_F_REPLACE on the scratch link ok"),
+            Ok(()) => Probe::ok("probe: BPF_LINK_UPDATE with BPF_F_REPLACE on the probe link ok"),
             Err(e) => failed("BPF_LINK_UPDATE with BPF_F_REPLACE", &e),
         }
     }
 
-    /// Load a program for this attach type; link it to the scratch cgroup when links work.
+    /// Load a program for this attach type; link it to the cgroup v2 root when links work.
     fn cgroup_attach(&mut self, a: Attach) -> Probe {
         let p = a.prog_type();
         let attach = raw_attach(a);
@@ -241,13 +242,13 @@ impl Ctx {
                 "probe: {loaded} ok (no cgroup link to attach it with)"
             ));
         }
-        let cg = match self.scratch() {
+        let cg = match self.probe_cgroup() {
             Ok(cg) => cg,
             Err(why) => return Probe::ok(format!("probe: {loaded} ok; not attached: {why}")),
         };
         match sys::link_create(prog.as_fd(), cg.fd.as_raw_fd() as u32, attach) {
             Ok(_) => Probe::ok(format!(
-                "probe: {loaded} + BPF_LINK_CREATE on a scratch cgroup ok"
+                "probe: {loaded} + BPF_LINK_CREATE on the cgroup v2 root ok"
             )),
             Err(e) => failed(&format!("{loaded} ok, BPF_LINK_CREATE"), &e),
         }
@@ -377,40 +378,20 @@ pub(super) fn check_btf_header(h: &[u8; 24], size: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// A cgroup made for the probes under the first cgroup v2 mount; removed on drop.
-struct ScratchCgroup {
-    path: PathBuf,
+/// The cgroup the probes link to: the first cgroup v2 mount's root, opened (nothing is
+/// created in it).
+struct ProbeCgroup {
     fd: OwnedFd,
 }
 
-impl ScratchCgroup {
-    fn create() -> Result<ScratchCgroup, String> {
+impl ProbeCgroup {
+    fn create() -> Result<ProbeCgroup, String> {
         let mounts = prereq::cgroup2_mounts().map_err(|e| e.to_string())?;
         let root = mounts
             .first()
-            .ok_or("no cgroup v2 mount in /proc/mounts to make a scratch cgroup in")?;
-        let path = root.join(format!("datapathd-probe-{}", std::process::id()));
-        // A previous probe of a process with this pid that was killed: its cgroup is empty.
-        let _ = std::fs::remove_dir(&path);
-        std::fs::create_dir(&path)
-            .map_err(|e| format!("cannot create the scratch cgroup {}: {e}", path.display()))?;
-        match std::fs::File::open(&path) {
-            Ok(f) => Ok(ScratchCgroup { path, fd: f.into() }),
-            Err(e) => {
-                let _ = std::fs::remove_dir(&path);
-                Err(format!(
-                    "cannot open the scratch cgroup {}: {e}",
-                    path.display()
-                ))
-            }
-        }
-    }
-}
-
-impl Drop for ScratchCgroup {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir(&self.path) {
-            tracing::warn!(path = %self.path.display(), "cannot remove the probe's scratch cgroup: {e}");
-        }
+            .ok_or("no cgroup v2 mount in /proc/mounts to link the probes to")?;
+        let f = std::fs::File::open(root)
+            .map_err(|e| format!("cannot open the cgroup {}: {e}", root.display()))?;
+        Ok(ProbeCgroup { fd: f.into() })
     }
 }
