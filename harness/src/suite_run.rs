@@ -343,10 +343,8 @@ pub fn run_suite(file: &Path, seed: u64, opts: &RunOpts, cancel: &Cancel) -> Sui
     }
     let skipped = verdicts.iter().filter(|v| **v == Verdict::Skipped).count();
     eprintln!(
-        "harness: {} [{} {}] in {:.1} s (set-up {:.1} s, steps {:.1} s, teardown {:.1} s); exit {}: {}{}",
-        s.name,
-        result.facts.provider,
-        result.facts.kernel,
+        "harness: {} in {:.1} s (set-up {:.1} s, steps {:.1} s, teardown {:.1} s); exit {}: {}{}",
+        junit::suite_name(&plan, &result.facts),
         result.wall.as_secs_f64(),
         up as f64 / 1000.0,
         steps as f64 / 1000.0,
