@@ -161,14 +161,7 @@ fn probe_features(opts: &mut RunOptions) -> Result<Report> {
     for (name, f) in report.features.iter().filter(|(_, f)| !f.available) {
         warn!(feature = %name, how = %f.how, "kernel feature unavailable");
     }
-    let c = &report.choices;
-    for (name, choice) in [
-        ("socket_lb", &c.socket_lb),
-        ("getpeername4", &c.getpeername4),
-        ("fast_refuse", &c.fast_refuse),
-        ("accelerate", &c.accelerate),
-        ("tc_attach", &c.tc_attach),
-    ] {
+    for (name, choice) in report.choices.named() {
         info!(choice = name, value = %choice.value, reason = %choice.reason, "feature choice");
     }
     report.require(req)?;

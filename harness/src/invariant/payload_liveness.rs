@@ -17,7 +17,7 @@ use std::net::SocketAddrV4;
 
 use super::{merge, per_node, Context, Invariant, Judgement, Verdict};
 use crate::cluster::ClusterNode;
-use crate::observe::features::KernelNeed;
+use crate::observe::features::{self, KernelNeed};
 use crate::observe::sockhash::{self as obs, Scope};
 use crate::suite::InvariantName;
 
@@ -34,15 +34,8 @@ impl Invariant for PayloadLiveness {
         InvariantName::PayloadLiveness
     }
 
-    /// Socket acceleration is sock_ops inserting into a sockhash and sk_msg redirecting.
     fn needs(&self) -> &'static [KernelNeed] {
-        &[
-            KernelNeed::ProgType("sock_ops"),
-            KernelNeed::ProgType("sk_msg"),
-            KernelNeed::MapType("sockhash"),
-            KernelNeed::Helper("sock_ops", "bpf_sock_hash_update"),
-            KernelNeed::Helper("sk_msg", "bpf_msg_redirect_hash"),
-        ]
+        features::SOCKET_ACCELERATION
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

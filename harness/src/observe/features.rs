@@ -35,6 +35,16 @@ impl std::fmt::Display for KernelNeed {
     }
 }
 
+/// What socket acceleration is made of: sock_ops inserting into a sockhash, sk_msg
+/// redirecting (the needs of every incident-C invariant).
+pub const SOCKET_ACCELERATION: &[KernelNeed] = &[
+    KernelNeed::ProgType("sock_ops"),
+    KernelNeed::ProgType("sk_msg"),
+    KernelNeed::MapType("sockhash"),
+    KernelNeed::Helper("sock_ops", "bpf_sock_hash_update"),
+    KernelNeed::Helper("sk_msg", "bpf_msg_redirect_hash"),
+];
+
 /// A kernel's BPF features as bpftool reports them.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KernelFeatures {

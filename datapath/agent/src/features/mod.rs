@@ -410,6 +410,19 @@ pub struct Choices {
     pub tc_attach: Choice,
 }
 
+impl Choices {
+    /// Every choice with its JSON name, in the order they are printed and logged.
+    pub fn named(&self) -> [(&'static str, &Choice); 5] {
+        [
+            ("socket_lb", &self.socket_lb),
+            ("getpeername4", &self.getpeername4),
+            ("fast_refuse", &self.fast_refuse),
+            ("accelerate", &self.accelerate),
+            ("tc_attach", &self.tc_attach),
+        ]
+    }
+}
+
 /// `datapathd features --json`, and `status --json`'s `features`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -702,14 +715,7 @@ impl Report {
                 "probed now"
             }
         );
-        let c = &self.choices;
-        for (name, choice) in [
-            ("socket_lb", &c.socket_lb),
-            ("getpeername4", &c.getpeername4),
-            ("fast_refuse", &c.fast_refuse),
-            ("accelerate", &c.accelerate),
-            ("tc_attach", &c.tc_attach),
-        ] {
+        for (name, choice) in self.choices.named() {
             out.push_str(&format!(
                 "  choice {name}: {} ({})\n",
                 choice.value, choice.reason
