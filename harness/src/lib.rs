@@ -23,3 +23,8 @@ pub mod signal;
 pub mod state;
 pub mod suite;
 pub mod suite_run;
+
+/// The tests' one skip policy (a missing prerequisite fails under CI), for the unit tests.
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+pub(crate) mod test_skip;

@@ -251,12 +251,10 @@ mod tests {
             .args(["feature", "probe", "kernel", "-j"])
             .output()
         else {
-            eprintln!("SKIPPED: bpftool not installed");
-            return;
+            return crate::test_skip::skip("bpftool not installed (ci/setup installs it)");
         };
         if !out.status.success() {
-            eprintln!("SKIPPED: bpftool feature probe needs root");
-            return;
+            return crate::test_skip::skip("bpftool feature probe failed (it needs root)");
         }
         let f =
             KernelFeatures::from_bpftool(&String::from_utf8_lossy(&out.stdout)).expect("parses");

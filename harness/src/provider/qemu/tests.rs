@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use super::{accel, clean_leftovers, KernelSpec, NodeImage, QemuCluster, QemuConfig, QemuError};
 
-#[path = "../../../tests/common/skip.rs"]
-mod skip;
+use crate::test_skip as skip;
 use skip::skip;
 
 fn skip_reason() -> Option<String> {
