@@ -3,15 +3,17 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::exit::ExitStatus;
 use crate::kernel::KernelArg;
 use crate::provider::{self, DEFAULT_PROVIDER};
+use crate::registry::{self, Registry};
 use crate::report::history;
 use crate::run::Keep;
 use crate::signal::Cancel;
-use crate::suite::{self, FaultKind, InvariantName, Suite};
+use crate::suite::{self, Suite};
+pub use crate::suite_run::RunOpts;
 use crate::suite_run::{clock_seed, run_suite};
 
 #[derive(Debug, Parser)]
@@ -102,54 +104,6 @@ pub enum Command {
         #[arg(long = "kernel", value_name = "[NODE:]SPEC")]
         kernels: Vec<KernelArg>,
     },
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RunOpts {
-    /// Where the cluster comes from.
-    #[arg(long, default_value = DEFAULT_PROVIDER)]
-    pub provider: String,
-    /// Seed for every random choice (default: from the clock; printed).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Run each scenario N times (overrides the suite's repeat).
-    #[arg(long)]
-    pub repeat: Option<u32>,
-    /// Run the datapath's deliberately broken variant NAME (`datapathd mutants`).
-    #[arg(long)]
-    pub datapath_mutant: Option<String>,
-    /// Also write the JUnit XML here.
-    #[arg(long)]
-    pub junit: Option<PathBuf>,
-    /// Leave the cluster up after the run, for debugging: `--keep` stops the agents and
-    /// servers, `--keep=running` leaves them running too. `harness clean` removes it all.
-    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "cluster")]
-    pub keep: Option<Keep>,
-    /// Directory holding the suites (default: suites/ of the repository).
-    #[arg(long)]
-    pub suites_dir: Option<PathBuf>,
-    /// Where runs are written (default: reports/ of the checkout the harness runs from).
-    #[arg(long)]
-    pub reports_dir: Option<PathBuf>,
-    /// The nodes' kernel (qemu): a Debian kernel series (5.10, 6.1, 6.12, ...), `newest`
-    /// (sid's), an exact package `linux-image-<release>=<version>`, or a linux-image-*.deb;
-    /// `NODE:SPEC` for one node. Overrides the suite's per-node kernels. Repeatable.
-    #[arg(long = "kernel", value_name = "[NODE:]SPEC")]
-    pub kernels: Vec<KernelArg>,
-    /// An extra property of the JUnit testsuite (for dashboards). Repeatable.
-    #[arg(long = "junit-property", value_name = "KEY=VALUE", value_parser = parse_property)]
-    pub junit_properties: Vec<(String, String)>,
-    /// Also write the markdown table of verdicts here (under GitHub Actions it goes to
-    /// $GITHUB_STEP_SUMMARY as well).
-    #[arg(long)]
-    pub summary_md: Option<PathBuf>,
-}
-
-fn parse_property(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
-    }
 }
 
 /// Parses the arguments, runs, returns the process exit status.
@@ -265,7 +219,7 @@ fn run(cli: Cli) -> ExitStatus {
             match suite::list(&dir) {
                 Ok(files) => {
                     for f in files {
-                        match Suite::load(&f) {
+                        match Suite::load(&f, &Registry) {
                             Ok(s) => println!("  {:<12} {}", s.name, s.description),
                             Err(e) => println!("  {} (invalid: {e})", f.display()),
                         }
@@ -277,11 +231,33 @@ fn run(cli: Cli) -> ExitStatus {
                 "providers: {} (default {DEFAULT_PROVIDER})",
                 crate::provider::PROVIDERS.join(", ")
             );
-            println!("faults: {}", FaultKind::ALL.map(|f| f.as_str()).join(", "));
-            println!(
-                "invariants: {}",
-                InvariantName::ALL.map(|i| i.as_str()).join(", ")
-            );
+            println!("faults:");
+            for f in registry::FAULTS {
+                let needs = f.needs();
+                let mut wants = Vec::new();
+                if needs.machines {
+                    wants.push("nodes that are machines");
+                }
+                if needs.acceleration {
+                    wants.push("deploy: {accelerate: true}");
+                }
+                if needs.tcp_server {
+                    wants.push("a pod serving TCP on its node");
+                }
+                let wants = if wants.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (needs {})", wants.join(", "))
+                };
+                println!("  {:<26} {}{wants}", f.name(), f.about());
+            }
+            println!("invariants:");
+            for i in registry::INVARIANTS {
+                println!("  {:<26} {}", i.name().as_str(), i.about());
+            }
+            for i in registry::AFTER_TEARDOWN {
+                println!("  {:<26} judged after every teardown", i.as_str());
+            }
             ExitStatus::Passed
         }
         Command::HostSnapshot => {
@@ -337,7 +313,7 @@ fn run(cli: Cli) -> ExitStatus {
                         }
                     }
                     Err(e) => {
-                        eprintln!("harness: error: {name}: {}", crate::run::chain(&e));
+                        eprintln!("harness: error: {name}: {}", crate::errors::chain(&e));
                         status = ExitStatus::HarnessError;
                     }
                 }
@@ -385,7 +361,7 @@ fn score(
     let checked = if opts.datapath_mutant.is_some() {
         Err(crate::mutate::MutateError::MutantGiven)
     } else {
-        Suite::load(&file).map_err(Into::into)
+        Suite::load(&file, &Registry).map_err(Into::into)
     };
     let checked = checked.and_then(|s| {
         if mutants {
@@ -397,7 +373,7 @@ fn score(
     let s = match checked {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("harness: error: {}", crate::run::chain(&e));
+            eprintln!("harness: error: {}", crate::errors::chain(&e));
             return e.status();
         }
     };

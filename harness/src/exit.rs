@@ -17,8 +17,9 @@
 //! JUnit marks it flaky (`flakyFailure` under a passing testcase) and the last line names
 //! it, so that a dashboard tells it from an invariant that always fails.
 
+use crate::event::Event;
 use crate::invariant::Verdict;
-use crate::run::{Event, Outcome};
+use crate::run::Outcome;
 
 /// One documented exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,16 +120,16 @@ pub fn flaky(events: &[Event]) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::invariant::Judgement;
-    use crate::suite::InvariantName;
 
     fn verdict(it: u32, j: Judgement) -> Event {
         Event::Verdict {
             scenario: "restart".into(),
             iteration: it,
-            invariant: InvariantName::ServiceConnectivity,
+            invariant: crate::invariant::service_connectivity::NAME,
             judgement: j,
             ms: 1,
             at_ms: 0,
+            during: None,
         }
     }
 

@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 
 use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
 
-use crate::cli::RunOpts;
+use crate::event::Event;
 use crate::exit::ExitStatus;
 use crate::invariant::Verdict;
 use crate::plan::PlannedStep;
-use crate::run::Event;
 use crate::signal::Cancel;
 use crate::suite::{InvariantName, Suite, KNOWN_MUTANTS};
+use crate::suite_run::RunOpts;
 use crate::suite_run::{binaries, datapathd_mutants, run_suite, SuiteRun};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +120,7 @@ pub fn failed_invariants(events: &[Event]) -> Vec<InvariantName> {
         } = e
         {
             if judgement.verdict == Verdict::Fail && !v.contains(invariant) {
-                v.push(*invariant);
+                v.push(invariant.clone());
             }
         }
     }
@@ -129,7 +129,10 @@ pub fn failed_invariants(events: &[Event]) -> Vec<InvariantName> {
 
 /// From the start of the fault of the scenario iteration where the first failure of one
 /// of `which` happened, to that failure (ms; negative when it came first).
-pub fn fault_to_failure_ms(events: &[Event], which: impl Fn(InvariantName) -> bool) -> Option<i64> {
+pub fn fault_to_failure_ms(
+    events: &[Event],
+    which: impl Fn(&InvariantName) -> bool,
+) -> Option<i64> {
     let (sc, it, fail_at) = events.iter().find_map(|e| match e {
         Event::Verdict {
             scenario,
@@ -138,7 +141,7 @@ pub fn fault_to_failure_ms(events: &[Event], which: impl Fn(InvariantName) -> bo
             judgement,
             at_ms,
             ..
-        } if judgement.verdict == Verdict::Fail && which(*invariant) => {
+        } if judgement.verdict == Verdict::Fail && which(invariant) => {
             Some((scenario, *iteration, *at_ms))
         }
         _ => None,
@@ -147,7 +150,7 @@ pub fn fault_to_failure_ms(events: &[Event], which: impl Fn(InvariantName) -> bo
         Event::Step {
             scenario,
             iteration,
-            step: PlannedStep::Fault(_),
+            step: PlannedStep::Fault { .. },
             ms,
             at_ms,
             ..
@@ -168,7 +171,7 @@ fn first_error(events: &[Event]) -> Option<String> {
         }
         | Event::Down {
             error: Some(err), ..
-        } => Some(err.clone()),
+        } => Some(err.message.clone()),
         _ => None,
     })
 }
@@ -196,13 +199,14 @@ pub fn judge(variant: &Variant, run: &SuiteRun) -> (Fate, Option<i64>) {
         ),
         (Variant::Correct, s) => not_judged(s),
         (Variant::Mutant { named, .. }, _) => {
-            let (by, also): (Vec<_>, Vec<_>) = failed.iter().partition(|i| named.contains(i));
+            let (by, also): (Vec<_>, Vec<_>) =
+                failed.iter().cloned().partition(|i| named.contains(i));
             if by.is_empty() {
                 (Fate::Survived { failed }, None)
             } else {
                 (
                     Fate::Caught { by, also },
-                    fault_to_failure_ms(events, |i| named.contains(&i)),
+                    fault_to_failure_ms(events, |i| named.contains(i)),
                 )
             }
         }
@@ -215,7 +219,7 @@ pub fn prepare(file: &Path, opts: &RunOpts) -> Result<Suite, MutateError> {
     if opts.datapath_mutant.is_some() {
         return Err(MutateError::MutantGiven);
     }
-    let suite = Suite::load(file)?;
+    let suite = Suite::load(file, &crate::registry::Registry)?;
     if suite.must_catch.is_empty() {
         return Err(MutateError::NothingToCatch { suite: suite.name });
     }
@@ -610,7 +614,7 @@ impl SoakReport {
                 ..
             } = e
             {
-                let t = self.per_invariant.entry(*invariant).or_default();
+                let t = self.per_invariant.entry(invariant.clone()).or_default();
                 match judgement.verdict {
                     Verdict::Pass => t.passed += 1,
                     Verdict::Fail => {

@@ -207,7 +207,7 @@ pub fn stop_processes(procs: &[ProcessRecord]) -> (Vec<String>, Vec<String>) {
         if !p.alive() {
             continue;
         }
-        match crate::node::netns::kill_pid(p.pid, libc::SIGKILL) {
+        match kill_pid(p.pid, libc::SIGKILL) {
             Ok(()) => {
                 done.push(format!("stopped process {} ({})", p.pid, p.what));
                 killed.push(p);
@@ -227,4 +227,20 @@ pub fn stop_processes(procs: &[ProcessRecord]) -> (Vec<String>, Vec<String>) {
         problems.push(format!("process {} ({}) did not end", p.pid, p.what));
     }
     (done, problems)
+}
+
+/// Sends `sig` to `pid` only.
+pub fn kill_pid(pid: u32, sig: i32) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) on one pid (never 0 or negative: those address groups).
+    if pid <= 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    let rc = unsafe { libc::kill(pid, sig) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

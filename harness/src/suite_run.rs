@@ -6,17 +6,72 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use clap::Args;
 
-use crate::cli::RunOpts;
 use crate::cluster::Binaries;
+use crate::errors::chain;
+use crate::event::{Event, Events};
 use crate::exit::ExitStatus;
 use crate::invariant::Verdict;
+use crate::kernel::KernelArg;
+use crate::provider::DEFAULT_PROVIDER;
 use crate::provider::{self, Facts};
+use crate::registry::Registry;
 use crate::report::progress::Progress;
-use crate::report::{github, history, junit};
-use crate::run::{Event, Runner};
+use crate::report::{artifacts, github, history, junit};
+use crate::run::Keep;
+use crate::run::Runner;
 use crate::signal::Cancel;
 use crate::suite::Suite;
+
+/// The options of one suite run (the command line's `suite`, `replay`, `mutate`, `soak`).
+#[derive(Debug, Clone, Args)]
+pub struct RunOpts {
+    /// Where the cluster comes from.
+    #[arg(long, default_value = DEFAULT_PROVIDER)]
+    pub provider: String,
+    /// Seed for every random choice (default: from the clock; printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run each scenario N times (overrides the suite's repeat).
+    #[arg(long)]
+    pub repeat: Option<u32>,
+    /// Run the datapath's deliberately broken variant NAME (`datapathd mutants`).
+    #[arg(long)]
+    pub datapath_mutant: Option<String>,
+    /// Also write the JUnit XML here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Leave the cluster up after the run, for debugging: `--keep` stops the agents and
+    /// servers, `--keep=running` leaves them running too. `harness clean` removes it all.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "cluster")]
+    pub keep: Option<Keep>,
+    /// Directory holding the suites (default: suites/ of the repository).
+    #[arg(long)]
+    pub suites_dir: Option<PathBuf>,
+    /// Where runs are written (default: reports/ of the checkout the harness runs from).
+    #[arg(long)]
+    pub reports_dir: Option<PathBuf>,
+    /// The nodes' kernel (qemu): a Debian kernel series (5.10, 6.1, 6.12, ...), `newest`
+    /// (sid's), an exact package `linux-image-<release>=<version>`, or a linux-image-*.deb;
+    /// `NODE:SPEC` for one node. Overrides the suite's per-node kernels. Repeatable.
+    #[arg(long = "kernel", value_name = "[NODE:]SPEC")]
+    pub kernels: Vec<KernelArg>,
+    /// An extra property of the JUnit testsuite (for dashboards). Repeatable.
+    #[arg(long = "junit-property", value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub junit_properties: Vec<(String, String)>,
+    /// Also write the markdown table of verdicts here (under GitHub Actions it goes to
+    /// $GITHUB_STEP_SUMMARY as well).
+    #[arg(long)]
+    pub summary_md: Option<PathBuf>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
 
 /// What one run of a suite came to.
 #[derive(Debug)]
@@ -135,31 +190,55 @@ fn build_siblings(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `check_datapathd` found wrong with the datapathd to deploy.
+#[derive(Debug, thiserror::Error)]
+enum DatapathdCheck {
+    #[error("cannot run {}", path.display())]
+    Run {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{} failpoints` does not list `{failpoint}`, which the plan may choose", path.display())]
+    MissingFailpoint {
+        path: PathBuf,
+        failpoint: &'static str,
+    },
+    #[error("unknown datapath mutant `{mutant}`; `datapathd mutants` lists: {}", listed.join(", "))]
+    UnknownMutant { mutant: String, listed: Vec<String> },
+    #[error("{0:#}")]
+    Mutants(anyhow::Error),
+}
+
 /// Checks that datapathd knows the failpoints and the mutant the plan uses.
-fn check_datapathd(b: &Binaries, mutant: Option<&str>) -> anyhow::Result<()> {
+fn check_datapathd(b: &Binaries, mutant: Option<&str>) -> Result<(), DatapathdCheck> {
     let out = std::process::Command::new(&b.datapathd)
         .arg("failpoints")
-        .output()?;
+        .output()
+        .map_err(|source| DatapathdCheck::Run {
+            path: b.datapathd.clone(),
+            source,
+        })?;
     let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect();
-    for f in crate::plan::FAILPOINTS {
+    for f in crate::fault::agent_restart::FAILPOINTS {
         if !listed.iter().any(|l| l == f) {
-            anyhow::bail!(
-                "`{} failpoints` does not list `{f}`, which the plan may choose",
-                b.datapathd.display()
-            );
+            return Err(DatapathdCheck::MissingFailpoint {
+                path: b.datapathd.clone(),
+                failpoint: f,
+            });
         }
     }
     if let Some(m) = mutant {
-        let listed = datapathd_mutants(b)?;
+        let listed = datapathd_mutants(b).map_err(DatapathdCheck::Mutants)?;
         if !listed.iter().any(|l| l == m) {
-            anyhow::bail!(
-                "unknown datapath mutant `{m}`; `datapathd mutants` lists: {}",
-                listed.join(", ")
-            );
+            return Err(DatapathdCheck::UnknownMutant {
+                mutant: m.to_owned(),
+                listed,
+            });
         }
     }
     Ok(())
@@ -197,9 +276,9 @@ fn reports_root(opts: &RunOpts) -> PathBuf {
 /// Runs the suite in `file` with `seed` and `opts`; `cancel` is the caller's (its signal
 /// handlers installed once).
 pub fn run_suite(file: &Path, seed: u64, opts: &RunOpts, cancel: &Cancel) -> SuiteRun {
-    let s = match Suite::load(file) {
+    let s = match Suite::load(file, &Registry) {
         Ok(s) => s,
-        Err(e) => return SuiteRun::early(ExitStatus::BadInput, crate::run::chain(&e)),
+        Err(e) => return SuiteRun::early(ExitStatus::BadInput, chain(&e)),
     };
     let Some(mut provider) = provider::by_name(&opts.provider) else {
         return SuiteRun::early(
@@ -220,38 +299,39 @@ pub fn run_suite(file: &Path, seed: u64, opts: &RunOpts, cancel: &Cancel) -> Sui
             ),
         );
     }
-    let mut plan = crate::plan::plan(
+    let mut plan = match crate::plan::plan(
         &s,
         crate::checkout::canonical(file),
         seed,
         &opts.provider,
         opts.datapath_mutant.as_deref(),
         opts.repeat,
-    );
+    ) {
+        Ok(p) => p,
+        Err(e) => return SuiteRun::early(ExitStatus::HarnessError, chain(&e)),
+    };
     if let Err(e) = plan.set_kernels(&s, &opts.kernels) {
         return SuiteRun::early(ExitStatus::BadInput, e.to_string());
     }
     plan.junit_properties = opts.junit_properties.clone();
     plan.reports_dir = opts.reports_dir.as_deref().map(crate::checkout::canonical);
-    let bins = match binaries()
-        .and_then(|b| check_datapathd(&b, opts.datapath_mutant.as_deref()).map(|_| b))
-    {
+    let bins = match binaries() {
         Ok(b) => b,
-        Err(e) => {
-            let status = if e.to_string().contains("unknown datapath mutant") {
-                ExitStatus::BadInput
-            } else {
-                ExitStatus::HarnessError
-            };
-            return SuiteRun::early(status, format!("{e:#}"));
-        }
+        Err(e) => return SuiteRun::early(ExitStatus::HarnessError, format!("{e:#}")),
     };
+    match check_datapathd(&bins, opts.datapath_mutant.as_deref()) {
+        Ok(()) => {}
+        Err(e @ DatapathdCheck::UnknownMutant { .. }) => {
+            return SuiteRun::early(ExitStatus::BadInput, e.to_string())
+        }
+        Err(e) => return SuiteRun::early(ExitStatus::HarnessError, chain(&e)),
+    }
     if let Err(e) = provider.prepare(&plan.topology(&s)) {
         let status = match e {
             crate::provider::ProviderError::KernelUnavailable { .. } => ExitStatus::BadInput,
             _ => ExitStatus::HarnessError,
         };
-        return SuiteRun::early(status, crate::run::chain(&e));
+        return SuiteRun::early(status, chain(&e));
     }
     let run_name = format!("{}-{}-{}", s.name, seed, crate::provider::RunId::fresh());
     let run_dir = reports_root(opts).join(&run_name);
@@ -276,7 +356,12 @@ pub fn run_suite(file: &Path, seed: u64, opts: &RunOpts, cancel: &Cancel) -> Sui
         run_dir: run_dir.clone(),
         cancel: cancel.clone(),
         keep: opts.keep,
-        progress: progress.clone(),
+        events: Events::new(vec![
+            Box::new(progress.clone()),
+            Box::new(artifacts::Collector {
+                run_dir: run_dir.clone(),
+            }),
+        ]),
         started: std::time::Instant::now(),
     }
     .run();
@@ -330,7 +415,7 @@ pub fn run_suite(file: &Path, seed: u64, opts: &RunOpts, cancel: &Cancel) -> Sui
         replay: &replay,
     };
     if let Err(e) = github::publish(&run, opts.summary_md.as_deref()) {
-        eprintln!("harness: {}", crate::run::chain(&e));
+        eprintln!("harness: {}", chain(&e));
     }
     let (mut up, mut steps, mut down) = (0u64, 0u64, 0u64);
     for e in &result.events {

@@ -42,9 +42,10 @@ fn kube_proxy_order_passes_with_the_correct_datapath() {
 
 #[test]
 fn every_kube_proxy_order_mutant_is_caught_by_the_invariants_that_name_it() {
-    use harness::suite::InvariantName::{
-        ForwardChainOrder, NoInvalidDrops, PodToExternal, RulesExactlyOnce,
-    };
+    use harness::invariant::forward_chain_order::NAME as ForwardChainOrder;
+    use harness::invariant::no_invalid_drops::NAME as NoInvalidDrops;
+    use harness::invariant::pod_to_external::NAME as PodToExternal;
+    use harness::invariant::rules_exactly_once::NAME as RulesExactlyOnce;
     if skip() {
         return;
     }

@@ -224,7 +224,8 @@ fn sock_lb_passes_and_leaves_nothing_behind() {
 
 #[test]
 fn every_sock_lb_mutant_is_caught_by_the_invariants_that_name_it() {
-    use harness::suite::InvariantName::{OneProgramPerHook, ServiceConnectivity};
+    use harness::invariant::one_program::NAME as OneProgramPerHook;
+    use harness::invariant::service_connectivity::NAME as ServiceConnectivity;
     let _l = lock();
     let before = host();
     let dir = tempfile::tempdir().unwrap();

@@ -64,7 +64,9 @@ fn sockmap_passes_with_the_correct_datapath_and_shows_acceleration() {
 
 #[test]
 fn every_sockmap_mutant_is_caught_by_the_invariants_that_name_it() {
-    use harness::suite::InvariantName::{PayloadLiveness, SockhashBounded, SockhashKeysLive};
+    use harness::invariant::payload_liveness::NAME as PayloadLiveness;
+    use harness::invariant::sockhash_bounded::NAME as SockhashBounded;
+    use harness::invariant::sockhash_keys_live::NAME as SockhashKeysLive;
     if skip() {
         return;
     }

@@ -6,21 +6,150 @@
 
 use std::time::Duration;
 
-use super::{Fault, FaultError, FaultRecord};
+use rand::Rng;
+
+use super::{Fault, FaultError, FaultRecord, Heal, PlanContext, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
+use crate::live::Live;
 use crate::node::Exit;
-use crate::plan::RestartPlan;
-use crate::run::Live;
+use crate::provider::Machines;
+use crate::suite::{FaultStep, Scenario, Suite};
 
 const NAME: &str = "agent-restart-mid-attach";
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct AgentRestartMidAttach(pub RestartPlan);
 
+/// The start-up steps of datapathd at which `--failpoint` aborts it, in the order a start
+/// reaches them (datapath/README.md). The run checks this list against
+/// `datapathd failpoints` before it starts, so a drift is a harness error, not a silent
+/// skip.
+pub const FAILPOINTS: &[&str] = &[
+    "after-pin-map:dp_services",
+    "after-pin-map:dp_slots",
+    "after-pin-map:dp_backends",
+    "after-pin-map:dp_revnat",
+    "after-pin-map:dp_meta",
+    "after-load:connect4",
+    "after-load:sendmsg4",
+    "after-load:recvmsg4",
+    "after-load:getpeername4",
+    "after-attach:connect4",
+    "after-pin-link:connect4",
+    "after-attach:sendmsg4",
+    "after-pin-link:sendmsg4",
+    "after-attach:recvmsg4",
+    "after-pin-link:recvmsg4",
+    "after-attach:getpeername4",
+    "after-pin-link:getpeername4",
+    "before-first-fill",
+    "after-first-fill",
+];
+
+/// Every decision of one agent-restart-mid-attach.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RestartPlan {
+    pub node: String,
+    /// SIGKILL the running agent after this many ms.
+    pub kill_after_ms: u64,
+    /// Then, with the agent down, the services change to this.
+    pub service_change: ServiceChange,
+    /// Then it is started with `--failpoint` this, and must die by SIGABRT there.
+    pub failpoint: String,
+    /// Then it is started again and SIGKILLed this many ms after the start (mid-attach or
+    /// just after, whichever it reaches); the history records which.
+    pub start_kill_after_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceChange {
+    pub service: String,
+    pub backends: Vec<String>,
+}
+
+/// A non-empty subset of `all` that differs from `now` when `all` has more than one.
+fn change_backends(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    all: &[String],
+    now: &[String],
+) -> Vec<String> {
+    if all.len() <= 1 {
+        return all.to_vec();
+    }
+    loop {
+        let pick: Vec<String> = all
+            .iter()
+            .filter(|_| rng.random_bool(0.5))
+            .cloned()
+            .collect();
+        if !pick.is_empty() && pick != now {
+            return pick;
+        }
+    }
+}
+
 impl Fault for AgentRestartMidAttach {
-    fn name(&self) -> &'static str {
-        NAME
+    const NAME: &'static str = NAME;
+    const ABOUT: &'static str =
+        "incident A: SIGKILL the agent, change a service while it is down, \
+abort a start at a failpoint, kill the next one mid-attach, then start it for good";
+
+    fn validate(suite: &Suite, _scenario: &Scenario, _step: &FaultStep) -> Result<(), String> {
+        if suite.services.is_empty() {
+            return Err("it changes a service while the agent is down: the suite has none".into());
+        }
+        Ok(())
     }
 
+    fn plan(cx: &mut PlanContext<'_>, step: &FaultStep) -> Self {
+        let node = cx.node(step);
+        let kill_after_ms = cx.rng.random_range(0..400);
+        let svc = &cx.suite.services[cx.rng.random_range(0..cx.suite.services.len())];
+        let now = cx.backends.get(&svc.name).cloned().unwrap_or_default();
+        let next = change_backends(cx.rng, &svc.backends, &now);
+        cx.backends.insert(svc.name.clone(), next.clone());
+        let failpoint = FAILPOINTS[cx.rng.random_range(0..FAILPOINTS.len())];
+        let start_kill_after_ms = cx.rng.random_range(0..150);
+        AgentRestartMidAttach(RestartPlan {
+            node,
+            kill_after_ms,
+            service_change: ServiceChange {
+                service: svc.name.clone(),
+                backends: next,
+            },
+            failpoint: failpoint.to_string(),
+            start_kill_after_ms,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let r = &self.0;
+        format!(
+            "node={} kill-after={}ms failpoint={} change={}->[{}] start-kill-after={}ms",
+            r.node,
+            r.kill_after_ms,
+            r.failpoint,
+            r.service_change.service,
+            r.service_change.backends.join(","),
+            r.start_kill_after_ms
+        )
+    }
+
+    fn start<'m>(
+        &self,
+        live: &mut Live,
+        _machines: Option<&'m mut dyn Machines>,
+    ) -> Result<Started<'m>, FaultError> {
+        let rec = self.inject(live)?;
+        Ok(Started {
+            proof: rec.proof,
+            heal: Heal::nothing(NAME),
+        })
+    }
+}
+
+impl AgentRestartMidAttach {
     fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError> {
         let p = &self.0;
         let node = p.node.clone();

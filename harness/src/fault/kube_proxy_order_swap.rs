@@ -12,20 +12,110 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Fault, FaultError, FaultRecord};
+use rand::seq::SliceRandom;
+
+use super::{Fault, FaultError, FaultRecord, Heal, PlanContext, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::cluster::kube_proxy::KubeProxy;
 use crate::cluster::ClusterNode;
+use crate::errors::chain;
 use crate::invariant::forward_chain_order::{DATAPATH_CHAIN, KUBE_FORWARD};
+use crate::live::Live;
 use crate::observe::iptables;
-use crate::plan::{OrderSwapAction, OrderSwapPlan};
-use crate::run::Live;
+use crate::provider::Machines;
+use crate::suite::FaultStep;
 
 const NAME: &str = "kube-proxy-order-swap";
 /// How long the fault waits for the datapath's chain to be first again after an action.
 pub const SETTLE: Duration = Duration::from_secs(10);
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct KubeProxyOrderSwap(pub OrderSwapPlan);
+
+/// Every decision of one kube-proxy-order-swap: kube-proxy is first started on every node
+/// after the datapath; then on `node` the `actions` run in this (seeded) order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OrderSwapPlan {
+    pub node: String,
+    /// kube-proxy version and mode of the fixture (`1.30/iptables`).
+    pub kube_proxy: String,
+    pub actions: Vec<OrderSwapAction>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrderSwapAction {
+    /// Restart kube-proxy alone (it ensures its jumps; present ones stay where they are).
+    RestartKubeProxy,
+    /// Restart the agent alone (SIGTERM, start, ready).
+    RestartAgent,
+    /// Remove kube-proxy's rules and start it again (its jumps go back on top).
+    FlushAndReadd,
+    /// The reverse order: the agent's rules removed (`datapathd cleanup`), kube-proxy's
+    /// in place, then the agent started.
+    AgentAfterKubeProxy,
+}
+
+impl OrderSwapAction {
+    pub const ALL: [OrderSwapAction; 4] = [
+        OrderSwapAction::RestartKubeProxy,
+        OrderSwapAction::RestartAgent,
+        OrderSwapAction::FlushAndReadd,
+        OrderSwapAction::AgentAfterKubeProxy,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderSwapAction::RestartKubeProxy => "restart-kube-proxy",
+            OrderSwapAction::RestartAgent => "restart-agent",
+            OrderSwapAction::FlushAndReadd => "flush-and-readd",
+            OrderSwapAction::AgentAfterKubeProxy => "agent-after-kube-proxy",
+        }
+    }
+}
+
+impl Fault for KubeProxyOrderSwap {
+    const NAME: &'static str = NAME;
+    const ABOUT: &'static str = "incident B: kube-proxy (fixture) and the agent started in both \
+orders, restarted alone, kube-proxy's rules flushed and re-added";
+
+    fn plan(cx: &mut PlanContext<'_>, step: &FaultStep) -> Self {
+        let node = cx.node(step);
+        let mut actions = OrderSwapAction::ALL.to_vec();
+        actions.shuffle(cx.rng);
+        KubeProxyOrderSwap(OrderSwapPlan {
+            node,
+            kube_proxy: "1.30/iptables".into(),
+            actions,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let p = &self.0;
+        format!(
+            "node={} kube-proxy={} actions={}",
+            p.node,
+            p.kube_proxy,
+            p.actions
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+
+    fn start<'m>(
+        &self,
+        live: &mut Live,
+        _machines: Option<&'m mut dyn Machines>,
+    ) -> Result<Started<'m>, FaultError> {
+        let rec = self.inject(live)?;
+        Ok(Started {
+            proof: rec.proof,
+            heal: Heal::nothing(NAME),
+        })
+    }
+}
 
 /// `FORWARD`'s jump targets in order (rules without a jump show as `-`).
 fn forward_order(cn: &ClusterNode) -> Result<Vec<String>, String> {
@@ -189,22 +279,7 @@ impl KubeProxyOrderSwap {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-impl Fault for KubeProxyOrderSwap {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
+impl KubeProxyOrderSwap {
     fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError> {
         let p = &self.0;
         let kp: KubeProxy = p

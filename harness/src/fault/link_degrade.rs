@@ -1,34 +1,69 @@
 //! link-degrade: tc netem (delay and loss) on a node's cluster link for a while, proved by
 //! the netem qdisc on the link and by a pod on that node reaching a pod server on another
-//! node no sooner than the added delay; then healed, and the heal proved by the qdisc
-//! being gone. Providers without machines (netns) cannot do it and say so.
+//! node no sooner than the added delay; held for the planned time (the step's `during`
+//! checks run in it), then healed, and the heal proved by the qdisc being gone. Providers
+//! without machines (netns) cannot do it: the scenario is skipped with the reason.
 
 use std::time::{Duration, Instant};
 
-use super::{Fault, FaultError, FaultRecord};
+use rand::Rng;
+
+use super::{Fault, FaultError, Heal, PlanContext, Started};
 use crate::invariant::pod_to_pod;
-use crate::plan::LinkDegradePlan;
+use crate::live::Live;
 use crate::provider::Machines;
-use crate::run::Live;
+use crate::suite::{FaultStep, Needs};
 
 const NAME: &str = "link-degrade";
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct LinkDegrade(pub LinkDegradePlan);
 
+/// Every decision of one link-degrade: netem on `node`'s cluster link for `hold_ms`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinkDegradePlan {
+    pub node: String,
+    pub delay_ms: u32,
+    /// Loss in percent.
+    pub loss_pct: u32,
+    pub hold_ms: u64,
+}
+
 impl Fault for LinkDegrade {
-    fn name(&self) -> &'static str {
-        NAME
+    const NAME: &'static str = NAME;
+    const ABOUT: &'static str = "tc netem delay and loss on a node's cluster link for a while";
+
+    fn needs() -> Needs {
+        Needs {
+            machines: true,
+            ..Needs::default()
+        }
     }
 
-    fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError> {
-        self.inject_with(live, None)
+    fn plan(cx: &mut PlanContext<'_>, step: &FaultStep) -> Self {
+        let node = cx.node(step);
+        LinkDegrade(LinkDegradePlan {
+            node,
+            delay_ms: cx.rng.random_range(50..200),
+            loss_pct: cx.rng.random_range(5..30),
+            hold_ms: cx.rng.random_range(500..2000),
+        })
     }
 
-    fn inject_with(
+    fn describe(&self) -> String {
+        let p = &self.0;
+        format!(
+            "node={} delay={}ms loss={}% hold={}ms",
+            p.node, p.delay_ms, p.loss_pct, p.hold_ms
+        )
+    }
+
+    fn start<'m>(
         &self,
         live: &mut Live,
-        machines: Option<&mut dyn Machines>,
-    ) -> Result<FaultRecord, FaultError> {
+        machines: Option<&'m mut dyn Machines>,
+    ) -> Result<Started<'m>, FaultError> {
         let p = &self.0;
         let node = p.node.clone();
         let Some(machines) = machines else {
@@ -85,42 +120,60 @@ impl Fault for LinkDegrade {
                 .ok_or_else(|| not(format!("{what}: {} -> {} failed: {r:?}", from.name, to.pod)))?;
             Ok(us)
         };
-        let mut rec = FaultRecord::default();
         let base = rtt("before")?;
 
         let delay = format!("{}ms", p.delay_ms);
         let loss = format!("{}%", p.loss_pct);
+        let eth0 = |n: &crate::cluster::ClusterNode| {
+            n.node
+                .run(
+                    &["tc", "qdisc", "show", "dev", "eth0"],
+                    Duration::from_secs(30),
+                )
+                .map(|o| o.stdout_str())
+                .unwrap_or_default()
+        };
         machines
             .link_netem(&node, &["delay", &delay, "loss", &loss])
             .map_err(perr("adding netem"))?;
-        let qdisc = cn
-            .node
-            .run(
-                &["tc", "qdisc", "show", "dev", "eth0"],
-                Duration::from_secs(30),
-            )
-            .map(|o| o.stdout_str())
-            .unwrap_or_default();
+        let started = Instant::now();
+        let hold = Duration::from_millis(p.hold_ms);
+        let cancel = live.cancel.clone();
+        // From here on the guard removes the netem, however the step ends.
+        let heal_node = node.clone();
+        let heal_err = perr("healing");
+        let heal = Heal::with(NAME, move || {
+            // Held for the planned time (the `during` checks ran in it), unless interrupted.
+            cancel.sleep(hold.saturating_sub(started.elapsed()));
+            machines.link_heal(&heal_node).map_err(heal_err)?;
+            let qdisc = eth0(&cn);
+            if qdisc.contains("netem") {
+                return Err(FaultError::NotProved {
+                    fault: NAME,
+                    node: heal_node,
+                    what: format!("netem still on eth0 after healing: {qdisc}"),
+                });
+            }
+            Ok(vec![format!(
+                "healed after {:.1} s: no netem on {heal_node}'s eth0",
+                started.elapsed().as_secs_f64()
+            )])
+        });
+        let qdisc = eth0(
+            live.cluster
+                .node(&node)
+                .ok_or_else(|| not("no such node".into()))?,
+        );
         if !qdisc.contains("netem") {
-            let _ = machines.link_heal(&node);
             return Err(not(format!("no netem on eth0 after adding it: {qdisc}")));
         }
         // Loss may eat a SYN: several tries, the fastest counts.
-        let t = Instant::now();
         let mut slow = None;
         for _ in 0..3 {
             if let Ok(us) = rtt("degraded") {
                 slow = Some(slow.map_or(us, |s: u64| s.min(us)));
             }
         }
-        if !live
-            .cancel
-            .sleep(Duration::from_millis(p.hold_ms).saturating_sub(t.elapsed()))
-        {
-            let _ = machines.link_heal(&node);
-            return Err(FaultError::Interrupted);
-        }
-        machines.link_heal(&node).map_err(perr("healing"))?;
         let Some(slow) = slow else {
             return Err(not("no connection got through the degraded link".into()));
         };
@@ -130,28 +183,18 @@ impl Fault for LinkDegrade {
                 from.name, to.pod
             )));
         }
-        rec.proof.push(format!(
-            "netem delay {delay} loss {loss} on {node}'s eth0 for {} ms: {} -> {} ({}) took \
-             {:.1} ms (before: {:.1} ms)",
-            p.hold_ms,
-            from.name,
-            to.pod,
-            to.node,
-            slow as f64 / 1000.0,
-            base as f64 / 1000.0
-        ));
-        let qdisc = cn
-            .node
-            .run(
-                &["tc", "qdisc", "show", "dev", "eth0"],
-                Duration::from_secs(30),
-            )
-            .map(|o| o.stdout_str())
-            .unwrap_or_default();
-        if qdisc.contains("netem") {
-            return Err(not(format!("netem still on eth0 after healing: {qdisc}")));
-        }
-        rec.proof.push("healed: no netem on eth0".into());
-        Ok(rec)
+        Ok(Started {
+            proof: vec![format!(
+                "netem delay {delay} loss {loss} on {node}'s eth0, held {} ms: {} -> {} ({}) took \
+                 {:.1} ms (before: {:.1} ms)",
+                p.hold_ms,
+                from.name,
+                to.pod,
+                to.node,
+                slow as f64 / 1000.0,
+                base as f64 / 1000.0
+            )],
+            heal,
+        })
     }
 }

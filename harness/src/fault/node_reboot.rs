@@ -7,19 +7,61 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Fault, FaultError, FaultRecord};
+use super::{Fault, FaultError, FaultRecord, Heal, PlanContext, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::cluster::{workload, Cluster};
-use crate::plan::NodeRebootPlan;
+use crate::live::Live;
 use crate::provider::Machines;
-use crate::run::Live;
+use crate::suite::{FaultStep, Needs};
 
 const NAME: &str = "node-reboot";
 /// Reboot to SSH again; a TCG guest on busy cores takes 10-20 s.
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct NodeReboot(pub NodeRebootPlan);
+
+/// Every decision of one node-reboot.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeRebootPlan {
+    pub node: String,
+}
+
+impl Fault for NodeReboot {
+    const NAME: &'static str = NAME;
+    const ABOUT: &'static str = "reboot a node's machine: its kernel, bpffs and pods start over";
+
+    fn needs() -> Needs {
+        Needs {
+            machines: true,
+            ..Needs::default()
+        }
+    }
+
+    fn plan(cx: &mut PlanContext<'_>, step: &FaultStep) -> Self {
+        NodeReboot(NodeRebootPlan {
+            node: cx.node(step),
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("node={}", self.0.node)
+    }
+
+    fn start<'m>(
+        &self,
+        live: &mut Live,
+        machines: Option<&'m mut dyn Machines>,
+    ) -> Result<Started<'m>, FaultError> {
+        let rec = self.inject_with(live, machines)?;
+        Ok(Started {
+            proof: rec.proof,
+            heal: Heal::nothing(NAME),
+        })
+    }
+}
 
 fn boot_id(live: &Live, node: &str) -> Result<String, FaultError> {
     let cn = live
@@ -41,15 +83,7 @@ fn boot_id(live: &Live, node: &str) -> Result<String, FaultError> {
         })
 }
 
-impl Fault for NodeReboot {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError> {
-        self.inject_with(live, None)
-    }
-
+impl NodeReboot {
     fn inject_with(
         &self,
         live: &mut Live,

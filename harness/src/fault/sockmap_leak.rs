@@ -31,14 +31,18 @@ use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::{Fault, FaultError, FaultRecord};
+use rand::seq::IndexedRandom;
+use rand::Rng;
+
+use super::{Fault, FaultError, FaultRecord, Heal, PlanContext, Started};
 use crate::cluster::workload::Server;
 use crate::cluster::ClusterNode;
 use crate::invariant::sockhash_keys_live::Tuple;
+use crate::live::Live;
 use crate::node::{Process, SpawnSpec};
 use crate::observe::sockhash as obs;
-use crate::plan::SockmapLeakPlan;
-use crate::run::Live;
+use crate::provider::Machines;
+use crate::suite::{FaultStep, Needs, Suite};
 
 const NAME: &str = "sockmap-leak";
 /// How long plant-sockhash may take to print its `planted` line.
@@ -46,7 +50,123 @@ const PLANT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The churn's read timeout: a connection that hangs costs this much.
 const CHURN_READ_TIMEOUT_MS: u64 = 1000;
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct SockmapLeak(pub SockmapLeakPlan);
+
+/// Every decision of one sockmap-leak (incident C). On `node`, stale sockhash keys are
+/// planted for the connections `node address:port` <-> `pod:port` whose node-side ports
+/// are `base_port ..`: first `server_keys` keys as the pod's server socket will compute
+/// them, then `client_keys` as the node's client socket will; then `churn` short
+/// connections from `node address:base_port ..` (cycling over `churn_ports` ports, the
+/// planted ones first) to the pod.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SockmapLeakPlan {
+    pub node: String,
+    /// A pod on `node` whose server answers TCP on `port`.
+    pub pod: String,
+    pub port: u16,
+    pub base_port: u16,
+    pub server_keys: u16,
+    pub client_keys: u16,
+    pub churn: u32,
+    pub churn_ports: u16,
+    /// Server-side keys planted on the block's last ports, which the churn leaves out:
+    /// no connection ever replaces them, so only the agent's garbage collector removes
+    /// them (0 in older histories).
+    #[serde(default)]
+    pub orphan_keys: u16,
+}
+
+impl SockmapLeakPlan {
+    /// The node-side ports the churn cycles over: the block without its orphans.
+    pub fn churn_range(&self) -> std::ops::Range<u16> {
+        self.base_port..self.base_port + self.churn_ports - self.orphan_keys
+    }
+}
+
+/// The node-side ports the sockmap-leak fault uses: below Linux's ephemeral range
+/// (32768-60999), so no connection of anyone else's takes them by chance.
+pub const SOCKMAP_LEAK_PORTS: std::ops::Range<u16> = 20000..30000;
+
+/// Decides a sockmap-leak: the node (given, or from the seed among nodes with a local
+/// TCP server), the pod, the ports, how many keys of each side, how much churn. The suite
+/// was validated to have such a pod (an empty node name otherwise; the fault then says so).
+fn plan_sockmap_leak(
+    rng: &mut rand_chacha::ChaCha8Rng,
+    suite: &Suite,
+    node: Option<&str>,
+) -> SockmapLeakPlan {
+    let servers: Vec<(&str, &str, u16)> = suite
+        .tcp_servers()
+        .into_iter()
+        .filter(|(n, _, _)| node.is_none_or(|want| want == *n))
+        .collect();
+    let (node, pod, port) = servers.choose(rng).copied().unwrap_or(("", "", 0));
+    let churn_ports: u16 = 1000;
+    // A block of ports for this fault, aligned so that the whole block fits in the range.
+    let blocks = (SOCKMAP_LEAK_PORTS.end - SOCKMAP_LEAK_PORTS.start) / churn_ports;
+    let base_port = SOCKMAP_LEAK_PORTS.start + rng.random_range(0..blocks) * churn_ports;
+    SockmapLeakPlan {
+        node: node.to_string(),
+        pod: pod.to_string(),
+        port,
+        base_port,
+        server_keys: rng.random_range(2..=4),
+        client_keys: rng.random_range(1..=3),
+        // Thousands of short connections: each port is reused two or three times.
+        churn: rng.random_range(2000..=3000),
+        churn_ports,
+        orphan_keys: rng.random_range(1..=3),
+    }
+}
+
+impl Fault for SockmapLeak {
+    const NAME: &'static str = NAME;
+    const ABOUT: &'static str = "incident C: stale sockhash keys planted for tuples that later \
+node -> local pod connections use, then thousands of short connections over them";
+
+    fn needs() -> Needs {
+        Needs {
+            acceleration: true,
+            tcp_server: true,
+            ..Needs::default()
+        }
+    }
+
+    fn plan(cx: &mut PlanContext<'_>, step: &FaultStep) -> Self {
+        SockmapLeak(plan_sockmap_leak(cx.rng, cx.suite, step.node.as_deref()))
+    }
+
+    fn describe(&self) -> String {
+        let p = &self.0;
+        format!(
+            "node={} target={}:{} planted server-side={} client-side={} from port {} churn={} over ports {}-{} orphans={}",
+            p.node,
+            p.pod,
+            p.port,
+            p.server_keys,
+            p.client_keys,
+            p.base_port,
+            p.churn,
+            p.churn_range().start,
+            p.churn_range().end - 1,
+            p.orphan_keys
+        )
+    }
+
+    fn start<'m>(
+        &self,
+        live: &mut Live,
+        _machines: Option<&'m mut dyn Machines>,
+    ) -> Result<Started<'m>, FaultError> {
+        let rec = self.inject(live)?;
+        Ok(Started {
+            proof: rec.proof,
+            heal: Heal::nothing(NAME),
+        })
+    }
+}
 
 /// Which keys one plant-sockhash writes: the server's or the client's view of tuples the
 /// churn uses, or the server's view of tuples it never uses (orphans).
@@ -222,11 +342,7 @@ impl SockmapLeak {
     }
 }
 
-impl Fault for SockmapLeak {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
+impl SockmapLeak {
     fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError> {
         let p = &self.0;
         let cn = live

@@ -15,6 +15,7 @@ use crate::suite::InvariantName;
 pub const DATAPATH_CHAIN: &str = "DP_FORWARD";
 pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
 
+pub const NAME: InvariantName = InvariantName::new("forward-chain-order");
 pub struct ForwardChainOrder;
 
 /// `FORWARD` as evidence: one line per rule, numbered.
@@ -57,7 +58,11 @@ pub fn judge(node: &str, save: &Save) -> Judgement {
 
 impl Invariant for ForwardChainOrder {
     fn name(&self) -> InvariantName {
-        InvariantName::ForwardChainOrder
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "DP_FORWARD precedes KUBE-FORWARD in FORWARD"
     }
 
     /// The datapath with its DP_FORWARD chain runs only where its tc masquerade loads.

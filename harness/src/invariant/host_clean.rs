@@ -6,6 +6,10 @@ use super::Judgement;
 use crate::observe::bpf::Kernel;
 use crate::observe::host::{added, HostSnapshot};
 
+/// Judged by the runner after every teardown, from host snapshots; no check names it.
+pub const NAME: crate::suite::InvariantName =
+    crate::suite::InvariantName::new("host-clean-after-down");
+
 /// `seen`: ids of bpf objects observed on the run's cgroups and pins during the run.
 /// `live_pids`: processes the run started that are still alive.
 pub fn judge(

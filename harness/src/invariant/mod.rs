@@ -1,6 +1,7 @@
-//! Invariants: what must hold, judged from observations. One trait, one file each. The
-//! judgement itself is a pure function of recorded observations (unit-tested); `check`
-//! only gathers them. A checker that errors gives Unknown, never Pass.
+//! Invariants: what must hold, judged from observations. One trait, one file each, each
+//! listed once in crate::registry. The judgement itself is a pure function of recorded
+//! observations (unit-tested); `check` only gathers them. A checker that errors gives
+//! Unknown, never Pass.
 
 pub mod forward_chain_order;
 pub mod host_clean;
@@ -18,7 +19,7 @@ pub mod sockhash_keys_live;
 
 use crate::cluster::service::ServiceState;
 use crate::cluster::Cluster;
-use crate::suite::InvariantName;
+use crate::suite::{InvariantName, Needs};
 
 /// Pass, fail or unknown, with the evidence behind it; skipped when this cluster cannot
 /// have what the invariant needs (a kernel feature, a fault its provider cannot inject):
@@ -97,8 +98,15 @@ pub struct Context<'a> {
     pub services: &'a [ServiceState],
 }
 
-pub trait Invariant {
+pub trait Invariant: Sync {
     fn name(&self) -> InvariantName;
+    /// One line for `harness list`.
+    fn about(&self) -> &'static str;
+    /// What it needs of the suite (a deployment with socket acceleration, ...); a suite
+    /// that names it without that is refused when it loads.
+    fn suite_needs(&self) -> Needs {
+        Needs::default()
+    }
     /// What it needs from every node's kernel; a node that lacks it makes the verdict
     /// Skipped with the reason (observe::features).
     fn needs(&self) -> &'static [crate::observe::features::KernelNeed] {
@@ -135,27 +143,6 @@ where
             })
             .collect()
     })
-}
-
-pub fn by_name(name: InvariantName) -> Option<Box<dyn Invariant>> {
-    match name {
-        InvariantName::ServiceConnectivity => {
-            Some(Box::new(service_connectivity::ServiceConnectivity))
-        }
-        InvariantName::OneProgramPerHook => Some(Box::new(one_program::OneProgramPerHook)),
-        InvariantName::NoOrphanBpfObjects => Some(Box::new(no_orphan::NoOrphanBpfObjects)),
-        // Judged by the run after teardown, from host snapshots.
-        InvariantName::HostCleanAfterDown => None,
-        InvariantName::PodToExternal => Some(Box::new(pod_to_external::PodToExternal)),
-        InvariantName::PodToPod => Some(Box::new(pod_to_pod::PodToPod)),
-        InvariantName::ForwardChainOrder => Some(Box::new(forward_chain_order::ForwardChainOrder)),
-        InvariantName::RulesExactlyOnce => Some(Box::new(rules_exactly_once::RulesExactlyOnce)),
-        InvariantName::NoInvalidDrops => Some(Box::new(no_invalid_drops::NoInvalidDrops)),
-        InvariantName::PayloadLiveness => Some(Box::new(payload_liveness::PayloadLiveness)),
-        InvariantName::SockhashKeysLive => Some(Box::new(sockhash_keys_live::SockhashKeysLive)),
-        InvariantName::SockhashBounded => Some(Box::new(sockhash_bounded::SockhashBounded)),
-        InvariantName::NoCrossDelivery => Some(Box::new(no_cross_delivery::NoCrossDelivery)),
-    }
 }
 
 /// Judges every node's `iptables-save -c` with `judge`, all nodes at once; a node whose

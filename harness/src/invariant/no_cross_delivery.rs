@@ -13,17 +13,29 @@ use super::{merge, per_node, Context, Invariant, Judgement};
 use crate::cluster::ClusterNode;
 use crate::observe::features::{self, KernelNeed};
 use crate::observe::sockhash::{self as obs, Scope};
-use crate::suite::InvariantName;
+use crate::suite::{InvariantName, Needs};
 
 const CONNECTIONS: u32 = 8;
 const REQUESTS: u32 = 10;
 const READ_TIMEOUT_MS: u64 = 2000;
 
+pub const NAME: InvariantName = InvariantName::new("no-cross-delivery");
 pub struct NoCrossDelivery;
 
 impl Invariant for NoCrossDelivery {
     fn name(&self) -> InvariantName {
-        InvariantName::NoCrossDelivery
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "bytes sent on a connection arrive on that connection only"
+    }
+
+    fn suite_needs(&self) -> Needs {
+        Needs {
+            acceleration: true,
+            ..Needs::default()
+        }
     }
 
     fn needs(&self) -> &'static [KernelNeed] {

@@ -13,6 +13,7 @@ use crate::observe::features::KernelNeed;
 use crate::observe::iptables::{self, filter_section, Save};
 use crate::suite::InvariantName;
 
+pub const NAME: InvariantName = InvariantName::new("no-invalid-drops");
 pub struct NoInvalidDrops;
 
 /// Judges one node from its iptables before and after the probes (texts for evidence).
@@ -42,7 +43,11 @@ pub fn judge(node: &str, before: (&str, &Save), after: (&str, &Save)) -> Judgeme
 
 impl Invariant for NoInvalidDrops {
     fn name(&self) -> InvariantName {
-        InvariantName::NoInvalidDrops
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "kube-proxy's INVALID DROP counts nothing during pod-to-external probes"
     }
 
     /// The INVALID drops come from the BPF masquerade bypassing conntrack.

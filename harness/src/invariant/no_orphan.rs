@@ -11,6 +11,7 @@ use crate::observe::bpf::{self, Attached, Kernel, PREFIX};
 use crate::observe::features::KernelNeed;
 use crate::suite::InvariantName;
 
+pub const NAME: InvariantName = InvariantName::new("no-orphan-bpf-objects");
 pub struct NoOrphanBpfObjects;
 
 pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judgement {
@@ -100,7 +101,11 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judg
 
 impl Invariant for NoOrphanBpfObjects {
     fn name(&self) -> InvariantName {
-        InvariantName::NoOrphanBpfObjects
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "no program, map or link of ours that nothing uses or pins"
     }
 
     /// The objects judged are those socket-LB loads.

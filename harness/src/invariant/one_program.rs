@@ -15,6 +15,7 @@ pub const HOOKS: [(&str, &str); 4] = [
     ("getpeername4", "cgroup_inet4_getpeername"),
 ];
 
+pub const NAME: InvariantName = InvariantName::new("one-program-per-hook");
 pub struct OneProgramPerHook;
 
 /// Judges one node from what is attached to its cgroup and the kernel's links.
@@ -59,7 +60,11 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], links: &[Link]) -> 
 
 impl Invariant for OneProgramPerHook {
     fn name(&self) -> InvariantName {
-        InvariantName::OneProgramPerHook
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "each of the datapath's cgroup hooks holds exactly one program of ours"
     }
 
     /// The hooks judged are cgroup sock_addr hooks.

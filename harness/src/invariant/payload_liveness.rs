@@ -19,7 +19,7 @@ use super::{merge, per_node, Context, Invariant, Judgement, Verdict};
 use crate::cluster::ClusterNode;
 use crate::observe::features::{self, KernelNeed};
 use crate::observe::sockhash::{self as obs, Scope};
-use crate::suite::InvariantName;
+use crate::suite::{InvariantName, Needs};
 
 pub const DEFAULT_BOUND_MS: u64 = 2000;
 /// Stale tuples reused per target: each may hang for the bound.
@@ -27,11 +27,23 @@ pub const MAX_STALE_TUPLES: usize = 8;
 const CONNECTIONS: u32 = 4;
 const REQUESTS: u32 = 25;
 
+pub const NAME: InvariantName = InvariantName::new("payload-liveness");
 pub struct PayloadLiveness;
 
 impl Invariant for PayloadLiveness {
     fn name(&self) -> InvariantName {
-        InvariantName::PayloadLiveness
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "every request from a node to its local pods over an accelerated connection is answered within a bound; ESTABLISHED and silent is a failure"
+    }
+
+    fn suite_needs(&self) -> Needs {
+        Needs {
+            acceleration: true,
+            ..Needs::default()
+        }
     }
 
     fn needs(&self) -> &'static [KernelNeed] {

@@ -16,6 +16,7 @@ pub const ATTEMPTS: u32 = 3;
 /// Per attempt; a hung connection costs this much.
 pub const TIMEOUT_MS: u32 = 3000;
 
+pub const NAME: InvariantName = InvariantName::new("pod-to-external");
 pub struct PodToExternal;
 
 /// One attempt as `dp-probe connect` reports it (the fields this judge reads).
@@ -155,7 +156,11 @@ pub fn probe(
 
 impl Invariant for PodToExternal {
     fn name(&self) -> InvariantName {
-        InvariantName::PodToExternal
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "every pod reaches the external host with payload (masquerade)"
     }
 
     /// Pod traffic leaves through the BPF masquerade (tc), replies come back by redirect_neigh.

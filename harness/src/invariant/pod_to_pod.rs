@@ -12,6 +12,7 @@ use crate::cluster::service::ServiceState;
 use crate::cluster::Cluster;
 use crate::suite::InvariantName;
 
+pub const NAME: InvariantName = InvariantName::new("pod-to-pod");
 pub struct PodToPod;
 
 /// A pod's server as a direct target: the first port of the first service it backs.
@@ -140,7 +141,11 @@ pub fn judge(from: &str, results: &[(Target, Vec<Attempt>)], expected: usize) ->
 
 impl Invariant for PodToPod {
     fn name(&self) -> InvariantName {
-        InvariantName::PodToPod
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "every pod reaches every other pod's server directly, across nodes, with payload"
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

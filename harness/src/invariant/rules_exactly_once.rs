@@ -10,6 +10,7 @@ use super::{Context, Invariant, Judgement};
 use crate::observe::iptables::Save;
 use crate::suite::InvariantName;
 
+pub const NAME: InvariantName = InvariantName::new("rules-exactly-once");
 pub struct RulesExactlyOnce;
 
 pub fn judge(node: &str, save: &Save) -> Judgement {
@@ -73,7 +74,11 @@ pub fn judge(node: &str, save: &Save) -> Judgement {
 
 impl Invariant for RulesExactlyOnce {
     fn name(&self) -> InvariantName {
-        InvariantName::RulesExactlyOnce
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "the datapath's iptables rules are each present exactly once"
     }
 
     fn check(&self, ctx: &Context<'_>) -> Judgement {

@@ -15,6 +15,7 @@ use crate::suite::InvariantName;
 /// Attempts per pod and service: several, because TCP picks a random slot.
 pub const ATTEMPTS: u32 = 6;
 
+pub const NAME: InvariantName = InvariantName::new("service-connectivity");
 pub struct ServiceConnectivity;
 
 /// One line of `dp-probe connect`.
@@ -150,7 +151,11 @@ pub fn probe_all(
 
 impl Invariant for ServiceConnectivity {
     fn name(&self) -> InvariantName {
-        InvariantName::ServiceConnectivity
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "every pod reaches every service (TCP and UDP) with payload, replies from the service address"
     }
 
     /// Socket-LB rewrites connect()/sendmsg() in cgroup sock_addr programs.

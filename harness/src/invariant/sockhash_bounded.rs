@@ -14,17 +14,29 @@ use super::{merge, per_node, Context, Invariant, Judgement, Verdict};
 use crate::cluster::ClusterNode;
 use crate::observe::features::{self, KernelNeed};
 use crate::observe::sockhash::{self as obs, Scope};
-use crate::suite::InvariantName;
+use crate::suite::{InvariantName, Needs};
 
 /// How long an over-the-bound count is re-observed before it fails (stale keys must be
 /// collected by then).
 pub const SETTLE: Duration = obs::COLLECT_BOUND;
 
+pub const NAME: InvariantName = InvariantName::new("sockhash-bounded");
 pub struct SockhashBounded;
 
 impl Invariant for SockhashBounded {
     fn name(&self) -> InvariantName {
-        InvariantName::SockhashBounded
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "a node's sockhash holds at most 2 entries per live accelerated connection"
+    }
+
+    fn suite_needs(&self) -> Needs {
+        Needs {
+            acceleration: true,
+            ..Needs::default()
+        }
     }
 
     fn needs(&self) -> &'static [KernelNeed] {

@@ -25,7 +25,7 @@ use crate::cluster::ClusterNode;
 use crate::node::{Process, SpawnSpec};
 use crate::observe::features::{self, KernelNeed};
 use crate::observe::sockhash::{self as obs, Scope, Target};
-use crate::suite::InvariantName;
+use crate::suite::{InvariantName, Needs};
 
 /// How long keys that are not owned are re-observed before they fail: until the agent's
 /// garbage collector must have removed them.
@@ -40,6 +40,7 @@ const INTERVAL_MS: u64 = 50;
 /// How long the probes may take to establish their connections.
 const ESTABLISH: Duration = Duration::from_secs(10);
 
+pub const NAME: InvariantName = InvariantName::new("sockhash-keys-live");
 pub struct SockhashKeysLive;
 
 /// The node's end of a connection to a local pod server, as `ss` lists it.
@@ -120,7 +121,18 @@ pub fn judge_in_map(
 
 impl Invariant for SockhashKeysLive {
     fn name(&self) -> InvariantName {
-        InvariantName::SockhashKeysLive
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "every sockhash key is owned by a live socket whose tuple is the key, and every accelerated socket is in the map under its own key"
+    }
+
+    fn suite_needs(&self) -> Needs {
+        Needs {
+            acceleration: true,
+            ..Needs::default()
+        }
     }
 
     fn needs(&self) -> &'static [KernelNeed] {

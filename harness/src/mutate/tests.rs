@@ -1,8 +1,8 @@
 //! Judging runs of mutate and soak from recorded events (no cluster).
 
 use super::*;
+use crate::fault::node_reboot::{NodeReboot, NodeRebootPlan};
 use crate::invariant::Judgement;
-use crate::plan::{FaultPlan, NodeRebootPlan};
 use crate::suite_run::{Finished, SuiteRun};
 
 fn verdict(inv: InvariantName, v: Verdict, at_ms: u64) -> Event {
@@ -17,6 +17,17 @@ fn verdict(inv: InvariantName, v: Verdict, at_ms: u64) -> Event {
         },
         ms: 5,
         at_ms,
+        during: None,
+    }
+}
+
+fn fault_plan(f: NodeReboot) -> crate::fault::FaultPlan {
+    let serde_json::Value::Object(params) = serde_json::to_value(f).expect("serializes") else {
+        panic!("a map");
+    };
+    crate::fault::FaultPlan {
+        fault: crate::suite::FaultName::new(<NodeReboot as crate::fault::Fault>::NAME),
+        params,
     }
 }
 
@@ -25,9 +36,12 @@ fn fault(at_ms: u64, ms: u64) -> Event {
         scenario: "s".into(),
         iteration: 1,
         index: 2,
-        step: PlannedStep::Fault(FaultPlan::NodeReboot(NodeRebootPlan {
-            node: "node-a".into(),
-        })),
+        step: PlannedStep::Fault {
+            plan: fault_plan(NodeReboot(NodeRebootPlan {
+                node: "node-a".into(),
+            })),
+            during: Vec::new(),
+        },
         ms,
         at_ms,
         detail: Vec::new(),
@@ -55,7 +69,8 @@ fn mutant(named: &[InvariantName]) -> Variant {
     }
 }
 
-use InvariantName::{OneProgramPerHook as One, ServiceConnectivity as Svc};
+use crate::invariant::one_program::NAME as One;
+use crate::invariant::service_connectivity::NAME as Svc;
 
 #[test]
 fn a_named_invariant_failing_is_a_catch_timed_from_the_fault() {

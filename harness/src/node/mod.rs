@@ -8,7 +8,6 @@
 //! "it did not finish in time", and each names the node and the command.
 
 pub mod netns;
-pub mod ssh;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

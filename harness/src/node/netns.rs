@@ -114,22 +114,6 @@ fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<
     })
 }
 
-/// Sends `sig` to `pid` only.
-pub(crate) fn kill_pid(pid: u32, sig: i32) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill(2) on one pid (never 0 or negative: those address groups).
-    if pid <= 0 {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    }
-    let rc = unsafe { libc::kill(pid, sig) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 impl Node for NetnsNode {
     fn name(&self) -> &str {
         &self.name
@@ -148,7 +132,7 @@ impl Node for NetnsNode {
             match child.try_wait() {
                 Ok(Some(s)) => break s,
                 Ok(None) if Instant::now() >= deadline => {
-                    let _ = kill_pid(child.id(), libc::SIGKILL);
+                    let _ = crate::state::kill_pid(child.id(), libc::SIGKILL);
                     let _ = child.wait();
                     self.reaped(child.id(), started);
                     let _ = out.join();
@@ -248,7 +232,7 @@ impl Process for LocalProcess {
         if self.try_wait()?.is_some() {
             return Ok(());
         }
-        kill_pid(self.child.id(), signal).map_err(|source| NodeError::Signal {
+        crate::state::kill_pid(self.child.id(), signal).map_err(|source| NodeError::Signal {
             node: self.node.clone(),
             pid: self.child.id(),
             source,

@@ -2,10 +2,11 @@
 //! `datapathd status --json`, bpftool prog/map/link/cgroup dumps, ip addr/route,
 //! iptables-save; the servers' logs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::run::Live;
+use crate::event::{Consumer, Event};
+use crate::live::Live;
 
 pub fn collect(live: &Live, dir: &Path) {
     // The agents' logs by node, taken out first (agents hold processes, not Sync).
@@ -82,4 +83,23 @@ pub fn collect(live: &Live, dir: &Path) {
             }
         }
     });
+}
+
+/// Takes the artifacts of every failed or interrupted scenario, before its cluster goes
+/// down, into `<run dir>/artifacts/<scenario>-<iteration>`.
+pub struct Collector {
+    pub run_dir: PathBuf,
+}
+
+impl Consumer for Collector {
+    fn event(&mut self, _event: &Event) {}
+
+    fn scenario_failed(&mut self, scenario: &str, iteration: u32, live: &Live) -> Option<PathBuf> {
+        let dir = self
+            .run_dir
+            .join("artifacts")
+            .join(format!("{scenario}-{iteration}"));
+        collect(live, &dir);
+        Some(dir)
+    }
 }

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::event::Event;
 use crate::exit::ExitStatus;
 use crate::invariant::{merge, Judgement, Verdict};
 use crate::plan::Plan;
 use crate::provider::Facts;
-use crate::run::{describe, Event};
 
 /// Evidence lines carried by one annotation (GitHub shows the first few lines anyway).
 const EVIDENCE_LINES: usize = 10;
@@ -100,7 +100,7 @@ pub fn groups(run: &Run) -> Vec<String> {
     let mut lines = Vec::new();
     let mut open = None::<(String, u32)>;
     for e in run.events {
-        let (scenario, iteration) = scenario_of(e);
+        let (scenario, iteration) = e.scenario();
         if open.as_ref() != Some(&(scenario.to_string(), iteration)) {
             if open.is_some() {
                 lines.push("::endgroup::".into());
@@ -125,7 +125,7 @@ pub fn groups(run: &Run) -> Vec<String> {
                     None => lines.push(format!("{what} ({:.1} s)", secs(*ms))),
                     Some(err) => {
                         lines.push(format!("{what} failed ({:.1} s):", secs(*ms)));
-                        lines.extend(err.lines().map(|l| plain(&format!("    {l}"))));
+                        lines.extend(err.message.lines().map(|l| plain(&format!("    {l}"))));
                     }
                 }
             }
@@ -140,7 +140,7 @@ pub fn groups(run: &Run) -> Vec<String> {
                 lines.push(plain(&format!(
                     "step {}: {} ({:.1} s)",
                     index + 1,
-                    describe(step),
+                    step.describe(),
                     secs(*ms)
                 )));
                 lines.extend(detail.iter().map(|d| plain(&format!("    {d}"))));
@@ -151,10 +151,15 @@ pub fn groups(run: &Run) -> Vec<String> {
             Event::Verdict {
                 invariant,
                 judgement,
+                during,
                 ..
             } => {
+                let when = during
+                    .as_ref()
+                    .map(|f| format!(" (during {f})"))
+                    .unwrap_or_default();
                 lines.push(plain(&format!(
-                    "{invariant}: {} {}",
+                    "{invariant}{when}: {} {}",
                     verdict_word(judgement.verdict),
                     judgement.summary
                 )));
@@ -163,6 +168,31 @@ pub fn groups(run: &Run) -> Vec<String> {
                 lines.push(format!("artifacts: {}", dir.display()));
             }
             Event::Interrupted { .. } => lines.push("interrupted".into()),
+            Event::ScenarioSkipped { reason, .. } => {
+                lines.push(plain(&format!("skipped: {reason}")));
+            }
+            Event::FaultStarted { fault, proof, .. } => {
+                lines.push(plain(&format!("{fault} active:")));
+                lines.extend(proof.iter().map(|p| plain(&format!("    {p}"))));
+            }
+            Event::FaultHealed {
+                fault,
+                proof,
+                error,
+                ..
+            } => match error {
+                Some(err) => lines.push(plain(&format!("{fault} NOT healed: {err}"))),
+                None => {
+                    lines.push(plain(&format!("{fault} healed:")));
+                    lines.extend(proof.iter().map(|p| plain(&format!("    {p}"))));
+                }
+            },
+            Event::Kept { marker, .. } => {
+                lines.push(format!(
+                    "kept up (marker {marker}; `harness clean` removes it)"
+                ));
+            }
+            Event::StepStarted { .. } => {}
         }
     }
     if open.is_some() {
@@ -297,7 +327,7 @@ fn rows(events: &[Event]) -> BTreeMap<(String, String), Row> {
 fn setup_errors(events: &[Event]) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for e in events {
-        let (scenario, iteration) = scenario_of(e);
+        let (scenario, iteration) = e.scenario();
         let err = match e {
             Event::Up {
                 error: Some(err), ..
@@ -318,45 +348,6 @@ fn setup_errors(events: &[Event]) -> BTreeMap<String, Vec<String>> {
             .push(format!("iteration {iteration}: {err}"));
     }
     out
-}
-
-fn scenario_of(e: &Event) -> (&str, u32) {
-    match e {
-        Event::ScenarioStarted {
-            scenario,
-            iteration,
-            ..
-        }
-        | Event::Up {
-            scenario,
-            iteration,
-            ..
-        }
-        | Event::Step {
-            scenario,
-            iteration,
-            ..
-        }
-        | Event::Verdict {
-            scenario,
-            iteration,
-            ..
-        }
-        | Event::Artifacts {
-            scenario,
-            iteration,
-            ..
-        }
-        | Event::Down {
-            scenario,
-            iteration,
-            ..
-        }
-        | Event::Interrupted {
-            scenario,
-            iteration,
-        } => (scenario, *iteration),
-    }
 }
 
 fn iterations_text(row: &Row) -> String {

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use crate::event::Event;
 use crate::plan::Plan;
-use crate::run::Event;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct History {

@@ -15,10 +15,10 @@ use quick_junit::{
     NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestRerun, TestSuite,
 };
 
+use crate::event::Event;
 use crate::invariant::{merge, Judgement, Verdict};
 use crate::plan::Plan;
 use crate::provider::{Facts, Limitation};
-use crate::run::Event;
 
 /// Where and when the run happened.
 #[derive(Debug, Clone)]
@@ -91,10 +91,16 @@ pub fn build(
                 invariant,
                 judgement,
                 ms,
+                during,
                 ..
             } => {
+                // Judged while a fault was active: its own testcase.
+                let name = match during {
+                    Some(f) => format!("{invariant} during {f}"),
+                    None => invariant.to_string(),
+                };
                 let c = cases
-                    .entry((scenario.clone(), invariant.as_str().to_string()))
+                    .entry((scenario.clone(), name))
                     .or_default()
                     .entry(*iteration)
                     .or_default();
@@ -118,11 +124,17 @@ pub fn build(
                 iteration,
                 error: Some(err),
                 ..
+            }
+            | Event::FaultHealed {
+                scenario,
+                iteration,
+                error: Some(err),
+                ..
             } => {
                 setup
                     .entry(scenario.clone())
                     .or_default()
-                    .push((*iteration, err.clone()));
+                    .push((*iteration, err.message.clone()));
             }
             Event::Interrupted {
                 scenario,

@@ -2,6 +2,7 @@
 //! (`deny_unknown_fields` everywhere, no `untagged`/`flatten`), and every error names the
 //! file, line, column, the key path and the expected form.
 
+pub mod catalog;
 pub mod error;
 pub mod must_catch;
 pub mod scenario;
@@ -12,14 +13,13 @@ pub mod topology;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+pub use catalog::Catalog;
 pub use error::SuiteError;
 pub use must_catch::{MustCatch, KNOWN_MUTANTS};
 pub use scenario::Scenario;
 pub use service::{Protocol, ServiceSpec};
-pub use step::{FaultKind, InvariantName, Step};
+pub use step::{FaultName, FaultStep, InvariantName, Needs, Step};
 pub use topology::{NodeSpec, TopologySpec};
-
-use crate::cluster::{PodSpec, Topology};
 
 /// A whole suite file.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -47,27 +47,27 @@ fn one() -> u32 {
 }
 
 impl Suite {
-    /// Reads and checks the suite at `path`.
-    pub fn load(path: &Path) -> Result<Suite, SuiteError> {
+    /// Reads and checks the suite at `path`, its faults and invariants against `catalog`.
+    pub fn load(path: &Path, catalog: &dyn Catalog) -> Result<Suite, SuiteError> {
         let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Read {
             file: path.to_path_buf(),
             source,
         })?;
-        Suite::parse(path, &text)
+        Suite::parse(path, &text, catalog)
     }
 
     /// Parses and checks `text` (read from `file`, used in messages).
-    pub fn parse(file: &Path, text: &str) -> Result<Suite, SuiteError> {
+    pub fn parse(file: &Path, text: &str, catalog: &dyn Catalog) -> Result<Suite, SuiteError> {
         let de = serde_yaml::Deserializer::from_str(text);
         let suite: Suite = serde_path_to_error::deserialize(de)
             .map_err(|e| SuiteError::from_serde(file, text, e))?;
-        suite.validate(file, text)?;
+        suite.validate(file, text, catalog)?;
         Ok(suite)
     }
 
     /// Cross-references serde cannot check: pods named once and known, services' backends
-    /// are pods, names unique.
-    fn validate(&self, file: &Path, text: &str) -> Result<(), SuiteError> {
+    /// are pods, names unique, faults and invariants known and what they need present.
+    fn validate(&self, file: &Path, text: &str, catalog: &dyn Catalog) -> Result<(), SuiteError> {
         let bad = |path: String, needle: &str, message: String, expected: &'static str| {
             Err(SuiteError::invalid(
                 file, text, path, needle, message, expected,
@@ -199,57 +199,39 @@ impl Suite {
             }
             let accelerated = matches!(sc.steps.first(), Some(Step::Deploy(d)) if d.accelerate);
             for (j, st) in sc.steps.iter().enumerate() {
-                if let Step::Fault(f) = st {
-                    if let Some(n) = &f.node {
-                        if !nodes.contains(n) {
-                            return bad(
-                                format!("scenarios[{i}].steps[{j}].fault.node"),
-                                n,
-                                format!("node `{n}` is not in the topology"),
-                                step::EXPECTED,
-                            );
-                        }
+                let at = format!("scenarios[{i}].steps[{j}]");
+                let (invariants, field) = match st {
+                    Step::Fault(f) => {
+                        self.validate_fault(file, text, catalog, sc, f, &at, accelerated)?;
+                        (f.during.as_slice(), "fault.during")
                     }
-                    if f.name == FaultKind::SockmapLeak {
-                        if !accelerated {
-                            return bad(
-                                format!("scenarios[{i}].steps[{j}].fault.name"),
-                                "sockmap-leak",
-                                format!(
-                                    "fault sockmap-leak in scenario `{}` needs the scenario's deploy step to be `deploy: {{accelerate: true}}`",
-                                    sc.name
-                                ),
-                                step::EXPECTED,
-                            );
-                        }
-                        let on_node = crate::plan::tcp_servers(self)
-                            .iter()
-                            .any(|(n, _, _)| f.node.as_deref().is_none_or(|want| want == *n));
-                        if !on_node {
-                            return bad(
-                                format!("scenarios[{i}].steps[{j}].fault.name"),
-                                "sockmap-leak",
-                                format!(
-                                    "fault sockmap-leak needs a pod that backs a TCP service on {} (node -> local pod connections go to it)",
-                                    f.node
-                                        .as_deref()
-                                        .map(|n| format!("node `{n}`"))
-                                        .unwrap_or_else(|| "some node".into())
-                                ),
-                                step::EXPECTED,
-                            );
-                        }
-                    }
-                }
-                if let Step::Check(c) = st {
-                    let needs: Vec<&InvariantName> = c
-                        .invariants
-                        .iter()
-                        .filter(|inv| inv.needs_acceleration())
-                        .collect();
-                    if let (Some(inv), false) = (needs.first(), accelerated) {
+                    Step::Check(c) => (c.invariants.as_slice(), "check.invariants"),
+                    _ => continue,
+                };
+                for (k, inv) in invariants.iter().enumerate() {
+                    let path = format!("{at}.{field}[{k}]");
+                    if catalog.judged_after_teardown().contains(inv) {
                         return bad(
-                            format!("scenarios[{i}].steps[{j}].check.invariants"),
+                            path,
+                            inv.as_str(),
+                            format!("invariant {inv} is judged after every teardown; a check cannot name it"),
+                            step::EXPECTED,
+                        );
+                    }
+                    let Some(needs) = catalog.invariant_needs(inv) else {
+                        return bad(
+                            path,
+                            inv.as_str(),
+                            format!(
+                                "unknown invariant `{inv}` (known: {})",
+                                catalog.invariant_names().join(", ")
+                            ),
+                            step::EXPECTED,
+                        );
+                    };
+                    if needs.acceleration && !accelerated {
+                        return bad(
+                            path,
                             inv.as_str(),
                             format!(
                                 "invariant {inv} judges socket acceleration: scenario `{}` must start with `deploy: {{accelerate: true}}`",
@@ -261,12 +243,89 @@ impl Suite {
                 }
             }
         }
-        self.validate_must_catch(file, text)
+        self.validate_must_catch(file, text, catalog)
+    }
+
+    /// One fault step: a known fault, a known node, and what the fault needs present.
+    #[allow(clippy::too_many_arguments)]
+    fn validate_fault(
+        &self,
+        file: &Path,
+        text: &str,
+        catalog: &dyn Catalog,
+        sc: &Scenario,
+        f: &FaultStep,
+        at: &str,
+        accelerated: bool,
+    ) -> Result<(), SuiteError> {
+        let bad = |field: &str, needle: &str, message: String| {
+            Err(SuiteError::invalid(
+                file,
+                text,
+                format!("{at}.fault.{field}"),
+                needle,
+                message,
+                step::EXPECTED,
+            ))
+        };
+        let name = f.name.as_str();
+        let Some(needs) = catalog.fault_needs(&f.name) else {
+            return bad(
+                "name",
+                name,
+                format!(
+                    "unknown fault `{name}` (known: {})",
+                    catalog.fault_names().join(", ")
+                ),
+            );
+        };
+        if let Some(n) = &f.node {
+            if !self.topology.nodes.iter().any(|x| &x.name == n) {
+                return bad("node", n, format!("node `{n}` is not in the topology"));
+            }
+        }
+        if needs.acceleration && !accelerated {
+            return bad(
+                "name",
+                name,
+                format!(
+                    "fault {name} in scenario `{}` needs the scenario's deploy step to be `deploy: {{accelerate: true}}`",
+                    sc.name
+                ),
+            );
+        }
+        if needs.tcp_server
+            && !self
+                .tcp_servers()
+                .iter()
+                .any(|(n, _, _)| f.node.as_deref().is_none_or(|want| want == *n))
+        {
+            return bad(
+                "name",
+                name,
+                format!(
+                    "fault {name} needs a pod that backs a TCP service on {}",
+                    f.node
+                        .as_deref()
+                        .map(|n| format!("node `{n}`"))
+                        .unwrap_or_else(|| "some node".into())
+                ),
+            );
+        }
+        if let Err(why) = catalog.validate_fault(self, sc, f) {
+            return bad("name", name, format!("fault {name}: {why}"));
+        }
+        Ok(())
     }
 
     /// Every must-catch entry names a known mutant once, and invariants that a scenario
     /// of this suite checks (an invariant never judged can never catch anything).
-    fn validate_must_catch(&self, file: &Path, text: &str) -> Result<(), SuiteError> {
+    fn validate_must_catch(
+        &self,
+        file: &Path,
+        text: &str,
+        catalog: &dyn Catalog,
+    ) -> Result<(), SuiteError> {
         let bad = |path: String, needle: &str, message: String| {
             Err(SuiteError::invalid(
                 file,
@@ -277,16 +336,18 @@ impl Suite {
                 must_catch::EXPECTED,
             ))
         };
-        let checked: BTreeSet<InvariantName> = self
+        let mut checked: BTreeSet<InvariantName> = self
             .scenarios
             .iter()
             .flat_map(|sc| &sc.steps)
             .filter_map(|st| match st {
-                Step::Check(c) => Some(c.invariants.iter().copied()),
+                Step::Check(c) => Some(c.invariants.iter().cloned()),
+                Step::Fault(f) => Some(f.during.iter().cloned()),
                 _ => None,
             })
             .flatten()
             .collect();
+        checked.extend(catalog.judged_after_teardown());
         let mut seen = BTreeSet::new();
         for (i, m) in self.must_catch.iter().enumerate() {
             if !KNOWN_MUTANTS.contains(&m.mutant.as_str()) {
@@ -315,6 +376,18 @@ impl Suite {
                 );
             }
             for (j, inv) in m.invariants.iter().enumerate() {
+                let known = catalog.invariant_needs(inv).is_some()
+                    || catalog.judged_after_teardown().contains(inv);
+                if !known {
+                    return bad(
+                        format!("must-catch[{i}].invariants[{j}]"),
+                        inv.as_str(),
+                        format!(
+                            "unknown invariant `{inv}` (known: {})",
+                            catalog.invariant_names().join(", ")
+                        ),
+                    );
+                }
                 if !checked.contains(inv) {
                     return bad(
                         format!("must-catch[{i}].invariants[{j}]"),
@@ -331,28 +404,22 @@ impl Suite {
         Ok(())
     }
 
-    /// The topology as the provider takes it.
-    pub fn topology(&self) -> Topology {
-        Topology {
-            nodes: self.topology.nodes.iter().map(|n| n.name.clone()).collect(),
-            pods: self
-                .topology
-                .nodes
-                .iter()
-                .flat_map(|n| {
-                    n.pods.iter().map(|p| PodSpec {
-                        name: p.clone(),
-                        node: n.name.clone(),
-                    })
-                })
-                .collect(),
-            kernels: self
-                .topology
-                .nodes
-                .iter()
-                .filter_map(|n| Some((n.name.clone(), n.kernel.clone()?)))
-                .collect(),
+    /// The pods that serve TCP, with the target port of the first TCP service each backs,
+    /// per node (suite order).
+    pub fn tcp_servers(&self) -> Vec<(&str, &str, u16)> {
+        let mut out = Vec::new();
+        for n in &self.topology.nodes {
+            for p in &n.pods {
+                if let Some(s) = self
+                    .services
+                    .iter()
+                    .find(|s| s.protocol == Protocol::Tcp && s.backends.contains(p))
+                {
+                    out.push((n.name.as_str(), p.as_str(), s.target_port));
+                }
+            }
         }
+        out
     }
 }
 

@@ -2,9 +2,10 @@
 //! with that one key.
 
 pub const EXPECTED: &str = "a step is one of: {deploy: {accelerate: false (optional; true: sockops/sockmap \
-acceleration of node <-> local pod TCP)}} | {fault: {name: agent-restart-mid-attach|kube-proxy-order-swap|node-reboot|link-degrade|sockmap-leak, \
-node: NAME (optional; default: chosen from the seed)}} | {wait-for: {condition: agents-ready|services-reachable, \
-timeout-s: 30}} | {check: {invariants: [service-connectivity, one-program-per-hook, no-orphan-bpf-objects]}}";
+acceleration of node <-> local pod TCP)}} | {fault: {name: FAULT (`harness list` names them), \
+node: NAME (optional; default: chosen from the seed), during: [INVARIANT, ...] (optional: judged while the fault is active)}} | \
+{wait-for: {condition: agents-ready|services-reachable, timeout-s: 30}} | \
+{check: {invariants: [INVARIANT, ...] (`harness list` names them)}}";
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -30,47 +31,48 @@ pub struct DeployStep {
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FaultStep {
-    pub name: FaultKind,
+    pub name: FaultName,
     /// The node to hit; chosen from the seed when absent.
     #[serde(default)]
     pub node: Option<String>,
+    /// Invariants judged while the fault is active (between its proof and its heal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub during: Vec<InvariantName>,
 }
 
+/// What a fault or an invariant needs of the suite and of the provider. The fault and
+/// invariant registries (crate::registry) declare it per entry; suites are validated
+/// against it and the runner skips what a provider cannot do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Nodes that are machines (own kernel, own links): not the netns provider.
+    pub machines: bool,
+    /// The scenario's deploy step accelerates node <-> local pod TCP.
+    pub acceleration: bool,
+    /// A pod backing a TCP service on the fault's node (on some node when none is named).
+    pub tcp_server: bool,
+}
+
+/// A fault's name as suites write it. Which names exist is the fault registry's
+/// business (crate::registry), checked when a suite is loaded.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize,
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
 )]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultKind {
-    AgentRestartMidAttach,
-    /// Incident B: kube-proxy (fixture) and the agent started in both orders, restarted
-    /// alone, kube-proxy's rules flushed and re-added.
-    KubeProxyOrderSwap,
-    /// Reboot a node (a VM): its kernel, bpffs and pods start over; the datapath must
-    /// come back clean. Needs a provider whose nodes are machines.
-    NodeReboot,
-    /// Degrade a node's cluster link (tc netem delay and loss), prove it, heal it.
-    LinkDegrade,
-    /// Incident C: stale sockhash keys planted for tuples that later node -> local pod
-    /// connections use, then thousands of short connections over those tuples.
-    SockmapLeak,
+#[serde(transparent)]
+pub struct FaultName(std::borrow::Cow<'static, str>);
+
+impl FaultName {
+    pub const fn new(name: &'static str) -> FaultName {
+        FaultName(std::borrow::Cow::Borrowed(name))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-impl FaultKind {
-    pub const ALL: [FaultKind; 5] = [
-        FaultKind::AgentRestartMidAttach,
-        FaultKind::KubeProxyOrderSwap,
-        FaultKind::NodeReboot,
-        FaultKind::LinkDegrade,
-        FaultKind::SockmapLeak,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FaultKind::AgentRestartMidAttach => "agent-restart-mid-attach",
-            FaultKind::KubeProxyOrderSwap => "kube-proxy-order-swap",
-            FaultKind::NodeReboot => "node-reboot",
-            FaultKind::LinkDegrade => "link-degrade",
-            FaultKind::SockmapLeak => "sockmap-leak",
-        }
+impl std::fmt::Display for FaultName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -101,90 +103,26 @@ pub struct CheckStep {
     pub invariants: Vec<InvariantName>,
 }
 
-/// The invariants a check can name. `host-clean-after-down` is judged after every
-/// teardown whether listed or not.
+/// An invariant's name as suites write it. Which names exist is the invariant registry's
+/// business (crate::registry), checked when a suite is loaded. `host-clean-after-down`
+/// is judged after every teardown whether listed or not.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize, serde::Serialize,
 )]
-#[serde(rename_all = "kebab-case")]
-pub enum InvariantName {
-    ServiceConnectivity,
-    OneProgramPerHook,
-    NoOrphanBpfObjects,
-    HostCleanAfterDown,
-    /// Incident B: every pod reaches the external host with payload (masquerade).
-    PodToExternal,
-    /// Incident B: DP_FORWARD precedes KUBE-FORWARD in FORWARD.
-    ForwardChainOrder,
-    /// Incident B: the datapath's iptables rules are each present exactly once.
-    RulesExactlyOnce,
-    /// Incident B: kube-proxy's INVALID DROP counts nothing during pod-to-external probes.
-    NoInvalidDrops,
-    /// Every pod reaches every other pod's server directly, across nodes, with payload.
-    PodToPod,
-    /// Incident C: every request from a node to its local pods over an accelerated
-    /// connection is answered within a bound; ESTABLISHED and silent is a failure.
-    PayloadLiveness,
-    /// Incident C: every sockhash key is owned by a live socket whose tuple is the key,
-    /// and every accelerated socket is in the map under its own key.
-    SockhashKeysLive,
-    /// Incident C: a node's sockhash holds at most 2 entries per live accelerated
-    /// connection.
-    SockhashBounded,
-    /// Incident C: bytes sent on a connection arrive on that connection only.
-    NoCrossDelivery,
-}
+#[serde(transparent)]
+pub struct InvariantName(std::borrow::Cow<'static, str>);
 
 impl InvariantName {
-    pub const ALL: [InvariantName; 13] = [
-        InvariantName::ServiceConnectivity,
-        InvariantName::OneProgramPerHook,
-        InvariantName::NoOrphanBpfObjects,
-        InvariantName::HostCleanAfterDown,
-        InvariantName::PodToExternal,
-        InvariantName::ForwardChainOrder,
-        InvariantName::RulesExactlyOnce,
-        InvariantName::NoInvalidDrops,
-        InvariantName::PodToPod,
-        InvariantName::PayloadLiveness,
-        InvariantName::SockhashKeysLive,
-        InvariantName::SockhashBounded,
-        InvariantName::NoCrossDelivery,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvariantName::ServiceConnectivity => "service-connectivity",
-            InvariantName::OneProgramPerHook => "one-program-per-hook",
-            InvariantName::NoOrphanBpfObjects => "no-orphan-bpf-objects",
-            InvariantName::HostCleanAfterDown => "host-clean-after-down",
-            InvariantName::PodToExternal => "pod-to-external",
-            InvariantName::ForwardChainOrder => "forward-chain-order",
-            InvariantName::RulesExactlyOnce => "rules-exactly-once",
-            InvariantName::NoInvalidDrops => "no-invalid-drops",
-            InvariantName::PodToPod => "pod-to-pod",
-            InvariantName::PayloadLiveness => "payload-liveness",
-            InvariantName::SockhashKeysLive => "sockhash-keys-live",
-            InvariantName::SockhashBounded => "sockhash-bounded",
-            InvariantName::NoCrossDelivery => "no-cross-delivery",
-        }
+    pub const fn new(name: &'static str) -> InvariantName {
+        InvariantName(std::borrow::Cow::Borrowed(name))
     }
-}
-
-impl InvariantName {
-    /// Judged only on a deployment with socket acceleration (incident C).
-    pub fn needs_acceleration(self) -> bool {
-        matches!(
-            self,
-            InvariantName::PayloadLiveness
-                | InvariantName::SockhashKeysLive
-                | InvariantName::SockhashBounded
-                | InvariantName::NoCrossDelivery
-        )
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
 impl std::fmt::Display for InvariantName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.0)
     }
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::registry::Registry;
 
 const GOOD: &str = "\
 name: t
@@ -26,7 +27,7 @@ scenarios:
 ";
 
 fn err(text: &str) -> String {
-    match Suite::parse(Path::new("t.yaml"), text) {
+    match Suite::parse(Path::new("t.yaml"), text, &Registry) {
         Ok(s) => panic!("expected an error, got {s:?}"),
         Err(e) => e.to_string(),
     }
@@ -38,21 +39,25 @@ fn the_repository_suites_load() {
     let files = list(&dir).expect("suites dir");
     assert!(files.len() >= 2, "{files:?}");
     for f in files {
-        let s = Suite::load(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let s = Suite::load(&f, &crate::registry::Registry)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         assert!(!s.scenarios.is_empty());
     }
 }
 
 #[test]
 fn good_minimal_suite() {
-    let s = Suite::parse(Path::new("t.yaml"), GOOD).expect("parses");
+    let s = Suite::parse(Path::new("t.yaml"), GOOD, &Registry).expect("parses");
     assert_eq!(s.repeat, 1);
     assert_eq!(s.services[0].protocol, Protocol::Tcp);
     assert_eq!(
         s.scenarios[0].steps[0],
         Step::Deploy(step::DeployStep { accelerate: false })
     );
-    assert_eq!(s.topology().pods.len(), 2);
+    assert_eq!(
+        s.topology.nodes.iter().map(|n| n.pods.len()).sum::<usize>(),
+        2
+    );
 }
 
 #[test]
@@ -117,7 +122,7 @@ fn unknown_step_kind() {
 #[test]
 fn unknown_invariant() {
     let e = err(&GOOD.replace("[service-connectivity]", "[service-conectivity]"));
-    assert!(e.contains("at `scenarios[0].steps[1].check.invariants[0]`: unknown variant `service-conectivity`, expected one of `service-connectivity`"), "{e}");
+    assert!(e.contains("t.yaml:17:24: at `scenarios[0].steps[1].check.invariants[0]`: unknown invariant `service-conectivity` (known: service-connectivity, "), "{e}");
 }
 
 #[test]
@@ -126,7 +131,8 @@ fn unknown_fault() {
         "      - check:\n",
         "      - fault:\n          name: reboot\n      - check:\n",
     ));
-    assert!(e.contains("at `scenarios[0].steps[1].fault.name`: unknown variant `reboot`, expected one of `agent-restart-mid-attach`"), "{e}");
+    assert!(e.contains("at `scenarios[0].steps[1].fault.name`: unknown fault `reboot` (known: agent-restart-mid-attach, "), "{e}");
+    assert!(e.contains("t.yaml:17:"), "located: {e}");
 }
 
 #[test]
@@ -174,6 +180,7 @@ fn deploy_accelerate_parses_and_defaults_off() {
     let s = Suite::parse(
         Path::new("t.yaml"),
         &GOOD.replace("- deploy: {}", "- deploy: {accelerate: true}"),
+        &Registry,
     )
     .expect("parses");
     assert_eq!(
@@ -222,7 +229,7 @@ fn sockhash_invariants_need_an_accelerated_deploy() {
         "[service-connectivity, sockhash-keys-live]",
     ));
     assert!(
-        e.contains("at `scenarios[0].steps[1].check.invariants`: invariant sockhash-keys-live judges socket acceleration: scenario `s` must start with `deploy: {accelerate: true}`"),
+        e.contains("at `scenarios[0].steps[1].check.invariants[1]`: invariant sockhash-keys-live judges socket acceleration: scenario `s` must start with `deploy: {accelerate: true}`"),
         "{e}"
     );
 }
@@ -235,10 +242,11 @@ fn a_node_may_name_its_kernel_and_a_wrong_one_is_located() {
             "    - name: node-a\n",
             "    - name: node-a\n      kernel: \"5.10\"\n",
         ),
+        &Registry,
     )
     .expect("parses");
     assert_eq!(
-        s.topology().kernels.get("node-a").map(ToString::to_string),
+        s.topology.nodes[0].kernel.as_ref().map(ToString::to_string),
         Some("5.10".to_owned())
     );
     let e = err(&GOOD.replace(
@@ -255,7 +263,7 @@ fn must_catch_names_known_mutants_and_checked_invariants() {
     let with = |entry: &str| format!("{GOOD}must-catch:\n{entry}");
     let ok =
         with("  - mutant: getpeername-not-rewritten\n    invariants: [service-connectivity]\n");
-    let s = Suite::parse(Path::new("t.yaml"), &ok).expect("parses");
+    let s = Suite::parse(Path::new("t.yaml"), &ok, &Registry).expect("parses");
     assert_eq!(s.must_catch[0].mutant, "getpeername-not-rewritten");
 
     let e = err(&with(
@@ -274,7 +282,7 @@ fn must_catch_names_known_mutants_and_checked_invariants() {
         "  - mutant: stale-cgroup-prog\n    invariants: [one-program-per-hook]\n",
     ));
     assert!(
-        e.contains("t.yaml:20:") && e.contains("at `must-catch[0].invariants[0]`: invariant one-program-per-hook is not checked by any scenario of this suite, so it can never catch `stale-cgroup-prog` (checked: service-connectivity)"),
+        e.contains("t.yaml:20:") && e.contains("at `must-catch[0].invariants[0]`: invariant one-program-per-hook is not checked by any scenario of this suite, so it can never catch `stale-cgroup-prog` (checked: host-clean-after-down, service-connectivity)"),
         "{e}"
     );
 
@@ -282,7 +290,7 @@ fn must_catch_names_known_mutants_and_checked_invariants() {
         "  - mutant: stale-cgroup-prog\n    invariants: [no-such-check]\n",
     ));
     assert!(
-        e.contains("at `must-catch[0].invariants[0]`: unknown variant `no-such-check`"),
+        e.contains("at `must-catch[0].invariants[0]`: unknown invariant `no-such-check` (known: "),
         "{e}"
     );
 

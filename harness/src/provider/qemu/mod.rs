@@ -22,6 +22,7 @@ pub mod error;
 pub mod image;
 pub mod machines;
 pub mod net;
+pub mod node;
 pub mod pod;
 pub mod provider;
 pub mod remote;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::node::SshNode;
 use super::{clean_leftovers, KernelSpec, NodeImage, QemuCluster, QemuConfig, QemuError};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod, Topology};
-use crate::node::ssh::SshNode;
 use crate::node::Node;
 use crate::provider::{Cleaned, Facts, Limitation, NodeFacts, Provider, ProviderError, UpRequest};
 

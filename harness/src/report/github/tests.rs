@@ -36,6 +36,7 @@ fn v(it: u32, inv: InvariantName, j: Judgement) -> Event {
         judgement: j,
         ms: 10,
         at_ms: 0,
+        during: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn events() -> Vec<Event> {
             scenario: "restart".into(),
             iteration: 1,
             marker: "dph-1".into(),
+            provider: "netns".into(),
         },
         Event::Step {
             scenario: "restart".into(),
@@ -58,7 +60,7 @@ fn events() -> Vec<Event> {
         },
         v(
             1,
-            InvariantName::OneProgramPerHook,
+            crate::invariant::one_program::NAME,
             Judgement::fail(
                 "node-a: 2 programs, 50% stale",
                 vec![
@@ -67,23 +69,35 @@ fn events() -> Vec<Event> {
                 ],
             ),
         ),
-        v(1, InvariantName::ServiceConnectivity, Judgement::pass("ok")),
+        v(
+            1,
+            crate::invariant::service_connectivity::NAME,
+            Judgement::pass("ok"),
+        ),
         Event::ScenarioStarted {
             scenario: "restart".into(),
             iteration: 2,
             marker: "dph-2".into(),
+            provider: "netns".into(),
         },
-        v(2, InvariantName::OneProgramPerHook, Judgement::pass("one")),
         v(
             2,
-            InvariantName::ServiceConnectivity,
+            crate::invariant::one_program::NAME,
+            Judgement::pass("one"),
+        ),
+        v(
+            2,
+            crate::invariant::service_connectivity::NAME,
             Judgement::unknown("cannot | observe"),
         ),
         Event::Up {
             scenario: "broken".into(),
             iteration: 1,
             ms: 5,
-            error: Some("node n: not ready\nconsole tail".into()),
+            error: Some(crate::event::ErrorReport {
+                kind: crate::event::ErrorKind::Harness,
+                message: "node n: not ready\nconsole tail".into(),
+            }),
         },
     ]
 }
@@ -194,7 +208,11 @@ fn the_summary_is_a_markdown_table_of_verdicts() {
 #[test]
 fn a_long_summary_stays_in_its_cell() {
     let long = "x".repeat(500);
-    let table = run(&[v(1, InvariantName::PodToPod, Judgement::pass(long))]);
+    let table = run(&[v(
+        1,
+        crate::invariant::pod_to_pod::NAME,
+        Judgement::pass(long),
+    )]);
     let row = table
         .lines()
         .find(|l| l.starts_with("| restart |"))

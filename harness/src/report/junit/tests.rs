@@ -32,6 +32,7 @@ fn v(it: u32, inv: InvariantName, j: Judgement) -> Event {
         judgement: j,
         ms: 10,
         at_ms: 0,
+        during: None,
     }
 }
 
@@ -39,7 +40,7 @@ fn events() -> Vec<Event> {
     vec![
         v(
             1,
-            InvariantName::OneProgramPerHook,
+            crate::invariant::one_program::NAME,
             Judgement::fail(
                 "node-a: 2 programs",
                 vec!["node node-a hook connect4: 2 programs of ours attached (want 1)".into()],
@@ -47,38 +48,45 @@ fn events() -> Vec<Event> {
         ),
         v(
             2,
-            InvariantName::OneProgramPerHook,
+            crate::invariant::one_program::NAME,
             Judgement::fail("node-a: 2 programs", vec!["again".into()]),
         ),
         v(
             1,
-            InvariantName::ServiceConnectivity,
+            crate::invariant::service_connectivity::NAME,
             Judgement::fail(
                 "client-a cannot reach web",
                 vec!["answered by web-a2".into()],
             ),
         ),
-        v(2, InvariantName::ServiceConnectivity, Judgement::pass("ok")),
+        v(
+            2,
+            crate::invariant::service_connectivity::NAME,
+            Judgement::pass("ok"),
+        ),
         v(
             1,
-            InvariantName::NoOrphanBpfObjects,
+            crate::invariant::no_orphan::NAME,
             Judgement::unknown("cannot observe"),
         ),
         v(
             1,
-            InvariantName::HostCleanAfterDown,
+            crate::invariant::host_clean::NAME,
             Judgement::pass("clean"),
         ),
         v(
             2,
-            InvariantName::HostCleanAfterDown,
+            crate::invariant::host_clean::NAME,
             Judgement::pass("clean"),
         ),
         Event::Up {
             scenario: "broken".into(),
             iteration: 1,
             ms: 5,
-            error: Some("provider netns: no cgroup2 mount".into()),
+            error: Some(crate::event::ErrorReport {
+                kind: crate::event::ErrorKind::Harness,
+                message: "provider netns: no cgroup2 mount".into(),
+            }),
         },
     ]
 }
@@ -152,8 +160,12 @@ fn a_pass_with_evidence_shows_it_in_system_out() {
     pass.evidence
         .push("node node-a: dp_accel_stats during the probes: redirected +200".into());
     let events = vec![
-        v(1, InvariantName::PayloadLiveness, pass),
-        v(1, InvariantName::ServiceConnectivity, Judgement::pass("ok")),
+        v(1, crate::invariant::payload_liveness::NAME, pass),
+        v(
+            1,
+            crate::invariant::service_connectivity::NAME,
+            Judgement::pass("ok"),
+        ),
     ];
     let x = to_xml(&build(&plan(), &Facts::default(), &[], &events, &meta())).expect("serializes");
     assert!(

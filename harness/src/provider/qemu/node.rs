@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use dp_remote::wire::{Ended, Op, Reply};
 
-use super::{Exit, Node, NodeError, Output, Process, SpawnSpec};
-use crate::provider::qemu::remote::Remote;
-use crate::provider::qemu::ssh::SshSlot;
-use crate::provider::qemu::QemuError;
+use super::remote::Remote;
+use super::ssh::SshSlot;
+use super::QemuError;
+use crate::node::{Exit, Node, NodeError, Output, Process, SpawnSpec};
 
 /// A node reached over SSH.
 pub struct SshNode {
