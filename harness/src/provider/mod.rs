@@ -115,7 +115,7 @@ impl Facts {
 /// invariant's verdict as it is but annotates it with the reason.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Limitation {
-    pub invariant: &'static str,
+    pub invariant: crate::suite::InvariantName,
     pub reason: String,
 }
 

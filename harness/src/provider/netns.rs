@@ -551,7 +551,7 @@ impl Provider for NetnsProvider {
 
     fn limitations(&self) -> Vec<Limitation> {
         vec![Limitation {
-            invariant: "no-orphan-bpf-objects",
+            invariant: crate::suite::InvariantName::new("no-orphan-bpf-objects"),
             reason: "all nodes share the host kernel: only objects attributable to this run \
                      (its cgroups, bpffs directories and agent pids) are judged"
                 .into(),

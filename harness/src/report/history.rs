@@ -20,7 +20,17 @@ pub struct History {
     pub wall_ms: u64,
 }
 
-impl History {
+/// What a replay reads of a history: its plan and the provider's facts. The events are
+/// left out, so that a history written by another version of the harness (whose events
+/// differ) still replays.
+#[derive(Debug, serde::Deserialize)]
+pub struct Replayable {
+    pub plan: Plan,
+    #[serde(default)]
+    pub facts: Option<serde_json::Value>,
+}
+
+impl Replayable {
     /// node -> the exact kernel package it ran, as the provider recorded it.
     pub fn exact_kernels(&self) -> std::collections::BTreeMap<String, crate::kernel::KernelSpec> {
         let nodes = self
@@ -65,7 +75,7 @@ pub fn write(
     std::fs::write(path, data)
 }
 
-pub fn read(path: &Path) -> Result<History, String> {
+pub fn read(path: &Path) -> Result<Replayable, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_slice(&data)
         .map_err(|e| format!("{}: not a history file: {e}", path.display()))

@@ -189,7 +189,7 @@ pub fn build(
         tc.set_classname(format!("{}.{scenario}", plan.suite))
             .set_time(Duration::from_millis(total));
         let mut out = Vec::new();
-        if let Some(l) = limits.iter().find(|l| l.invariant == inv) {
+        if let Some(l) = limits.iter().find(|l| l.invariant.as_str() == inv) {
             out.push(format!(
                 "provider {} cannot judge this for real: {}",
                 plan.provider, l.reason

@@ -104,7 +104,7 @@ fn xml() -> String {
         kernel_package: None,
     }]);
     let limits = vec![Limitation {
-        invariant: "no-orphan-bpf-objects",
+        invariant: crate::invariant::no_orphan::NAME,
         reason: "shared kernel".into(),
     }];
     to_xml(&build(&plan(), &facts, &limits, &events(), &meta())).expect("serializes")
