@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Fault, FaultError, FaultRecord, Heal, PlanContext, Started};
+use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::live::Live;
 use crate::node::Exit;
@@ -141,11 +141,7 @@ abort a start at a failpoint, kill the next one mid-attach, then start it for go
         live: &mut Live,
         _machines: Option<&'m mut dyn Machines>,
     ) -> Result<Started<'m>, FaultError> {
-        let rec = self.inject(live)?;
-        Ok(Started {
-            proof: rec.proof,
-            heal: Heal::nothing(NAME),
-        })
+        Ok(Started::ended(NAME, self.inject(live)?))
     }
 }
 

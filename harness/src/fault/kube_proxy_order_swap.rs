@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
 
-use super::{Fault, FaultError, FaultRecord, Heal, PlanContext, Started};
+use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::cluster::kube_proxy::KubeProxy;
 use crate::cluster::ClusterNode;
@@ -109,11 +109,7 @@ orders, restarted alone, kube-proxy's rules flushed and re-added";
         live: &mut Live,
         _machines: Option<&'m mut dyn Machines>,
     ) -> Result<Started<'m>, FaultError> {
-        let rec = self.inject(live)?;
-        Ok(Started {
-            proof: rec.proof,
-            heal: Heal::nothing(NAME),
-        })
+        Ok(Started::ended(NAME, self.inject(live)?))
     }
 }
 

@@ -137,6 +137,17 @@ pub struct Started<'m> {
     pub heal: Heal<'m>,
 }
 
+impl Started<'_> {
+    /// A fault whose injection already ended (a restart, a reboot): its proof, nothing
+    /// left to heal.
+    pub fn ended(fault: &'static str, record: FaultRecord) -> Self {
+        Started {
+            proof: record.proof,
+            heal: Heal::nothing(fault),
+        }
+    }
+}
+
 type HealFn<'m> = Box<dyn FnOnce() -> Result<Vec<String>, FaultError> + 'm>;
 
 /// Undoes a fault: explicitly with [`Heal::heal`] (which returns the proof of the heal),

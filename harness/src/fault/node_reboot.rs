@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Fault, FaultError, FaultRecord, Heal, PlanContext, Started};
+use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::cluster::{workload, Cluster};
 use crate::live::Live;
@@ -55,11 +55,7 @@ impl Fault for NodeReboot {
         live: &mut Live,
         machines: Option<&'m mut dyn Machines>,
     ) -> Result<Started<'m>, FaultError> {
-        let rec = self.inject_with(live, machines)?;
-        Ok(Started {
-            proof: rec.proof,
-            heal: Heal::nothing(NAME),
-        })
+        Ok(Started::ended(NAME, self.inject_with(live, machines)?))
     }
 }
 

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
-use super::{Fault, FaultError, FaultRecord, Heal, PlanContext, Started};
+use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
 use crate::cluster::workload::Server;
 use crate::cluster::ClusterNode;
 use crate::invariant::sockhash_keys_live::Tuple;
@@ -160,11 +160,7 @@ node -> local pod connections use, then thousands of short connections over them
         live: &mut Live,
         _machines: Option<&'m mut dyn Machines>,
     ) -> Result<Started<'m>, FaultError> {
-        let rec = self.inject(live)?;
-        Ok(Started {
-            proof: rec.proof,
-            heal: Heal::nothing(NAME),
-        })
+        Ok(Started::ended(NAME, self.inject(live)?))
     }
 }
 
