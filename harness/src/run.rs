@@ -608,7 +608,9 @@ impl Runner<'_> {
                                 cluster: &live.cluster,
                                 services: &live.services,
                             };
-                            let j = invariant::Invariant::check(&inv, &ctx);
+                            // Output the harness cannot read fails the step (exit 3).
+                            let j =
+                                invariant::Invariant::check(&inv, &ctx).map_err(|e| chain(&e))?;
                             if j.verdict == Verdict::Pass {
                                 return Ok(vec!["every pod reaches every service".into()]);
                             }
@@ -654,10 +656,14 @@ impl Runner<'_> {
                         .unwrap_or_default();
                     let j = match check {
                         _ if !lacking.is_empty() => Judgement::skipped(lacking.join("; ")),
-                        Some(c) => c.check(&invariant::Context {
-                            cluster: &live.cluster,
-                            services: &live.services,
-                        }),
+                        // A harness error (output it cannot read) fails the step: no
+                        // verdict is recorded for it (exit 3, not 1).
+                        Some(c) => c
+                            .check(&invariant::Context {
+                                cluster: &live.cluster,
+                                services: &live.services,
+                            })
+                            .map_err(|e| format!("{inv}: {}", chain(&e)))?,
                         None => Judgement::unknown(format!(
                             "{inv} is judged after teardown, not in a check step"
                         )),

@@ -16,8 +16,8 @@ use super::{Fault, FaultError, FaultRecord};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::cluster::kube_proxy::KubeProxy;
 use crate::cluster::ClusterNode;
-use crate::invariant::forward_chain_order::{DATAPATH_CHAIN, KUBE_FORWARD};
 use crate::observe::iptables;
+use crate::observe::iptables::{DATAPATH_CHAIN, KUBE_FORWARD};
 use crate::plan::{OrderSwapAction, OrderSwapPlan};
 use crate::run::Live;
 
@@ -29,7 +29,7 @@ pub struct KubeProxyOrderSwap(pub OrderSwapPlan);
 
 /// `FORWARD`'s jump targets in order (rules without a jump show as `-`).
 fn forward_order(cn: &ClusterNode) -> Result<Vec<String>, String> {
-    let (_, save) = iptables::save(cn.node.as_ref())?;
+    let (_, save) = iptables::save(cn.node.as_ref()).map_err(|e| e.report())?;
     Ok(save
         .filter()
         .chain("FORWARD")
