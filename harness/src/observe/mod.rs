@@ -32,3 +32,27 @@ pub(crate) fn run_ok(
     }
     Ok(out.stdout_str())
 }
+
+#[cfg(test)]
+mod tests {
+    /// observe/ is below the invariants (they judge what it returns) and the faults prove
+    /// themselves with it: neither may reach into invariant/ (it was a circle once).
+    #[test]
+    fn observe_and_faults_do_not_use_invariants() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        // Spelled in two pieces so that this file does not match itself.
+        let needle = ["crate::", "invariant"].concat();
+        let mut checked = 0;
+        for dir in ["observe", "fault"] {
+            for entry in std::fs::read_dir(src.join(dir)).expect("source directory") {
+                let path = entry.expect("directory entry").path();
+                if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("source file");
+                    assert!(!text.contains(&needle), "{} uses {needle}", path.display());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10, "only {checked} files checked");
+    }
+}
