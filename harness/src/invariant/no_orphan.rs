@@ -4,6 +4,7 @@
 //! maps, and every link pinned under the node's bpffs drives a program attached there.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use super::{all_judged, merge, unknown_unless_harness, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
@@ -16,7 +17,7 @@ pub struct NoOrphanBpfObjects;
 
 pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judgement {
     let mut bad = Vec::new();
-    let under = |p: &String| p.starts_with(&format!("{bpffs}/"));
+    let under = |p: &String| Path::new(p).starts_with(bpffs);
     let pinned: BTreeSet<u32> = k
         .maps
         .iter()
@@ -65,7 +66,8 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judg
     }
     // Cgroup links live under `links/`; the masquerade's tc links under `masq/links/` are
     // attached to the uplink, not the cgroup: they only need a live program.
-    let cgroup_link = |p: &String| p.starts_with(&format!("{bpffs}/links/"));
+    let links = Path::new(bpffs).join("links");
+    let cgroup_link = |p: &String| Path::new(p).starts_with(&links);
     for l in k
         .links
         .iter()
