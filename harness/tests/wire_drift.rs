@@ -11,12 +11,9 @@ use std::process::{Command, Stdio};
 mod common;
 use common::{lock, skip_unless_root};
 
-#[test]
-fn a_renamed_field_in_dp_probe_output_is_a_harness_error() {
-    if skip_unless_root("netns, cgroups, eBPF") {
-        return;
-    }
-    let _l = lock();
+/// Runs `harness suite SUITE --provider netns` with dp-probe's `connect` output renamed
+/// (`"ok":` -> `"okay":`); its exit status and stderr.
+fn run_with_renamed_field(suite: &str) -> (Option<i32>, String) {
     // The binaries a plain run deploys (built beside this test's target directory).
     let real = harness::suite_run::binaries().expect("datapathd, dp-probe and dp-remote built");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -41,7 +38,7 @@ fn a_renamed_field_in_dp_probe_output_is_a_harness_error() {
     std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
     let out = Command::new(env!("CARGO_BIN_EXE_harness"))
-        .args(["suite", "smoke", "--provider", "netns", "--seed", "5"])
+        .args(["suite", suite, "--provider", "netns", "--seed", "5"])
         .arg("--reports-dir")
         .arg(dir.path().join("r"))
         .env("DP_HARNESS_BIN_DIR", &bin)
@@ -49,14 +46,49 @@ fn a_renamed_field_in_dp_probe_output_is_a_harness_error() {
         .stdin(Stdio::null())
         .output()
         .expect("run harness");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
+    (
         out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// smoke waits for its services to be reachable (service-connectivity's check) before
+/// any check step: the wait fails.
+#[test]
+fn a_renamed_field_in_dp_probe_output_is_a_harness_error() {
+    if skip_unless_root("netns, cgroups, eBPF") {
+        return;
+    }
+    let _l = lock();
+    let (code, stderr) = run_with_renamed_field("smoke");
+    assert_eq!(
+        code,
         Some(3),
         "a drifted wire format must be a harness error (3), not failed invariants (1):\n{stderr}"
     );
     assert!(
-        stderr.contains("unknown field `okay`"),
-        "the error names the renamed field:\n{stderr}"
+        stderr.contains("step 2 failed") && stderr.contains("unknown field `okay`"),
+        "the wait-for step fails naming the renamed field:\n{stderr}"
+    );
+}
+
+/// kube-proxy-order's first check step runs pod-to-external (dp-probe connect) with no
+/// wait on services before it: the check step fails, no verdict is recorded for it.
+#[test]
+fn a_renamed_field_fails_the_check_step_not_the_invariant() {
+    if skip_unless_root("netns, cgroups, eBPF") {
+        return;
+    }
+    let _l = lock();
+    let (code, stderr) = run_with_renamed_field("kube-proxy-order");
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("pod-to-external: node node-a: `")
+            && stderr.contains("unknown field `okay`"),
+        "the check step names the invariant and the renamed field:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("pod-to-external: Fail"),
+        "no verdict for an output the harness cannot read:\n{stderr}"
     );
 }
