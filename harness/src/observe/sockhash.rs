@@ -70,28 +70,55 @@ pub fn decode_key(b: &[u8]) -> Option<Tuple> {
     })
 }
 
-/// `bpftool -j map dump` of the sockhash -> (key, cookie).
-pub fn parse_dump(json: &str) -> Result<Vec<(Tuple, u64)>, String> {
+/// What a `bpftool -j map dump` of ours cannot be read as.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("not JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("not a JSON array")]
+    NotArray,
+    /// An entry without the field, or with a field of another shape.
+    #[error("entry {entry}: {what}")]
+    Entry { entry: String, what: String },
+}
+
+fn entry_error(e: &serde_json::Value, what: String) -> DumpError {
+    DumpError::Entry {
+        entry: e.to_string(),
+        what,
+    }
+}
+
+fn json_array(json: &str) -> Result<Vec<serde_json::Value>, DumpError> {
     let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("bpftool map dump: not JSON: {e}"))?;
+        serde_json::from_str(if json.trim().is_empty() { "[]" } else { json })
+            .map_err(DumpError::Json)?;
+    match v {
+        serde_json::Value::Array(a) => Ok(a),
+        _ => Err(DumpError::NotArray),
+    }
+}
+
+/// `bpftool -j map dump` of the sockhash -> (key, cookie).
+pub fn parse_dump(json: &str) -> Result<Vec<(Tuple, u64)>, DumpError> {
     let mut out = Vec::new();
-    for e in v.as_array().ok_or("bpftool map dump: not a JSON array")? {
-        let bytes = |field: &str| -> Result<Vec<u8>, String> {
+    for e in json_array(json)? {
+        let bytes = |field: &str| -> Result<Vec<u8>, DumpError> {
             e[field]
                 .as_array()
-                .ok_or(format!("entry without {field}: {e}"))?
+                .ok_or_else(|| entry_error(&e, format!("no {field}")))?
                 .iter()
-                .map(|b| byte(b).ok_or(format!("bad byte in {field}: {e}")))
+                .map(|b| byte(b).ok_or_else(|| entry_error(&e, format!("bad byte in {field}"))))
                 .collect()
         };
         let key = bytes("key")?;
         let value = bytes("value")?;
-        let tuple = decode_key(&key).ok_or(format!("undecodable key {key:?}"))?;
+        let tuple = decode_key(&key).ok_or_else(|| entry_error(&e, "undecodable key".into()))?;
         let cookie = u64::from_ne_bytes(
             value
                 .as_slice()
                 .try_into()
-                .map_err(|_| format!("value of {} bytes, want 8", value.len()))?,
+                .map_err(|_| entry_error(&e, format!("value of {} bytes, want 8", value.len())))?,
         );
         out.push((tuple, cookie));
     }
@@ -103,8 +130,7 @@ pub fn dump(cn: &ClusterNode) -> Result<Vec<(Tuple, u64)>, ObserveError> {
     let path = map_path(cn).display().to_string();
     let argv = ["bpftool", "-j", "map", "dump", "pinned", &path];
     let text = run(cn, &argv, Duration::from_secs(30))?;
-    let text = if text.trim().is_empty() { "[]" } else { &text };
-    parse_dump(text).map_err(|e| ObserveError::unreadable(cn.name(), argv.join(" "), text, e))
+    parse_dump(&text).map_err(|e| ObserveError::unreadable(cn.name(), argv.join(" "), &text, e))
 }
 
 /// The indices of `dp_accel_stats` (datapath/README.md).
@@ -145,20 +171,17 @@ fn number(v: &serde_json::Value) -> Option<u64> {
 }
 
 /// `bpftool -j map dump` of a per-CPU array of u64: the per-index sums.
-pub fn parse_stats(json: &str) -> Result<Vec<u64>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(if json.trim().is_empty() { "[]" } else { json })
-            .map_err(|e| format!("not JSON: {e}"))?;
+pub fn parse_stats(json: &str) -> Result<Vec<u64>, DumpError> {
     let mut out = vec![0u64; STAT_NAMES.len()];
-    for e in v.as_array().ok_or("not a JSON array")? {
-        let idx = number(&e["key"]).ok_or(format!("entry without a key: {e}"))? as usize;
+    for e in json_array(json)? {
+        let idx = number(&e["key"]).ok_or_else(|| entry_error(&e, "no key".into()))? as usize;
         let values = e["values"]
             .as_array()
-            .ok_or(format!("entry without per-CPU values: {e}"))?;
+            .ok_or_else(|| entry_error(&e, "no per-CPU values".into()))?;
         let sum = values.iter().try_fold(0u64, |acc, c| {
             number(&c["value"])
                 .map(|n| acc.saturating_add(n))
-                .ok_or(format!("bad per-CPU value: {c}"))
+                .ok_or_else(|| entry_error(&e, format!("bad per-CPU value {c}")))
         })?;
         if idx < out.len() {
             out[idx] = sum;
