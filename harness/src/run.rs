@@ -37,6 +37,14 @@ pub enum StepError {
     UnknownNode(String),
     #[error("fault {0} is not registered")]
     UnknownFault(FaultName),
+    /// What a check observed could not be read (a tool's or dp-probe's output drifted):
+    /// a harness error, never a verdict.
+    #[error("{invariant}")]
+    Unreadable {
+        invariant: InvariantName,
+        #[source]
+        source: crate::observe::ObserveError,
+    },
     #[error("interrupted")]
     Interrupted,
 }
@@ -388,7 +396,7 @@ impl Runner<'_> {
                     scenario: name,
                     iteration: it,
                 };
-                judge.all(live, during, Some(&plan.fault));
+                let judged = judge.all(live, during, Some(&plan.fault));
                 // Healed here, or by the guard's drop on an early return.
                 let healed = started.heal.heal();
                 self.events.emit(Event::FaultHealed {
@@ -406,7 +414,7 @@ impl Runner<'_> {
                 live.remember();
                 // The proofs are in the fault's own events.
                 healed?;
-                Ok(Vec::new())
+                judged
             }
             PlannedStep::WaitFor {
                 condition,
@@ -439,7 +447,14 @@ impl Runner<'_> {
                                 cluster: &live.cluster,
                                 services: &live.services,
                             };
-                            let j = invariant::Invariant::check(&inv, &ctx);
+                            // Output the harness cannot read fails the step (exit 3).
+                            let j =
+                                invariant::Invariant::check(&inv, &ctx).map_err(|source| {
+                                    StepError::Unreadable {
+                                        invariant: invariant::Invariant::name(&inv),
+                                        source,
+                                    }
+                                })?;
                             if j.verdict == Verdict::Pass {
                                 return Ok(vec!["every pod reaches every service".into()]);
                             }
@@ -464,7 +479,7 @@ impl Runner<'_> {
                     scenario: name,
                     iteration: it,
                 };
-                let detail = judge.all(live, invariants, None);
+                let detail = judge.all(live, invariants, None)?;
                 live.remember();
                 Ok(detail)
             }
@@ -545,13 +560,14 @@ struct Judge<'r> {
 
 impl Judge<'_> {
     /// Judges `invariants` in order (skipped where a node's kernel lacks what one needs);
-    /// `during`: the fault active meanwhile. Returns notes for the step's detail.
+    /// `during`: the fault active meanwhile. Returns notes for the step's detail; an
+    /// observation the harness cannot read ends it with an error (no verdict for it).
     fn all(
         &mut self,
         live: &Live,
         invariants: &[InvariantName],
         during: Option<&FaultName>,
-    ) -> Vec<String> {
+    ) -> Result<Vec<String>, StepError> {
         let mut detail = Vec::new();
         let checks: Vec<_> = invariants
             .iter()
@@ -582,10 +598,15 @@ impl Judge<'_> {
                 .unwrap_or_default();
             let j = match check {
                 _ if !lacking.is_empty() => Judgement::skipped(lacking.join("; ")),
-                Some(c) => c.check(&invariant::Context {
-                    cluster: &live.cluster,
-                    services: &live.services,
-                }),
+                Some(c) => c
+                    .check(&invariant::Context {
+                        cluster: &live.cluster,
+                        services: &live.services,
+                    })
+                    .map_err(|source| StepError::Unreadable {
+                        invariant: inv.clone(),
+                        source,
+                    })?,
                 None => Judgement::unknown(format!("no invariant {inv} is registered")),
             };
             self.events.emit(Event::Verdict {
@@ -598,7 +619,7 @@ impl Judge<'_> {
                 during: during.cloned(),
             });
         }
-        detail
+        Ok(detail)
     }
 }
 

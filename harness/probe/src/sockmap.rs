@@ -10,7 +10,6 @@
 //! The sockhash key layout is the datapath's documented contract (datapath/README.md),
 //! re-encoded here on purpose: this tool judges the datapath and shares no code with it.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::mem;
@@ -23,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cli::{ChurnArgs, KeyFor, PlantArgs, ReqRespArgs};
-use crate::wire::{strip_line_end, Answer, MAX_LINE};
+use crate::wire::{strip_line_end, Answer, ConnReport, ReqRespSummary, MAX_LINE};
 use crate::{place, sock, EXIT_FAILED, EXIT_OK, EXIT_SETUP};
 
 // ---- the sockhash key (datapath/README.md, "Socket acceleration") ----
@@ -456,38 +455,6 @@ impl Conn {
     }
 }
 
-#[derive(Serialize, Debug, Default)]
-pub struct ConnReport {
-    pub local: String,
-    pub peer: String,
-    /// `SO_COOKIE`: the key datapath status and `ss -e` (`sk:` in hex) show.
-    pub cookie: u64,
-    pub requests: u32,
-    pub ok: u32,
-    pub hung: u32,
-    pub cross_delivered: u32,
-    pub errors: u32,
-    /// The first problem on this connection (it is not used again after one).
-    pub first_problem: Option<String>,
-}
-
-#[derive(Serialize, Debug, Default)]
-pub struct ReqRespSummary {
-    pub to: String,
-    pub requests: u32,
-    pub ok: u32,
-    pub hung: u32,
-    pub cross_delivered: u32,
-    pub errors: u32,
-    pub connect_failures: u32,
-    pub elapsed_ms: u64,
-    /// Answered requests per second over the whole run.
-    pub rate_per_s: f64,
-    /// Nearest-rank percentiles of answered requests, microseconds.
-    pub latency_us: BTreeMap<&'static str, u64>,
-    pub connections: Vec<ConnReport>,
-}
-
 pub fn reqresp(args: &ReqRespArgs) -> u8 {
     if let Err(e) = place::enter(&args.place) {
         eprintln!("{}", e.report());
@@ -595,7 +562,7 @@ pub fn reqresp(args: &ReqRespArgs) -> u8 {
     lat.sort_unstable();
     for (name, q) in [("p50", 50usize), ("p99", 99), ("max", 100)] {
         if let Some(v) = nearest_rank(&lat, q) {
-            s.latency_us.insert(name, v);
+            s.latency_us.insert(name.to_string(), v);
         }
     }
     let ok = s.hung == 0 && s.cross_delivered == 0 && s.errors == 0 && s.connect_failures == 0;

@@ -19,9 +19,9 @@ use crate::cluster::datapath::READY_TIMEOUT;
 use crate::cluster::kube_proxy::KubeProxy;
 use crate::cluster::ClusterNode;
 use crate::errors::chain;
-use crate::invariant::forward_chain_order::{DATAPATH_CHAIN, KUBE_FORWARD};
 use crate::live::Live;
 use crate::observe::iptables;
+use crate::observe::iptables::{DATAPATH_CHAIN, KUBE_FORWARD};
 use crate::provider::Machines;
 use crate::suite::FaultStep;
 
@@ -115,7 +115,7 @@ orders, restarted alone, kube-proxy's rules flushed and re-added";
 
 /// `FORWARD`'s jump targets in order (rules without a jump show as `-`).
 fn forward_order(cn: &ClusterNode) -> Result<Vec<String>, String> {
-    let (_, save) = iptables::save(cn.node.as_ref())?;
+    let (_, save) = iptables::save(cn.node.as_ref()).map_err(|e| e.report())?;
     Ok(save
         .filter()
         .chain("FORWARD")

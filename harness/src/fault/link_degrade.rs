@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::{Fault, FaultError, Heal, PlanContext, Started};
-use crate::invariant::pod_to_pod;
 use crate::live::Live;
+use crate::observe::probe;
 use crate::provider::Machines;
 use crate::suite::{FaultStep, Needs};
 
@@ -101,22 +101,18 @@ impl Fault for LinkDegrade {
             .find(|x| x.node == node)
             .cloned()
             .ok_or_else(|| not("no pod on the node to measure from".into()))?;
-        let to = pod_to_pod::targets(&live.cluster, &live.services)
+        let to = probe::pod_servers(&live.cluster, &live.services)
             .into_iter()
-            .find(|t| t.node != node && t.proto == "tcp")
+            .find(|t| t.node != node && t.proto == crate::suite::Protocol::Tcp)
             .ok_or_else(|| not("no TCP pod server on another node to measure to".into()))?;
-        let ctx = crate::invariant::Context {
-            cluster: &live.cluster,
-            services: &live.services,
-        };
         let rtt = |what: &str| -> Result<u64, FaultError> {
-            let r = pod_to_pod::probe(&ctx, &from, std::slice::from_ref(&to))
-                .map_err(|e| not(format!("{what}: {e}")))?;
+            let r = probe::connect_each(&live.cluster, &from, std::slice::from_ref(&to))
+                .map_err(|e| not(format!("{what}: {}", e.report())))?;
             let us = r
                 .first()
                 .and_then(|(_, a)| a.first())
                 .filter(|a| a.ok)
-                .and_then(|a| a.elapsed_us)
+                .map(|a| a.elapsed_us)
                 .ok_or_else(|| not(format!("{what}: {} -> {} failed: {r:?}", from.name, to.pod)))?;
             Ok(us)
         };

@@ -37,10 +37,10 @@ use rand::Rng;
 use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
 use crate::cluster::workload::Server;
 use crate::cluster::ClusterNode;
-use crate::invariant::sockhash_keys_live::Tuple;
 use crate::live::Live;
 use crate::node::{Process, SpawnSpec};
 use crate::observe::sockhash as obs;
+use crate::observe::sockhash::Tuple;
 use crate::provider::Machines;
 use crate::suite::{FaultStep, Needs, Suite};
 
@@ -223,8 +223,9 @@ fn planted_line(text: &str) -> Option<Result<Planted, String>> {
 
 /// Whether `dump` holds `k` pointing at its decoy.
 fn in_dump(k: &PlantedKey, dump: &[(Tuple, u64)]) -> bool {
-    dump.iter()
-        .any(|(t, c)| t.src == k.src && t.dst == k.dst && *c == k.decoy.cookie)
+    dump.iter().any(|(t, c)| {
+        t.src.to_string() == k.src && t.dst.to_string() == k.dst && *c == k.decoy.cookie
+    })
 }
 
 /// The planted keys missing from `dump` or holding another cookie than their decoy's.
@@ -366,7 +367,7 @@ impl SockmapLeak {
             .ok_or_else(|| self.not("the provider gives no node address".into()))?;
         let server = SocketAddrV4::new(pod.ip, p.port);
         let mut rec = FaultRecord::default();
-        let before = obs::accel_stats(&cn).map_err(|e| self.not(e))?;
+        let before = obs::accel_stats(&cn).map_err(|e| self.not(e.report()))?;
 
         // 1. Plant, server side then client side; the decoys stay open.
         let server_ports = p.base_port..p.base_port + p.server_keys;
@@ -423,7 +424,7 @@ impl SockmapLeak {
         // may remove some before this dump (a key whose cookie names another socket goes
         // at once; on a slow node a collection round can fall in between), so a missing
         // key is recorded, not an error.
-        let dump = obs::dump(&cn).map_err(|e| self.not(e))?;
+        let dump = obs::dump(&cn).map_err(|e| self.not(e.report()))?;
         let planted_n: usize = planted.iter().map(|p| p.keys.len()).sum();
         let missing: Vec<String> = planted.iter().flat_map(|p| not_in_dump(p, &dump)).collect();
         rec.proof.push(format!(
@@ -508,7 +509,7 @@ impl SockmapLeak {
                 f.as_str().unwrap_or("?")
             ));
         }
-        let after = obs::accel_stats(&cn).map_err(|e| self.not(e))?;
+        let after = obs::accel_stats(&cn).map_err(|e| self.not(e.report()))?;
         rec.proof.push(format!(
             "{}: dp_accel_stats (bpftool) during the fault: {}",
             p.node,
@@ -516,7 +517,7 @@ impl SockmapLeak {
         ));
 
         // 4. What is left of the planted keys (the checks judge it; this is the record).
-        let dump = obs::dump(&cn).map_err(|e| self.not(e))?;
+        let dump = obs::dump(&cn).map_err(|e| self.not(e.report()))?;
         let left: Vec<String> = planted
             .iter()
             .flat_map(|pl| pl.keys.iter().filter(|k| in_dump(k, &dump)))
@@ -544,10 +545,10 @@ mod tests {
         let p = planted_line(out).expect("a line").expect("parses");
         assert_eq!(p.keys.len(), 1);
         let key = Tuple {
-            src: "10.244.1.2:8080".into(),
-            dst: "172.31.0.1:20000".into(),
+            src: "10.244.1.2:8080".parse().unwrap(),
+            dst: "172.31.0.1:20000".parse().unwrap(),
         };
-        assert!(not_in_dump(&p, &[(key.clone(), 7)]).is_empty());
+        assert!(not_in_dump(&p, &[(key, 7)]).is_empty());
         assert_eq!(
             not_in_dump(&p, &[(key, 8)]),
             vec!["10.244.1.2:8080 -> 172.31.0.1:20000".to_string()]

@@ -10,10 +10,9 @@
 use super::{Context, Invariant, Judgement};
 use crate::observe::features::KernelNeed;
 use crate::observe::iptables::Save;
+pub use crate::observe::iptables::{DATAPATH_CHAIN, KUBE_FORWARD};
+use crate::observe::ObserveError;
 use crate::suite::InvariantName;
-
-pub const DATAPATH_CHAIN: &str = "DP_FORWARD";
-pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
 
 pub const NAME: InvariantName = InvariantName::new("forward-chain-order");
 pub struct ForwardChainOrder;
@@ -70,7 +69,7 @@ impl Invariant for ForwardChainOrder {
         &[KernelNeed::ProgType("sched_cls")]
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
         super::judge_iptables_per_node(ctx, judge)
     }
 }
@@ -135,6 +134,32 @@ mod tests {
         assert_eq!(
             judge("n", &save(&["-j KUBE-FORWARD"])).verdict,
             Verdict::Fail
+        );
+    }
+
+    /// Recorded on node-a (netns provider, testdata/README.md): kube-proxy installed after
+    /// the datapath (suite kube-proxy-order), and with mutant kube-proxy-first.
+    const KUBE_AFTER: &str = include_str!("testdata/iptables-save.kube-proxy-order.txt");
+    const KUBE_FIRST: &str = include_str!("testdata/iptables-save.kube-proxy-first.after.txt");
+
+    #[test]
+    fn recorded_orders_are_judged() {
+        let j = judge("node-a", &parse(KUBE_AFTER));
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert_eq!(
+            j.summary,
+            "node node-a: DP_FORWARD (rule 1) precedes KUBE-FORWARD (rule 3)"
+        );
+        let j = judge("node-a", &parse(KUBE_FIRST));
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(
+            j.summary,
+            "node node-a: KUBE-FORWARD (rule 2, INVALID drop) runs before DP_FORWARD (rule 5) in FORWARD"
+        );
+        assert!(
+            j.evidence[0].contains("-j KUBE-FORWARD"),
+            "{:?}",
+            j.evidence
         );
     }
 }

@@ -85,4 +85,57 @@ mod tests {
             Verdict::Pass
         );
     }
+
+    /// Recorded (testdata/README.md): `harness host-snapshot` and `bpftool -j -f prog
+    /// show` before a netns run of suite smoke, while its cluster was kept (`--keep`,
+    /// marker dph-524af7) and after `harness clean`.
+    fn recorded(name: &str) -> HostSnapshot {
+        let text = match name {
+            "before" => include_str!("testdata/host.before.json"),
+            "kept" => include_str!("testdata/host.kept.json"),
+            _ => include_str!("testdata/host.after-clean.json"),
+        };
+        serde_json::from_str(text).expect("recorded snapshot reads")
+    }
+
+    fn progs(text: &str) -> Kernel {
+        Kernel {
+            progs: crate::observe::bpf::parse_json(text).expect("recorded bpftool reads"),
+            ..Kernel::default()
+        }
+    }
+
+    #[test]
+    fn a_kept_cluster_fails_and_a_cleaned_host_passes() {
+        let kept = progs(include_str!("testdata/host.kept.prog-show.json"));
+        let gone = progs(include_str!("testdata/host.after-clean.prog-show.json"));
+        assert!(!kept.progs.is_empty() && gone.progs.is_empty());
+        let (before, during, after) = (
+            recorded("before"),
+            recorded("kept"),
+            recorded("after-clean"),
+        );
+        let j = judge(&before, &during, "dph-524af7", &kept, &kept, &[]);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.evidence.contains(&"netns dph-524af7-node-a".to_string()),
+            "{:?}",
+            j.evidence
+        );
+        assert!(
+            j.evidence
+                .iter()
+                .any(|e| e.contains("(dp_connect4) still loaded")),
+            "{:?}",
+            j.evidence
+        );
+        // The snapshot command itself is a process of ours but not the run's.
+        assert!(
+            !j.evidence.iter().any(|e| e.contains("host-snapshot")),
+            "{:?}",
+            j.evidence
+        );
+        let j = judge(&before, &after, "dph-524af7", &kept, &gone, &[]);
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+    }
 }

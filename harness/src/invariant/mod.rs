@@ -1,7 +1,8 @@
 //! Invariants: what must hold, judged from observations. One trait, one file each, each
-//! listed once in crate::registry. The judgement itself is a pure function of recorded
-//! observations (unit-tested); `check` only gathers them. A checker that errors gives
-//! Unknown, never Pass.
+//! listed once in crate::registry. The judgement itself is a pure function of observe/'s
+//! typed observations (unit-tested on recorded real output, testdata/); `check` only asks
+//! observe/ for them. What could not be observed gives Unknown, never Pass; output the
+//! harness cannot read is a harness error, never a verdict.
 
 pub mod forward_chain_order;
 pub mod host_clean;
@@ -19,6 +20,7 @@ pub mod sockhash_keys_live;
 
 use crate::cluster::service::ServiceState;
 use crate::cluster::Cluster;
+use crate::observe::ObserveError;
 use crate::suite::{InvariantName, Needs};
 
 /// Pass, fail or unknown, with the evidence behind it; skipped when this cluster cannot
@@ -112,15 +114,36 @@ pub trait Invariant: Sync {
     fn needs(&self) -> &'static [crate::observe::features::KernelNeed] {
         &[]
     }
-    /// Observes and judges. Errors while observing become Unknown.
-    fn check(&self, ctx: &Context<'_>) -> Judgement;
+    /// Observes and judges. What could not be observed is Unknown; an error is output
+    /// the harness cannot read (a harness error: see [`ObserveError::is_harness_error`]).
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError>;
+}
+
+/// Unknown, saying `what` could not be observed and why; unless the harness could not
+/// read the output, which is its own error and no verdict.
+pub fn unknown_unless_harness(
+    what: impl std::fmt::Display,
+    e: ObserveError,
+) -> Result<Judgement, ObserveError> {
+    if e.is_harness_error() {
+        return Err(e);
+    }
+    Ok(Judgement::unknown(format!("{what}: {}", e.report())))
+}
+
+/// The judgements, or the first harness error among them.
+pub fn all_judged(
+    results: impl IntoIterator<Item = Result<Judgement, ObserveError>>,
+) -> Result<Vec<Judgement>, ObserveError> {
+    results.into_iter().collect()
 }
 
 /// Runs `judge_node` for every node at once (one thread each: probes on slow VMs add up)
-/// and returns the judgements in node order. A node with nothing to judge gives `None`.
-pub fn per_node<F>(ctx: &Context<'_>, judge_node: F) -> Vec<Judgement>
+/// and returns the judgements in node order, or the first harness error. A node with
+/// nothing to judge gives `None`.
+pub fn per_node<F>(ctx: &Context<'_>, judge_node: F) -> Result<Vec<Judgement>, ObserveError>
 where
-    F: Fn(&crate::cluster::ClusterNode) -> Option<Judgement> + Sync,
+    F: Fn(&crate::cluster::ClusterNode) -> Result<Option<Judgement>, ObserveError> + Sync,
 {
     std::thread::scope(|s| {
         let handles: Vec<_> = ctx
@@ -135,11 +158,13 @@ where
         handles
             .into_iter()
             .filter_map(|(node, h)| {
-                h.join().unwrap_or_else(|_| {
-                    Some(Judgement::unknown(format!(
-                        "node {node}: the check's thread panicked"
-                    )))
-                })
+                h.join()
+                    .unwrap_or_else(|_| {
+                        Ok(Some(Judgement::unknown(format!(
+                            "node {node}: the check's thread panicked"
+                        ))))
+                    })
+                    .transpose()
             })
             .collect()
     })
@@ -150,18 +175,16 @@ where
 pub fn judge_iptables_per_node(
     ctx: &Context<'_>,
     judge: impl Fn(&str, &crate::observe::iptables::Save) -> Judgement + Sync,
-) -> Judgement {
+) -> Result<Judgement, ObserveError> {
     let js =
         crate::cluster::in_parallel(
             &ctx.cluster.nodes,
             |cn| match crate::observe::iptables::save(cn.node.as_ref()) {
-                Ok((_, save)) => judge(cn.name(), &save),
-                Err(e) => {
-                    Judgement::unknown(format!("node {}: cannot read iptables: {e}", cn.name()))
-                }
+                Ok((_, save)) => Ok(judge(cn.name(), &save)),
+                Err(e) => unknown_unless_harness("cannot read iptables", e),
             },
         );
-    merge(&js)
+    Ok(merge(&all_judged(js)?))
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@
 
 use std::net::SocketAddrV4;
 
-use super::{merge, per_node, Context, Invariant, Judgement};
+use dp_wire::ReqRespSummary;
+
+use super::{all_judged, merge, per_node, unknown_unless_harness, Context, Invariant, Judgement};
 use crate::cluster::ClusterNode;
 use crate::observe::features::{self, KernelNeed};
 use crate::observe::sockhash::{self as obs, Scope};
+use crate::observe::ObserveError;
 use crate::suite::{InvariantName, Needs};
 
 const CONNECTIONS: u32 = 8;
@@ -42,62 +45,61 @@ impl Invariant for NoCrossDelivery {
         features::SOCKET_ACCELERATION
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let js = per_node(ctx, |cn| check_node(ctx, cn));
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
+        let js = per_node(ctx, |cn| check_node(ctx, cn))?;
         if js.is_empty() {
-            return Judgement::unknown("no node has a local pod serving TCP: nothing to probe");
+            return Ok(Judgement::unknown(
+                "no node has a local pod serving TCP: nothing to probe",
+            ));
         }
-        merge(&js)
+        Ok(merge(&js))
     }
 }
 
-fn check_node(ctx: &Context<'_>, cn: &ClusterNode) -> Option<Judgement> {
+fn check_node(ctx: &Context<'_>, cn: &ClusterNode) -> Result<Option<Judgement>, ObserveError> {
     let node = cn.name();
     let targets = obs::local_targets(ctx.cluster, ctx.services, node);
     if targets.is_empty() {
-        return None;
+        return Ok(None);
     }
     let scope = match Scope::of(cn) {
         Ok(s) => s,
-        Err(e) => return Some(Judgement::unknown(e)),
+        Err(e) => return unknown_unless_harness("cannot observe", e).map(Some),
     };
     let before = obs::accel_stats(cn).ok();
-    let js: Vec<Judgement> = targets
-        .iter()
-        .map(|t| {
-            let what = format!("{} ({})", t.addr, t.pod);
-            match obs::reqresp(
-                cn,
-                t.addr,
-                SocketAddrV4::new(scope.node_addr, 0),
-                &[
-                    "--connections",
-                    &CONNECTIONS.to_string(),
-                    "--requests",
-                    &REQUESTS.to_string(),
-                    "--timeout-ms",
-                    &READ_TIMEOUT_MS.to_string(),
-                ],
-                obs::reqresp_timeout(CONNECTIONS.into(), REQUESTS.into(), READ_TIMEOUT_MS),
-            ) {
-                Ok(s) => judge(node, &what, &s),
-                Err(e) => Judgement::unknown(format!("node {node} -> {what}: cannot probe: {e}")),
-            }
-        })
-        .collect();
-    let mut j = merge(&js);
+    let js = targets.iter().map(|t| {
+        let what = format!("{} ({})", t.addr, t.pod);
+        match obs::reqresp(
+            cn,
+            t.addr,
+            SocketAddrV4::new(scope.node_addr, 0),
+            &[
+                "--connections",
+                &CONNECTIONS.to_string(),
+                "--requests",
+                &REQUESTS.to_string(),
+                "--timeout-ms",
+                &READ_TIMEOUT_MS.to_string(),
+            ],
+            obs::reqresp_timeout(CONNECTIONS.into(), REQUESTS.into(), READ_TIMEOUT_MS),
+        ) {
+            Ok(s) => Ok(judge(node, &what, &s)),
+            Err(e) => unknown_unless_harness(format!("node {node} -> {what}: cannot probe"), e),
+        }
+    });
+    let mut j = merge(&all_judged(js)?);
     if let (Some(b), Ok(a)) = (before, obs::accel_stats(cn)) {
         j.evidence.push(format!(
             "node {node}: dp_accel_stats (bpftool) during the probes: {}",
             obs::stats_delta(&b, &a)
         ));
     }
-    Some(j)
+    Ok(Some(j))
 }
 
-pub fn judge(node: &str, target: &str, summary: &serde_json::Value) -> Judgement {
-    let crossed = summary["cross_delivered"].as_u64().unwrap_or(0);
-    if summary["requests"].as_u64().unwrap_or(0) == 0 {
+pub fn judge(node: &str, target: &str, summary: &ReqRespSummary) -> Judgement {
+    let crossed = summary.cross_delivered;
+    if summary.requests == 0 {
         return Judgement::unknown(format!("node {node} -> {target}: no request was made"));
     }
     if crossed == 0 {
@@ -105,17 +107,16 @@ pub fn judge(node: &str, target: &str, summary: &serde_json::Value) -> Judgement
             "node {node} -> {target}: every answer echoed its own connection's request"
         ));
     }
-    let evidence = summary["connections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["cross_delivered"].as_u64().unwrap_or(0) > 0)
+    let evidence = summary
+        .connections
+        .iter()
+        .filter(|c| c.cross_delivered > 0)
         .map(|c| {
             format!(
                 "node {node}: connection {} -> {}: {}",
-                c["local"].as_str().unwrap_or("?"),
-                c["peer"].as_str().unwrap_or("?"),
-                c["first_problem"].as_str().unwrap_or("?")
+                c.local,
+                c.peer,
+                c.first_problem.as_deref().unwrap_or("?")
             )
         })
         .collect();
@@ -128,16 +129,27 @@ pub fn judge(node: &str, target: &str, summary: &serde_json::Value) -> Judgement
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::invariant::payload_liveness::tests::recorded;
     use crate::invariant::Verdict;
 
     #[test]
-    fn a_foreign_echo_fails() {
-        let s = serde_json::json!({"requests":2,"cross_delivered":1,"connections":[
-            {"local":"a","peer":"b","cross_delivered":1,"first_problem":"request tok-1-0-1: the answer echoed \"tok-1-1-0\""}]});
-        let j = judge("n", "b", &s);
-        assert_eq!(j.verdict, Verdict::Fail);
-        assert!(j.evidence[0].contains("tok-1-1-0"));
-        let ok = serde_json::json!({"requests":2,"cross_delivered":0});
+    fn own_echoes_pass_and_a_foreign_echo_fails() {
+        let ok = recorded();
         assert_eq!(judge("n", "b", &ok).verdict, Verdict::Pass);
+        let mut crossed = recorded();
+        crossed.cross_delivered = 1;
+        crossed.connections[0].cross_delivered = 1;
+        crossed.connections[0].first_problem =
+            Some("request tok-1-0-1: the answer echoed \"tok-1-1-0\"".into());
+        let j = judge("n", "b", &crossed);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.evidence.len(), 1);
+        assert!(j.evidence[0].contains(&format!(
+            "connection {} -> {}: request tok-1-0-1",
+            ok.connections[0].local, ok.connections[0].peer
+        )));
+        let mut none = recorded();
+        none.requests = 0;
+        assert_eq!(judge("n", "b", &none).verdict, Verdict::Unknown);
     }
 }

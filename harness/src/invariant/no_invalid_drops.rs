@@ -5,12 +5,12 @@
 //! replies bypassed it) and is dropped here. Evidence: `iptables-save -c` before and after
 //! the probes, and the counters.
 
-use super::forward_chain_order::KUBE_FORWARD;
-use super::pod_to_external::{self, ATTEMPTS};
-use super::{merge, Context, Invariant, Judgement};
+use super::pod_to_external::{ATTEMPTS, TIMEOUT_MS};
+use super::{all_judged, merge, unknown_unless_harness, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
 use crate::observe::features::KernelNeed;
-use crate::observe::iptables::{self, filter_section, Save};
+use crate::observe::iptables::{self, filter_section, Save, KUBE_FORWARD};
+use crate::observe::{probe, ObserveError};
 use crate::suite::InvariantName;
 
 pub const NAME: InvariantName = InvariantName::new("no-invalid-drops");
@@ -55,43 +55,35 @@ impl Invariant for NoInvalidDrops {
         &[KernelNeed::ProgType("sched_cls")]
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
         let Some(ext) = &ctx.cluster.external else {
-            return Judgement::unknown(
+            return Ok(Judgement::unknown(
                 "the cluster has no external host to probe (the provider did not bring one up)",
-            );
+            ));
         };
-        let save = |cn: &crate::cluster::ClusterNode| {
-            iptables::save(cn.node.as_ref())
-                .map_err(|e| format!("node {}: cannot read iptables: {e}", cn.name()))
-        };
-        let before: Result<Vec<_>, String> =
+        let save = |cn: &crate::cluster::ClusterNode| iptables::save(cn.node.as_ref());
+        let before: Result<Vec<_>, ObserveError> =
             in_parallel(&ctx.cluster.nodes, save).into_iter().collect();
         let before = match before {
             Ok(b) => b,
-            Err(e) => return Judgement::unknown(e),
+            Err(e) => return unknown_unless_harness("cannot read iptables", e),
         };
         // The probes' own verdict belongs to pod-to-external; here they are the traffic.
         let probed = in_parallel(&ctx.cluster.pods, |pod| {
-            pod_to_external::probe(ctx, pod, ext, ATTEMPTS)
-                .map_err(|e| format!("{} -> {}: cannot probe: {e}", pod.name, ext.name))
+            probe::connect_external(ctx.cluster, pod, ext, ATTEMPTS, TIMEOUT_MS)
+                .map_err(|e| (format!("{} -> {}: cannot probe", pod.name, ext.name), e))
         });
-        if let Some(Err(e)) = probed.into_iter().find(Result::is_err) {
-            return Judgement::unknown(e);
+        if let Some(Err((what, e))) = probed.into_iter().find(Result::is_err) {
+            return unknown_unless_harness(what, e);
         }
         let after = in_parallel(&ctx.cluster.nodes, save);
-        let js: Vec<Judgement> = ctx
-            .cluster
-            .nodes
-            .iter()
-            .zip(&before)
-            .zip(after)
-            .map(|((cn, (btext, bsave)), after)| match after {
-                Ok((atext, asave)) => judge(cn.name(), (btext, bsave), (&atext, &asave)),
-                Err(e) => Judgement::unknown(e),
-            })
-            .collect();
-        merge(&js)
+        let js = ctx.cluster.nodes.iter().zip(&before).zip(after).map(
+            |((cn, (btext, bsave)), after)| match after {
+                Ok((atext, asave)) => Ok(judge(cn.name(), (btext, bsave), (&atext, &asave))),
+                Err(e) => unknown_unless_harness("cannot read iptables", e),
+            },
+        );
+        Ok(merge(&all_judged(js)?))
     }
 }
 
@@ -134,6 +126,34 @@ mod tests {
         assert_eq!(
             judge("n", (none, &parse(none)), (none, &parse(none))).verdict,
             Verdict::Pass
+        );
+    }
+
+    /// Recorded on node-a (testdata/README.md): with mutant kube-proxy-first, before and
+    /// after one hung connection to the external host; and with kube-proxy after the
+    /// datapath (no drop).
+    const FIRST_BEFORE: &str = include_str!("testdata/iptables-save.kube-proxy-first.before.txt");
+    const FIRST_AFTER: &str = include_str!("testdata/iptables-save.kube-proxy-first.after.txt");
+    const KUBE_AFTER: &str = include_str!("testdata/iptables-save.kube-proxy-order.txt");
+
+    #[test]
+    fn recorded_drops_fail_and_none_pass() {
+        let (b, a) = (parse(FIRST_BEFORE), parse(FIRST_AFTER));
+        let j = judge("node-a", (FIRST_BEFORE, &b), (FIRST_AFTER, &a));
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.summary
+                .contains("INVALID DROP counted 13 packet(s) during the probes (66 -> 79)"),
+            "{}",
+            j.summary
+        );
+        let k = parse(KUBE_AFTER);
+        let j = judge("node-a", (KUBE_AFTER, &k), (KUBE_AFTER, &k));
+        assert_eq!(j.verdict, Verdict::Pass);
+        assert!(
+            j.summary.contains("unchanged during the probes (0 -> 0)"),
+            "{}",
+            j.summary
         );
     }
 }

@@ -4,11 +4,13 @@
 //! maps, and every link pinned under the node's bpffs drives a program attached there.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
-use super::{merge, Context, Invariant, Judgement};
+use super::{all_judged, merge, unknown_unless_harness, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
 use crate::observe::bpf::{self, Attached, Kernel, PREFIX};
 use crate::observe::features::KernelNeed;
+use crate::observe::ObserveError;
 use crate::suite::InvariantName;
 
 pub const NAME: InvariantName = InvariantName::new("no-orphan-bpf-objects");
@@ -16,7 +18,7 @@ pub struct NoOrphanBpfObjects;
 
 pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judgement {
     let mut bad = Vec::new();
-    let under = |p: &String| p.starts_with(&format!("{bpffs}/"));
+    let under = |p: &String| Path::new(p).starts_with(bpffs);
     let pinned: BTreeSet<u32> = k
         .maps
         .iter()
@@ -65,7 +67,8 @@ pub fn judge(node: &str, bpffs: &str, attached: &[Attached], k: &Kernel) -> Judg
     }
     // Cgroup links live under `links/`; the masquerade's tc links under `masq/links/` are
     // attached to the uplink, not the cgroup: they only need a live program.
-    let cgroup_link = |p: &String| p.starts_with(&format!("{bpffs}/links/"));
+    let links = Path::new(bpffs).join("links");
+    let cgroup_link = |p: &String| Path::new(p).starts_with(&links);
     for l in k
         .links
         .iter()
@@ -113,14 +116,14 @@ impl Invariant for NoOrphanBpfObjects {
         &[KernelNeed::ProgType("cgroup_sock_addr")]
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
         let js = in_parallel(&ctx.cluster.nodes, |cn| {
             match bpf::observe(cn.node.as_ref(), &cn.cgroup) {
-                Ok((a, k)) => judge(cn.name(), &cn.bpffs.display().to_string(), &a, &k),
-                Err(e) => Judgement::unknown(format!("node {}: cannot observe: {e}", cn.name())),
+                Ok((a, k)) => Ok(judge(cn.name(), &cn.bpffs.display().to_string(), &a, &k)),
+                Err(e) => unknown_unless_harness("cannot observe", e),
             }
         });
-        merge(&js)
+        Ok(merge(&all_judged(js)?))
     }
 }
 
@@ -205,6 +208,51 @@ mod tests {
         let j = judge("n", "/b", &[], &k);
         assert!(
             j.evidence[0].contains("link 5 pinned at /b/links/connect4 drives program 10"),
+            "{:?}",
+            j.evidence
+        );
+    }
+
+    /// Recorded on node-a of suite sockmap, netns provider (testdata/README.md): `bpftool
+    /// -j cgroup show` of the node's cgroup and `bpftool -j -f {prog,map,link} show`.
+    const BPFFS: &str = "/sys/fs/bpf/dp-harness-1ac319/node-a";
+
+    fn recorded() -> (Vec<Attached>, crate::observe::bpf::Kernel) {
+        use crate::observe::bpf::parse_json;
+        let read = "recorded bpftool output reads";
+        let attached = parse_json(include_str!("testdata/bpf.cgroup-show.json")).expect(read);
+        let kernel = crate::observe::bpf::Kernel {
+            progs: parse_json(include_str!("testdata/bpf.prog-show.json")).expect(read),
+            maps: parse_json(include_str!("testdata/bpf.map-show.json")).expect(read),
+            links: parse_json(include_str!("testdata/bpf.link-show.json")).expect(read),
+        };
+        (attached, kernel)
+    }
+
+    #[test]
+    fn recorded_objects_are_live_and_pinned() {
+        let (attached, k) = recorded();
+        let j = judge("node-a", BPFFS, &attached, &k);
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        // The services map unpinned while the programs still read it.
+        let mut unpinned = k.clone();
+        let m = unpinned
+            .maps
+            .iter_mut()
+            .find(|m| {
+                m.pinned
+                    .iter()
+                    .any(|p| p == &format!("{BPFFS}/maps/dp_services"))
+            })
+            .expect("dp_services pinned");
+        m.pinned.clear();
+        let id = m.id;
+        let j = judge("node-a", BPFFS, &attached, &unpinned);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.evidence.iter().any(|e| e.contains(&format!(
+                "reads map {id} (dp_services) that is not pinned under {BPFFS}"
+            ))),
             "{:?}",
             j.evidence
         );

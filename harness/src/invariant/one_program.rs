@@ -1,10 +1,11 @@
 //! one-program-per-hook: on each node's cgroup, each socket-LB hook has exactly one
 //! program of ours, and it is the program of the live pinned link under the node's bpffs.
 
-use super::{merge, Context, Invariant, Judgement};
+use super::{all_judged, merge, unknown_unless_harness, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
 use crate::observe::bpf::{self, Attached, Link, PREFIX};
 use crate::observe::features::KernelNeed;
+use crate::observe::ObserveError;
 use crate::suite::InvariantName;
 
 /// (hook, bpftool's attach type)
@@ -72,19 +73,19 @@ impl Invariant for OneProgramPerHook {
         &[KernelNeed::ProgType("cgroup_sock_addr")]
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
         let js = in_parallel(&ctx.cluster.nodes, |cn| {
             match bpf::observe(cn.node.as_ref(), &cn.cgroup) {
-                Ok((attached, k)) => judge(
+                Ok((attached, k)) => Ok(judge(
                     cn.name(),
                     &cn.bpffs.display().to_string(),
                     &attached,
                     &k.links,
-                ),
-                Err(e) => Judgement::unknown(format!("node {}: cannot observe: {e}", cn.name())),
+                )),
+                Err(e) => unknown_unless_harness("cannot observe", e),
             }
         });
-        merge(&js)
+        Ok(merge(&all_judged(js)?))
     }
 }
 
@@ -156,5 +157,46 @@ mod tests {
         assert_eq!(j.evidence.len(), 2, "{:?}", j.evidence);
         assert!(j.evidence[0].contains("no live link pinned at /b/links/sendmsg4"));
         assert!(j.evidence[1].contains("0 programs of ours attached"));
+    }
+
+    use super::super::Verdict;
+
+    /// Recorded on node-a of suite sockmap, netns provider (testdata/README.md): `bpftool
+    /// -j cgroup show` of the node's cgroup and `bpftool -j -f {prog,map,link} show`.
+    const BPFFS: &str = "/sys/fs/bpf/dp-harness-1ac319/node-a";
+
+    fn recorded() -> (Vec<Attached>, crate::observe::bpf::Kernel) {
+        use crate::observe::bpf::parse_json;
+        let read = "recorded bpftool output reads";
+        let attached = parse_json(include_str!("testdata/bpf.cgroup-show.json")).expect(read);
+        let kernel = crate::observe::bpf::Kernel {
+            progs: parse_json(include_str!("testdata/bpf.prog-show.json")).expect(read),
+            maps: parse_json(include_str!("testdata/bpf.map-show.json")).expect(read),
+            links: parse_json(include_str!("testdata/bpf.link-show.json")).expect(read),
+        };
+        (attached, kernel)
+    }
+
+    #[test]
+    fn recorded_hooks_have_one_program_each() {
+        let (attached, k) = recorded();
+        let j = judge("node-a", BPFFS, &attached, &k.links);
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        // A second program of ours on connect4 (an agent that attached twice).
+        let mut twice = attached.clone();
+        let mut extra = twice
+            .iter()
+            .find(|a| a.attach_type == "cgroup_inet4_connect")
+            .expect("connect4 attached")
+            .clone();
+        extra.id += 1000;
+        twice.push(extra);
+        let j = judge("node-a", BPFFS, &twice, &k.links);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.evidence[0].contains("hook connect4: 2 programs of ours attached (want 1)"),
+            "{:?}",
+            j.evidence
+        );
     }
 }

@@ -15,10 +15,15 @@
 
 use std::net::SocketAddrV4;
 
-use super::{merge, per_node, Context, Invariant, Judgement, Verdict};
+use dp_wire::ReqRespSummary;
+
+use super::{
+    all_judged, merge, per_node, unknown_unless_harness, Context, Invariant, Judgement, Verdict,
+};
 use crate::cluster::ClusterNode;
 use crate::observe::features::{self, KernelNeed};
 use crate::observe::sockhash::{self as obs, Scope};
+use crate::observe::ObserveError;
 use crate::suite::{InvariantName, Needs};
 
 pub const DEFAULT_BOUND_MS: u64 = 2000;
@@ -50,32 +55,42 @@ impl Invariant for PayloadLiveness {
         features::SOCKET_ACCELERATION
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let js = per_node(ctx, |cn| check_node(ctx, cn, DEFAULT_BOUND_MS));
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
+        let js = per_node(ctx, |cn| check_node(ctx, cn, DEFAULT_BOUND_MS))?;
         if js.is_empty() {
-            return Judgement::unknown("no node has a local pod serving TCP: nothing to probe");
+            return Ok(Judgement::unknown(
+                "no node has a local pod serving TCP: nothing to probe",
+            ));
         }
-        merge(&js)
+        Ok(merge(&js))
     }
 }
 
-fn check_node(ctx: &Context<'_>, cn: &ClusterNode, bound_ms: u64) -> Option<Judgement> {
+fn check_node(
+    ctx: &Context<'_>,
+    cn: &ClusterNode,
+    bound_ms: u64,
+) -> Result<Option<Judgement>, ObserveError> {
     let node = cn.name();
     let targets = obs::local_targets(ctx.cluster, ctx.services, node);
     if targets.is_empty() {
-        return None;
+        return Ok(None);
     }
+    let unknown = |e: ObserveError| unknown_unless_harness("cannot observe", e).map(Some);
     let scope = match Scope::of(cn) {
         Ok(s) => s,
-        Err(e) => return Some(Judgement::unknown(e)),
+        Err(e) => return unknown(e),
     };
     let before = match obs::accel_stats(cn) {
         Ok(s) => s,
-        Err(e) => return Some(Judgement::unknown(format!("node {node}: {e}"))),
+        Err(e) => return unknown(e),
     };
     // The leaked tuples, if the map can be read; without it the probes still run.
     let mut notes = Vec::new();
-    let seen = obs::dump(cn).and_then(|k| obs::sockets(ctx.cluster, cn).map(|s| (k, s)));
+    let seen = match obs::dump(cn).and_then(|k| obs::sockets(ctx.cluster, cn).map(|s| (k, s))) {
+        Err(e) if e.is_harness_error() => return Err(e),
+        seen => seen,
+    };
     let bound = bound_ms.to_string();
     let mut js = Vec::new();
     for t in &targets {
@@ -95,8 +110,8 @@ fn check_node(ctx: &Context<'_>, cn: &ClusterNode, bound_ms: u64) -> Option<Judg
             obs::reqresp_timeout(CONNECTIONS.into(), REQUESTS.into(), bound_ms),
         );
         js.push(match fresh {
-            Ok(s) => judge(node, &what, &s, bound_ms),
-            Err(e) => Judgement::unknown(format!("node {node} -> {what}: cannot probe: {e}")),
+            Ok(s) => Ok(judge(node, &what, &s, bound_ms)),
+            Err(e) => unknown_unless_harness(format!("node {node} -> {what}: cannot probe"), e),
         });
         let stale = match &seen {
             Ok((keys, socks)) => {
@@ -104,7 +119,8 @@ fn check_node(ctx: &Context<'_>, cn: &ClusterNode, bound_ms: u64) -> Option<Judg
             }
             Err(e) => {
                 notes.push(format!(
-                    "node {node}: stale tuples not reused (cannot read the sockhash: {e})"
+                    "node {node}: stale tuples not reused (cannot read the sockhash: {})",
+                    e.report()
                 ));
                 Vec::new()
             }
@@ -127,15 +143,15 @@ fn check_node(ctx: &Context<'_>, cn: &ClusterNode, bound_ms: u64) -> Option<Judg
                 obs::reqresp_timeout(1, 3, bound_ms),
             );
             js.push(match r {
-                Ok(s) => judge(node, &what, &s, bound_ms),
-                Err(e) => Judgement::unknown(format!("node {node} -> {what}: cannot probe: {e}")),
+                Ok(s) => Ok(judge(node, &what, &s, bound_ms)),
+                Err(e) => unknown_unless_harness(format!("node {node} -> {what}: cannot probe"), e),
             });
         }
     }
-    let mut j = merge(&js);
+    let mut j = merge(&all_judged(js)?);
     let after = match obs::accel_stats(cn) {
         Ok(s) => s,
-        Err(e) => return Some(Judgement::unknown(format!("node {node}: {e}"))),
+        Err(e) => return unknown(e),
     };
     let redirected = after[3].saturating_sub(before[3]);
     if j.verdict == Verdict::Pass && redirected == 0 {
@@ -152,45 +168,42 @@ fn check_node(ctx: &Context<'_>, cn: &ClusterNode, bound_ms: u64) -> Option<Judg
             .push(format!("node {node}: datapathd status sockhash: {c}"));
     }
     j.evidence.extend(notes);
-    Some(j)
+    Ok(Some(j))
 }
 
 /// Judges one `dp-probe reqresp` summary (its JSON line).
-pub fn judge(node: &str, target: &str, summary: &serde_json::Value, bound_ms: u64) -> Judgement {
-    let n = |k: &str| summary[k].as_u64().unwrap_or(0);
-    if n("requests") == 0 {
+pub fn judge(node: &str, target: &str, summary: &ReqRespSummary, bound_ms: u64) -> Judgement {
+    let s = summary;
+    if s.requests == 0 {
         return Judgement::unknown(format!(
             "node {node} -> {target}: no request was made (connect failures: {})",
-            n("connect_failures")
+            s.connect_failures
         ));
     }
-    let problems: Vec<String> = summary["connections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["hung"].as_u64().unwrap_or(0) > 0 || c["errors"].as_u64().unwrap_or(0) > 0)
+    let problems: Vec<String> = s
+        .connections
+        .iter()
+        .filter(|c| c.hung > 0 || c.errors > 0)
         .map(|c| {
             format!(
                 "node {node}: connection {} -> {} (cookie {}): {}",
-                c["local"].as_str().unwrap_or("?"),
-                c["peer"].as_str().unwrap_or("?"),
-                c["cookie"],
-                c["first_problem"].as_str().unwrap_or("?")
+                c.local,
+                c.peer,
+                c.cookie,
+                c.first_problem.as_deref().unwrap_or("?")
             )
         })
         .collect();
-    if n("hung") == 0 && n("errors") == 0 && n("connect_failures") == 0 {
+    if s.hung == 0 && s.errors == 0 && s.connect_failures == 0 {
         Judgement::pass(format!(
             "node {node} -> {target}: {} request(s) answered within {bound_ms} ms",
-            n("ok")
+            s.ok
         ))
     } else {
         Judgement::fail(
             format!(
                 "node {node} -> {target}: {} request(s) hung (no answer within {bound_ms} ms), {} error(s), {} connect failure(s)",
-                n("hung"),
-                n("errors"),
-                n("connect_failures")
+                s.hung, s.errors, s.connect_failures
             ),
             problems,
         )
@@ -198,21 +211,45 @@ pub fn judge(node: &str, target: &str, summary: &serde_json::Value, bound_ms: u6
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::invariant::Verdict;
 
+    /// Recorded: `dp-probe reqresp` from a node to a local pod server of the netns
+    /// provider with the datapath accelerating (testdata/README.md says how).
+    pub(crate) fn recorded() -> ReqRespSummary {
+        serde_json::from_str(include_str!("testdata/reqresp.json")).expect("recorded summary reads")
+    }
+
+    #[test]
+    fn answered_requests_pass() {
+        let s = recorded();
+        assert!(s.requests > 0 && s.hung == 0);
+        let j = judge("n", "10.244.1.2:8080", &s, 1000);
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert!(j
+            .summary
+            .contains(&format!("{} request(s) answered within 1000 ms", s.ok)));
+    }
+
     #[test]
     fn hung_is_fail_and_nothing_is_unknown() {
-        let hung = serde_json::json!({"requests":1,"ok":0,"hung":1,"errors":0,"connect_failures":0,
-            "connections":[{"local":"127.0.0.1:40000","peer":"127.0.0.2:8080","cookie":5,"hung":1,"errors":0,
-            "first_problem":"request tok: no answer within 1s (read timed out)"}]});
-        let j = judge("n", "127.0.0.2:8080", &hung, 1000);
+        let mut hung = recorded();
+        hung.hung = 1;
+        hung.connections[0].hung = 1;
+        hung.connections[0].first_problem =
+            Some("request tok: no answer within 1s (read timed out)".into());
+        let cookie = hung.connections[0].cookie;
+        let j = judge("n", "x", &hung, 1000);
         assert_eq!(j.verdict, Verdict::Fail);
-        assert!(j.evidence[0].contains("cookie 5"), "{:?}", j.evidence);
-        let none = serde_json::json!({"requests":0,"connect_failures":1});
+        assert!(
+            j.evidence[0].contains(&format!("(cookie {cookie}): request tok")),
+            "{:?}",
+            j.evidence
+        );
+        let mut none = recorded();
+        none.requests = 0;
+        none.connect_failures = 1;
         assert_eq!(judge("n", "x", &none, 1000).verdict, Verdict::Unknown);
-        let ok = serde_json::json!({"requests":3,"ok":3,"hung":0,"errors":0,"connect_failures":0});
-        assert_eq!(judge("n", "x", &ok, 1000).verdict, Verdict::Pass);
     }
 }

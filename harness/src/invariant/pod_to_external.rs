@@ -4,12 +4,13 @@
 //! an attempt whose connect succeeded (peer and local known) and whose request then timed
 //! out: established, then nothing.
 
-use std::time::Duration;
+use dp_wire::Attempt;
 
-use super::{merge, Context, Invariant, Judgement};
+use super::{all_judged, merge, unknown_unless_harness, Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
 use crate::cluster::{ExternalHost, Pod};
 use crate::observe::features::KernelNeed;
+use crate::observe::{probe, ObserveError};
 use crate::suite::InvariantName;
 
 pub const ATTEMPTS: u32 = 3;
@@ -18,25 +19,6 @@ pub const TIMEOUT_MS: u32 = 3000;
 
 pub const NAME: InvariantName = InvariantName::new("pod-to-external");
 pub struct PodToExternal;
-
-/// One attempt as `dp-probe connect` reports it (the fields this judge reads).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Attempt {
-    #[serde(default)]
-    pub ok: bool,
-    #[serde(default)]
-    pub peer: Option<String>,
-    #[serde(default)]
-    pub local: Option<String>,
-    #[serde(default)]
-    pub echo: Option<String>,
-    #[serde(default)]
-    pub seen_as: Option<String>,
-    #[serde(default)]
-    pub errno: Option<serde_json::Value>,
-    #[serde(default)]
-    pub error: Option<String>,
-}
 
 pub fn judge(pod: &Pod, ext: &ExternalHost, attempts: &[Attempt]) -> Judgement {
     if attempts.is_empty() {
@@ -55,7 +37,7 @@ pub fn judge(pod: &Pod, ext: &ExternalHost, attempts: &[Attempt]) -> Judgement {
         if !a.ok {
             let why = format!(
                 "{} {}",
-                a.errno.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                a.errno.map(|v| v.to_string()).unwrap_or_default(),
                 a.error.as_deref().unwrap_or("")
             );
             match (&a.local, &a.peer) {
@@ -100,60 +82,6 @@ pub fn judge(pod: &Pod, ext: &ExternalHost, attempts: &[Attempt]) -> Judgement {
     }
 }
 
-/// `count` attempts from `pod` (on its node) to the external host.
-pub fn probe(
-    ctx: &Context<'_>,
-    pod: &Pod,
-    ext: &ExternalHost,
-    count: u32,
-) -> Result<Vec<Attempt>, String> {
-    let cn = ctx
-        .cluster
-        .node(&pod.node)
-        .ok_or_else(|| format!("no node {}", pod.node))?;
-    let probe = cn.dp_probe.display().to_string();
-    let netns = pod.netns.display().to_string();
-    let to = ext.addr.to_string();
-    let payload = format!("{}->{}", pod.name, ext.name);
-    let (count, timeout) = (count.to_string(), TIMEOUT_MS.to_string());
-    let argv = [
-        probe.as_str(),
-        "connect",
-        "--to",
-        &to,
-        "--proto",
-        "tcp",
-        "--payload",
-        &payload,
-        "--timeout-ms",
-        &timeout,
-        "--netns",
-        &netns,
-        "--count",
-        &count,
-    ];
-    let out = cn
-        .node
-        .run(&argv, Duration::from_secs(120))
-        .map_err(|e| e.to_string())?;
-    if !matches!(
-        out.exit,
-        crate::node::Exit::Code(0) | crate::node::Exit::Code(1)
-    ) {
-        return Err(format!(
-            "`{}` {}: {}",
-            argv.join(" "),
-            out.exit,
-            out.stderr_str().trim()
-        ));
-    }
-    out.stdout_str()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| format!("dp-probe printed `{l}`: {e}")))
-        .collect()
-}
-
 impl Invariant for PodToExternal {
     fn name(&self) -> InvariantName {
         NAME
@@ -172,21 +100,21 @@ impl Invariant for PodToExternal {
         ]
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
         let Some(ext) = &ctx.cluster.external else {
-            return Judgement::unknown(
+            return Ok(Judgement::unknown(
                 "the cluster has no external host (the provider did not bring one up)",
-            );
+            ));
         };
         let js = in_parallel(&ctx.cluster.pods, |pod| {
-            match probe(ctx, pod, ext, ATTEMPTS) {
-                Ok(a) => judge(pod, ext, &a),
+            match probe::connect_external(ctx.cluster, pod, ext, ATTEMPTS, TIMEOUT_MS) {
+                Ok(a) => Ok(judge(pod, ext, &a)),
                 Err(e) => {
-                    Judgement::unknown(format!("{} -> {}: cannot probe: {e}", pod.name, ext.name))
+                    unknown_unless_harness(format!("{} -> {}: cannot probe", pod.name, ext.name), e)
                 }
             }
         });
-        merge(&js)
+        Ok(merge(&all_judged(js)?))
     }
 }
 
@@ -207,33 +135,42 @@ mod tests {
     fn ext() -> ExternalHost {
         ExternalHost {
             name: "external".into(),
-            addr: "172.31.0.200:8080".parse().unwrap(),
+            addr: "172.31.0.250:8080".parse().unwrap(),
             netns: "/run/netns/x".into(),
             on_host: None,
         }
     }
-    fn parse(l: &str) -> Attempt {
-        serde_json::from_str(l).unwrap()
+    /// Recorded: `dp-probe connect --count 3` from client-a to the external host of the
+    /// netns provider through the masquerade (testdata/README.md says how).
+    const CONNECT: &str = include_str!("testdata/pod-to-external.connect.txt");
+
+    fn recorded() -> Vec<Attempt> {
+        probe::parse_attempts("node-a", "dp-probe connect", CONNECT).expect("recorded output reads")
     }
 
     #[test]
     fn masqueraded_answers_pass() {
-        let a = parse(
-            r#"{"ok":true,"peer":"172.31.0.200:8080","local":"10.244.1.2:40000","echo":"x","seen_as":"172.31.0.1:61234"}"#,
+        let j = judge(&pod(), &ext(), &recorded());
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert!(
+            j.summary.ends_with("3 answers with payload"),
+            "{}",
+            j.summary
         );
-        assert_eq!(judge(&pod(), &ext(), &[a]).verdict, Verdict::Pass);
     }
+
+    /// Recorded: incident B with mutant kube-proxy-first: established, then silent.
+    const HUNG: &str = include_str!("testdata/pod-to-external.hung.connect.txt");
 
     #[test]
     fn established_then_hung_fails_with_the_signature() {
-        let a = parse(
-            r#"{"ok":false,"peer":"172.31.0.200:8080","local":"10.244.1.2:40000","errno":110,"error":"read: timed out"}"#,
-        );
-        let j = judge(&pod(), &ext(), &[a]);
+        let a = probe::parse_attempts("node-a", "dp-probe connect", HUNG).expect("reads");
+        let j = judge(&pod(), &ext(), &a);
         assert_eq!(j.verdict, Verdict::Fail);
         assert!(
             j.evidence.iter().any(|e| e.contains(
-                "established as 10.244.1.2:40000 -> 172.31.0.200:8080 but no payload came back"
+                "established as 10.244.1.2:52232 -> 172.31.0.250:8080 but no payload came back \
+                 (110 timed out waiting for the answer)"
             )),
             "{:?}",
             j.evidence
@@ -242,8 +179,12 @@ mod tests {
 
     #[test]
     fn unmasqueraded_fails_and_nothing_is_unknown() {
-        let a = parse(r#"{"ok":true,"seen_as":"10.244.1.2:40000"}"#);
-        assert!(judge(&pod(), &ext(), &[a]).evidence[0].contains("not masqueraded"));
+        let mut a = recorded();
+        a[1].seen_as = Some(format!("{}:40000", pod().ip));
+        let j = judge(&pod(), &ext(), &a);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.evidence.len(), 1);
+        assert!(j.evidence[0].contains("attempt 2: the external host saw the pod's own address"));
         assert_eq!(judge(&pod(), &ext(), &[]).verdict, Verdict::Unknown);
     }
 }

@@ -4,109 +4,18 @@
 //! per pod probes all its targets (`dp-probe connect` once per target, from the pod's
 //! netns and cgroup).
 
-use std::time::Duration;
+use dp_wire::Attempt;
 
-use super::service_connectivity::Attempt;
-use super::{merge, Context, Invariant, Judgement};
-use crate::cluster::service::ServiceState;
-use crate::cluster::Cluster;
+use super::{all_judged, merge, unknown_unless_harness, Context, Invariant, Judgement};
+use crate::observe::probe::{self, PodServer};
+use crate::observe::ObserveError;
 use crate::suite::InvariantName;
 
 pub const NAME: InvariantName = InvariantName::new("pod-to-pod");
 pub struct PodToPod;
 
-/// A pod's server as a direct target: the first port of the first service it backs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Target {
-    pub pod: String,
-    pub node: String,
-    pub addr: String,
-    pub proto: &'static str,
-}
-
-/// Every pod that runs a server (it backs a service), with one address of it.
-pub fn targets(cluster: &Cluster, services: &[ServiceState]) -> Vec<Target> {
-    cluster
-        .pods
-        .iter()
-        .filter_map(|p| {
-            let s = services.iter().find(|s| s.backends.contains(&p.name))?;
-            Some(Target {
-                pod: p.name.clone(),
-                node: p.node.clone(),
-                addr: format!("{}:{}", p.ip, s.target_port),
-                proto: s.protocol.as_str(),
-            })
-        })
-        .collect()
-}
-
-/// Marks the start of one target's output in the batch.
-const MARK: &str = "== dp-pod-to-pod ";
-
-/// Probes `to` from pod `from` (one attempt each, in one remote command). Returns, per
-/// target, what `dp-probe` printed.
-pub fn probe(
-    ctx: &Context<'_>,
-    from: &crate::cluster::Pod,
-    to: &[Target],
-) -> Result<Vec<(Target, Vec<Attempt>)>, String> {
-    let cn = ctx
-        .cluster
-        .node(&from.node)
-        .ok_or_else(|| format!("no node {}", from.node))?;
-    let script = format!(
-        "p=$1; ns=$2; cg=$3; me=$4; shift 4\n\
-         for t in \"$@\"; do\n\
-           echo \"{MARK}$t\"\n\
-           \"$p\" connect --to \"${{t#*,}}\" --proto \"${{t%%,*}}\" --payload \"$me\" \
-         --timeout-ms 2000 --netns \"$ns\" --cgroup \"$cg\" --count 1 || true\n\
-         done\n"
-    );
-    let mut argv: Vec<String> = vec![
-        "bash".into(),
-        "-c".into(),
-        script,
-        "pod-to-pod".into(),
-        cn.dp_probe.display().to_string(),
-        from.netns.display().to_string(),
-        from.cgroup.display().to_string(),
-        format!("{}->pods", from.name),
-    ];
-    argv.extend(to.iter().map(|t| format!("{},{}", t.proto, t.addr)));
-    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let out = cn
-        .node
-        .run(&args, Duration::from_secs(30 + 5 * to.len() as u64))
-        .map_err(|e| e.to_string())?;
-    if !out.success() {
-        return Err(format!("{}: {}", out.exit, out.stderr_str().trim()));
-    }
-    parse(&out.stdout_str(), to)
-}
-
-/// Splits the batch's output by target.
-fn parse(text: &str, to: &[Target]) -> Result<Vec<(Target, Vec<Attempt>)>, String> {
-    let mut res: Vec<(Target, Vec<Attempt>)> = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        if let Some(t) = line.strip_prefix(MARK) {
-            let t = to
-                .iter()
-                .find(|x| format!("{},{}", x.proto, x.addr) == t.trim())
-                .ok_or_else(|| format!("output for an unknown target `{t}`"))?;
-            res.push((t.clone(), Vec::new()));
-        } else if let Some((_, a)) = res.last_mut() {
-            a.push(
-                serde_json::from_str(line)
-                    .map_err(|e| format!("dp-probe printed `{line}`: {e}"))?,
-            );
-        }
-    }
-    Ok(res)
-}
-
 /// Pure judgement of one pod's probes.
-pub fn judge(from: &str, results: &[(Target, Vec<Attempt>)], expected: usize) -> Judgement {
+pub fn judge(from: &str, results: &[(PodServer, Vec<Attempt>)], expected: usize) -> Judgement {
     let mut bad = Vec::new();
     for (t, attempts) in results {
         let what = format!("{from} -> {} ({}, {})", t.pod, t.addr, t.node);
@@ -114,7 +23,7 @@ pub fn judge(from: &str, results: &[(Target, Vec<Attempt>)], expected: usize) ->
             None => bad.push(format!("{what}: no attempt reported")),
             Some(a) if !a.ok => bad.push(format!(
                 "{what}: failed: {} {}",
-                a.errno.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                a.errno.map(|v| v.to_string()).unwrap_or_default(),
                 a.error.as_deref().unwrap_or("")
             )),
             Some(a) if a.backend.as_deref() != Some(t.pod.as_str()) => bad.push(format!(
@@ -148,21 +57,21 @@ impl Invariant for PodToPod {
         "every pod reaches every other pod's server directly, across nodes, with payload"
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
-        let all = targets(ctx.cluster, ctx.services);
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
+        let all = probe::pod_servers(ctx.cluster, ctx.services);
         let nodes: std::collections::BTreeSet<&str> =
             ctx.cluster.pods.iter().map(|p| p.node.as_str()).collect();
-        let js: Vec<Judgement> = std::thread::scope(|s| {
+        let js = std::thread::scope(|s| {
             let handles: Vec<_> = ctx
                 .cluster
                 .pods
                 .iter()
                 .map(|pod| {
-                    let to: Vec<Target> =
+                    let to: Vec<PodServer> =
                         all.iter().filter(|t| t.pod != pod.name).cloned().collect();
-                    s.spawn(move || match probe(ctx, pod, &to) {
-                        Ok(r) => judge(&pod.name, &r, to.len()),
-                        Err(e) => Judgement::unknown(format!("{}: cannot probe: {e}", pod.name)),
+                    s.spawn(move || match probe::connect_each(ctx.cluster, pod, &to) {
+                        Ok(r) => Ok(judge(&pod.name, &r, to.len())),
+                        Err(e) => unknown_unless_harness(format!("{}: cannot probe", pod.name), e),
                     })
                 })
                 .collect();
@@ -170,11 +79,11 @@ impl Invariant for PodToPod {
                 .into_iter()
                 .map(|h| {
                     h.join()
-                        .unwrap_or_else(|_| Judgement::unknown("a probe thread panicked"))
+                        .unwrap_or_else(|_| Ok(Judgement::unknown("a probe thread panicked")))
                 })
-                .collect()
+                .collect::<Vec<_>>()
         });
-        let mut j = merge(&js);
+        let mut j = merge(&all_judged(js)?);
         if j.verdict == super::Verdict::Pass {
             j.summary = format!(
                 "{} pods reach {} pod servers on {} nodes with payload",
@@ -183,7 +92,7 @@ impl Invariant for PodToPod {
                 nodes.len()
             );
         }
-        j
+        Ok(j)
     }
 }
 
@@ -191,45 +100,54 @@ impl Invariant for PodToPod {
 mod tests {
     use super::super::Verdict;
     use super::*;
+    use crate::suite::Protocol;
 
-    fn t(pod: &str, node: &str, addr: &str) -> Target {
-        Target {
+    fn server(pod: &str, node: &str, addr: &str) -> PodServer {
+        PodServer {
             pod: pod.into(),
             node: node.into(),
-            addr: addr.into(),
-            proto: "tcp",
+            addr: addr.parse().unwrap(),
+            proto: Protocol::Tcp,
         }
     }
 
-    #[test]
-    fn batch_output_splits_by_target_and_judges() {
+    /// Recorded: `connect_each`'s batch from client-a (netns provider, suite sockmap;
+    /// testdata/README.md): web-b1 on the other node answering, and a port of web-a1
+    /// nobody listens on (refused).
+    const BATCH: &str = include_str!("testdata/pod-to-pod.batch.txt");
+
+    fn recorded() -> Vec<(PodServer, Vec<Attempt>)> {
         let to = [
-            t("web-b1", "node-b", "10.244.2.10:8080"),
-            t("web-a1", "node-a", "10.244.1.11:8080"),
+            server("web-b1", "node-b", "10.244.2.3:8080"),
+            server("web-a1", "node-a", "10.244.1.3:9"),
         ];
-        let out = format!(
-            "{MARK}tcp,10.244.2.10:8080\n{{\"ok\":true,\"backend\":\"web-b1\"}}\n\
-             {MARK}tcp,10.244.1.11:8080\n{{\"ok\":false,\"errno\":\"ETIMEDOUT\",\"error\":\"connect\"}}\n"
-        );
-        let r = parse(&out, &to).expect("parses");
+        probe::split_by_target("node-a", BATCH, &to).expect("recorded output reads")
+    }
+
+    #[test]
+    fn recorded_batch_judges_per_target() {
+        let r = recorded();
         assert_eq!(r.len(), 2);
         let j = judge("client-a", &r, 2);
         assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(j.evidence.len(), 1, "{:?}", j.evidence);
         assert!(
-            j.evidence[0].contains("client-a -> web-a1"),
+            j.evidence[0].contains(
+                "client-a -> web-a1 (10.244.1.3:9, node-a): failed: 111 connect: Connection refused"
+            ),
             "{:?}",
             j.evidence
         );
-        assert!(j.evidence[0].contains("ETIMEDOUT"));
         assert_eq!(judge("client-a", &r[..1], 1).verdict, Verdict::Pass);
         assert_eq!(judge("client-a", &r[..1], 2).verdict, Verdict::Unknown);
     }
 
     #[test]
     fn a_wrong_pod_answering_fails() {
-        let to = [t("web-b1", "node-b", "10.244.2.10:8080")];
-        let out = format!("{MARK}tcp,10.244.2.10:8080\n{{\"ok\":true,\"backend\":\"web-b2\"}}\n");
-        let j = judge("c", &parse(&out, &to).unwrap(), 1);
+        let mut r = recorded();
+        r.truncate(1);
+        r[0].1[0].backend = Some("web-b2".into());
+        let j = judge("c", &r, 1);
         assert_eq!(j.verdict, Verdict::Fail);
         assert!(j.evidence[0].contains("answered by web-b2 instead"));
     }

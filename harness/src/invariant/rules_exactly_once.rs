@@ -81,7 +81,7 @@ impl Invariant for RulesExactlyOnce {
         "the datapath's iptables rules are each present exactly once"
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, crate::observe::ObserveError> {
         super::judge_iptables_per_node(ctx, judge)
     }
 }
@@ -125,6 +125,31 @@ mod tests {
         assert_eq!(
             judge("n", &parse("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n")).verdict,
             Verdict::Fail
+        );
+    }
+
+    /// Recorded on node-a with kube-proxy installed (testdata/README.md).
+    const RECORDED: &str = include_str!("testdata/iptables-save.kube-proxy-order.txt");
+
+    #[test]
+    fn recorded_rules_pass_and_a_duplicated_rule_fails() {
+        let j = judge("node-a", &parse(RECORDED));
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert_eq!(
+            j.summary,
+            "node node-a: one jump to DP_FORWARD, its 2 rules once each"
+        );
+        let rule = RECORDED
+            .lines()
+            .find(|l| l.contains("-A DP_FORWARD -i p+"))
+            .expect("the pods' rule");
+        let doubled = RECORDED.replacen(rule, &format!("{rule}\n{rule}"), 1);
+        let j = judge("node-a", &parse(&doubled));
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.evidence[0].contains("2 copies of `-A DP_FORWARD -i p+"),
+            "{:?}",
+            j.evidence
         );
     }
 }

@@ -3,13 +3,13 @@
 //! show the service address. Traffic is real: `dp-probe connect` from the pod's netns and
 //! cgroup.
 
-use std::time::Duration;
+use dp_wire::Attempt;
 
-use super::{merge, Context, Invariant, Judgement};
+use super::{all_judged, merge, unknown_unless_harness, Context, Invariant, Judgement};
+use crate::cluster::in_parallel;
 use crate::cluster::service::ServiceState;
-use crate::cluster::{in_parallel, ClusterNode, Pod};
-use crate::node::Exit;
 use crate::observe::features::KernelNeed;
+use crate::observe::{probe, ObserveError};
 use crate::suite::InvariantName;
 
 /// Attempts per pod and service: several, because TCP picks a random slot.
@@ -17,25 +17,6 @@ pub const ATTEMPTS: u32 = 6;
 
 pub const NAME: InvariantName = InvariantName::new("service-connectivity");
 pub struct ServiceConnectivity;
-
-/// One line of `dp-probe connect`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Attempt {
-    #[serde(default)]
-    pub ok: bool,
-    #[serde(default)]
-    pub peer: Option<String>,
-    #[serde(default)]
-    pub backend: Option<String>,
-    /// A number or a name, as dp-probe reports it.
-    #[serde(default)]
-    pub errno: Option<serde_json::Value>,
-    #[serde(default)]
-    pub error: Option<String>,
-    /// The whole attempt (connect, request, answer), in microseconds.
-    #[serde(default)]
-    pub elapsed_us: Option<u64>,
-}
 
 pub fn judge(pod: &str, svc: &ServiceState, attempts: &[Attempt]) -> Judgement {
     let mut bad = Vec::new();
@@ -47,7 +28,7 @@ pub fn judge(pod: &str, svc: &ServiceState, attempts: &[Attempt]) -> Judgement {
         if !a.ok {
             bad.push(format!(
                 "{what}: failed: {} {}",
-                a.errno.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                a.errno.map(|v| v.to_string()).unwrap_or_default(),
                 a.error.as_deref().unwrap_or("")
             ));
             continue;
@@ -81,74 +62,6 @@ pub fn judge(pod: &str, svc: &ServiceState, attempts: &[Attempt]) -> Judgement {
     }
 }
 
-/// The `dp-probe connect` command line for one pod and service.
-fn probe_argv(cn: &ClusterNode, pod: &Pod, svc: &ServiceState, count: u32) -> Vec<String> {
-    [
-        &cn.dp_probe.display().to_string(),
-        "connect",
-        "--to",
-        &svc.addr(),
-        "--proto",
-        svc.protocol.as_str(),
-        "--payload",
-        &format!("{}->{}", pod.name, svc.name),
-        "--timeout-ms",
-        "2000",
-        "--netns",
-        &pod.netns.display().to_string(),
-        "--cgroup",
-        &pod.cgroup.display().to_string(),
-        "--count",
-        &count.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-/// Probes every service from `pod` (one round trip to its node); one result per service.
-pub fn probe_all(
-    ctx: &Context<'_>,
-    pod: &Pod,
-    services: &[ServiceState],
-    count: u32,
-) -> Result<Vec<Result<Vec<Attempt>, String>>, String> {
-    let cn = ctx
-        .cluster
-        .node(&pod.node)
-        .ok_or_else(|| format!("no node {}", pod.node))?;
-    let argvs: Vec<Vec<String>> = services
-        .iter()
-        .map(|svc| probe_argv(cn, pod, svc, count))
-        .collect();
-    let outs = cn
-        .node
-        .run_batch(&argvs, Duration::from_secs(60))
-        .map_err(|e| e.to_string())?;
-    Ok(argvs
-        .iter()
-        .zip(outs)
-        .map(|(argv, out)| {
-            // dp-probe exits 1 when an attempt failed: its lines still say how.
-            if !matches!(out.exit, Exit::Code(0) | Exit::Code(1)) {
-                return Err(format!(
-                    "`{}` {}: {}",
-                    argv.join(" "),
-                    out.exit,
-                    out.stderr_str().trim()
-                ));
-            }
-            out.stdout_str()
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| {
-                    serde_json::from_str(l).map_err(|e| format!("dp-probe printed `{l}`: {e}"))
-                })
-                .collect()
-        })
-        .collect())
-}
-
 impl Invariant for ServiceConnectivity {
     fn name(&self) -> InvariantName {
         NAME
@@ -163,28 +76,28 @@ impl Invariant for ServiceConnectivity {
         &[KernelNeed::ProgType("cgroup_sock_addr")]
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
         let per_pod = in_parallel(&ctx.cluster.pods, |pod| {
-            match probe_all(ctx, pod, ctx.services, ATTEMPTS) {
+            match probe::connect_services(ctx.cluster, pod, ctx.services, ATTEMPTS) {
                 Ok(results) => ctx
                     .services
                     .iter()
                     .zip(results)
                     .map(|(svc, r)| match r {
-                        Ok(a) => judge(&pod.name, svc, &a),
-                        Err(e) => Judgement::unknown(format!(
-                            "{} -> {}: cannot probe: {e}",
-                            pod.name, svc.name
-                        )),
+                        Ok(a) => Ok(judge(&pod.name, svc, &a)),
+                        Err(e) => unknown_unless_harness(
+                            format!("{} -> {}: cannot probe", pod.name, svc.name),
+                            e,
+                        ),
                     })
                     .collect(),
-                Err(e) => vec![Judgement::unknown(format!(
-                    "{}: cannot probe its services: {e}",
-                    pod.name
-                ))],
+                Err(e) => vec![unknown_unless_harness(
+                    format!("{}: cannot probe its services", pod.name),
+                    e,
+                )],
             }
         });
-        merge(&per_pod.into_iter().flatten().collect::<Vec<_>>())
+        Ok(merge(&all_judged(per_pod.into_iter().flatten())?))
     }
 }
 
@@ -194,40 +107,52 @@ mod tests {
     use super::*;
     use crate::suite::Protocol;
 
+    /// Recorded: `dp-probe connect --count 6` from a client pod to a service of the
+    /// netns provider (testdata/README.md says how).
+    const CONNECT: &str = include_str!("testdata/service-connectivity.connect.txt");
+
+    fn recorded() -> Vec<Attempt> {
+        probe::parse_attempts("node-a", "dp-probe connect", CONNECT).expect("recorded output reads")
+    }
+
     fn svc() -> ServiceState {
+        let a = &recorded()[0];
         ServiceState {
             name: "web".into(),
-            vip: "10.96.0.10".parse().unwrap(),
-            port: 80,
+            vip: a.to.rsplit_once(':').unwrap().0.parse().unwrap(),
+            port: a.to.rsplit_once(':').unwrap().1.parse().unwrap(),
             protocol: Protocol::Tcp,
             target_port: 8080,
-            backends: vec!["web-a1".into(), "web-b1".into()],
+            backends: recorded()
+                .iter()
+                .filter_map(|a| a.backend.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         }
-    }
-    fn parse(l: &str) -> Attempt {
-        serde_json::from_str(l).unwrap()
     }
 
     #[test]
     fn answers_from_live_backends_pass() {
-        let a = parse(
-            r#"{"ok":true,"proto":"tcp","to":"10.96.0.10:80","peer":"10.96.0.10:80","local":"10.244.1.2:40000","backend":"web-b1","echo":"x","errno":null,"error":null,"elapsed_us":300}"#,
-        );
-        assert_eq!(
-            judge("client-a", &svc(), &[a.clone(), a]).verdict,
-            Verdict::Pass
+        let j = judge("client-a", &svc(), &recorded());
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert!(
+            j.summary.ends_with("6 answers from live backends"),
+            "{}",
+            j.summary
         );
     }
 
     #[test]
     fn a_removed_backend_answering_fails() {
-        let a = parse(r#"{"ok":true,"peer":"10.96.0.10:80","backend":"web-a2"}"#);
-        let j = judge("client-a", &svc(), &[a]);
+        let mut svc = svc();
+        let gone = svc.backends.remove(0);
+        let j = judge("client-a", &svc, &recorded());
         assert_eq!(j.verdict, Verdict::Fail);
         assert!(
-            j.evidence[0].contains(
-                "answered by web-a2 which is not a current backend (now: web-a1, web-b1)"
-            ),
+            j.evidence.iter().any(|e| e.contains(&format!(
+                "answered by {gone} which is not a current backend"
+            ))),
             "{:?}",
             j.evidence
         );
@@ -235,16 +160,25 @@ mod tests {
 
     #[test]
     fn backend_address_as_peer_fails() {
-        let a = parse(r#"{"ok":true,"peer":"10.244.1.3:8080","backend":"web-a1"}"#);
-        let j = judge("c", &svc(), &[a]);
+        let mut a = recorded();
+        a.truncate(1);
+        a[0].peer = Some("10.244.1.3:8080".into());
+        let j = judge("c", &svc(), &a);
         assert!(j.evidence[0]
             .contains("peer address is 10.244.1.3:8080 instead of the service address"));
     }
 
     #[test]
     fn refused_fails_and_nothing_is_unknown() {
-        let a = parse(r#"{"ok":false,"errno":"ECONNREFUSED","error":"connect"}"#);
-        assert_eq!(judge("c", &svc(), &[a]).verdict, Verdict::Fail);
+        let refused = probe::parse_attempts(
+            "node-a",
+            "dp-probe connect",
+            include_str!("testdata/refused.connect.txt"),
+        )
+        .expect("recorded output reads");
+        let j = judge("c", &svc(), &refused);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(j.evidence[0].contains("failed: 111"), "{:?}", j.evidence);
         assert_eq!(judge("c", &svc(), &[]).verdict, Verdict::Unknown);
     }
 }

@@ -10,10 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use super::{merge, per_node, Context, Invariant, Judgement, Verdict};
+use super::{merge, per_node, unknown_unless_harness, Context, Invariant, Judgement, Verdict};
 use crate::cluster::ClusterNode;
 use crate::observe::features::{self, KernelNeed};
 use crate::observe::sockhash::{self as obs, Scope};
+use crate::observe::ObserveError;
 use crate::suite::{InvariantName, Needs};
 
 /// How long an over-the-bound count is re-observed before it fails (stale keys must be
@@ -43,12 +44,12 @@ impl Invariant for SockhashBounded {
         features::SOCKET_ACCELERATION
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
-        merge(&per_node(ctx, |cn| Some(check_node(ctx, cn))))
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
+        Ok(merge(&per_node(ctx, |cn| check_node(ctx, cn).map(Some))?))
     }
 }
 
-fn observe(ctx: &Context<'_>, cn: &ClusterNode, scope: &Scope) -> Result<Judgement, String> {
+fn observe(ctx: &Context<'_>, cn: &ClusterNode, scope: &Scope) -> Result<Judgement, ObserveError> {
     let socks = obs::sockets(ctx.cluster, cn)?;
     let keys = obs::dump(cn)?;
     let live = obs::live_accelerated_connections(&socks, scope);
@@ -59,18 +60,16 @@ fn observe(ctx: &Context<'_>, cn: &ClusterNode, scope: &Scope) -> Result<Judgeme
     Ok(judge(cn.name(), keys.len(), live, &sample))
 }
 
-fn check_node(ctx: &Context<'_>, cn: &ClusterNode) -> Judgement {
+fn check_node(ctx: &Context<'_>, cn: &ClusterNode) -> Result<Judgement, ObserveError> {
     let scope = match Scope::of(cn) {
         Ok(s) => s,
-        Err(e) => return Judgement::unknown(e),
+        Err(e) => return unknown_unless_harness("cannot observe", e),
     };
     let deadline = Instant::now() + SETTLE;
     let mut j = loop {
         let j = match observe(ctx, cn, &scope) {
             Ok(j) => j,
-            Err(e) => {
-                return Judgement::unknown(format!("node {}: cannot observe: {e}", cn.name()))
-            }
+            Err(e) => return unknown_unless_harness("cannot observe", e),
         };
         if j.verdict == Verdict::Pass || Instant::now() >= deadline {
             break j;
@@ -83,7 +82,7 @@ fn check_node(ctx: &Context<'_>, cn: &ClusterNode) -> Judgement {
             cn.name()
         ));
     }
-    j
+    Ok(j)
 }
 
 pub fn judge(node: &str, entries: usize, live_accelerated: usize, sample: &[String]) -> Judgement {
@@ -115,5 +114,29 @@ mod tests {
         let j = judge("n", 5, 2, &["k".into()]);
         assert_eq!(j.verdict, Verdict::Fail);
         assert_eq!(j.evidence.len(), 2);
+    }
+
+    #[test]
+    fn recorded_map_is_within_twice_its_live_connections() {
+        use crate::observe::{sockhash, ss};
+        // The same recording as sockhash-keys-live's (testdata/README.md).
+        let keys = sockhash::parse_dump(include_str!("testdata/sockhash.dump.json"))
+            .expect("recorded dump reads");
+        let socks = ss::parse(include_str!("testdata/sockhash.ss.txt")).expect("recorded ss reads");
+        let scope = Scope {
+            node_addr: "172.31.0.1".parse().unwrap(),
+            nets: vec![
+                ("172.31.0.1".parse().unwrap(), 32),
+                ("10.244.1.0".parse().unwrap(), 24),
+            ],
+        };
+        let live = obs::live_accelerated_connections(&socks, &scope);
+        assert_eq!((keys.len(), live), (4, 2));
+        assert_eq!(
+            judge("node-a", keys.len(), live, &[]).verdict,
+            Verdict::Pass
+        );
+        let j = judge("node-a", keys.len(), live - 1, &["k".into()]);
+        assert_eq!(j.verdict, Verdict::Fail);
     }
 }

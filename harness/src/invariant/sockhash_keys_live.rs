@@ -20,11 +20,12 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
-use super::{merge, per_node, Context, Invariant, Judgement, Verdict};
+use super::{merge, per_node, unknown_unless_harness, Context, Invariant, Judgement, Verdict};
 use crate::cluster::ClusterNode;
-use crate::node::{Process, SpawnSpec};
 use crate::observe::features::{self, KernelNeed};
-use crate::observe::sockhash::{self as obs, Scope, Target};
+use crate::observe::sockhash::{self as obs, Scope, Target, Tuple};
+use crate::observe::ss::Sock;
+use crate::observe::ObserveError;
 use crate::suite::{InvariantName, Needs};
 
 /// How long keys that are not owned are re-observed before they fail: until the agent's
@@ -46,8 +47,8 @@ pub struct SockhashKeysLive;
 /// The node's end of a connection to a local pod server, as `ss` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeConn {
-    pub local: String,
-    pub peer: String,
+    pub local: SocketAddrV4,
+    pub peer: SocketAddrV4,
     pub cookie: u64,
 }
 
@@ -60,7 +61,7 @@ pub fn judge_in_map(
     keys: &[(Tuple, u64)],
     sockets: &[Sock],
 ) -> Judgement {
-    let at = |src: &str, dst: &str| {
+    let at = |src: SocketAddrV4, dst: SocketAddrV4| {
         keys.iter()
             .find(|(k, _)| k.src == src && k.dst == dst)
             .map(|(_, c)| *c)
@@ -72,7 +73,7 @@ pub fn judge_in_map(
             continue;
         }
         judged += 1;
-        match at(&c.local, &c.peer) {
+        match at(c.local, c.peer) {
             Some(k) if k == c.cookie => {}
             Some(k) => bad.push(format!(
                 "node {node}: client socket {} -> {} (cookie {}): its key holds cookie {k}",
@@ -85,8 +86,8 @@ pub fn judge_in_map(
         }
         let server = sockets
             .iter()
-            .find(|s| s.state == "ESTAB" && s.local == c.peer && s.peer == c.local);
-        match (server, at(&c.peer, &c.local)) {
+            .find(|s| s.is_established() && s.local == c.peer && s.peer == c.local);
+        match (server, at(c.peer, c.local)) {
             (None, _) => bad.push(format!(
                 "node {node}: the server end {} -> {} of the connection is not among the node's sockets",
                 c.peer, c.local
@@ -139,108 +140,8 @@ impl Invariant for SockhashKeysLive {
         features::SOCKET_ACCELERATION
     }
 
-    fn check(&self, ctx: &Context<'_>) -> Judgement {
-        merge(&per_node(ctx, |cn| Some(check_node(ctx, cn))))
-    }
-}
-
-/// The probes of one node, killed by pid once the check has observed (or leaves early).
-struct Probes<'a> {
-    cn: &'a ClusterNode,
-    running: Vec<(Target, Box<dyn Process>, std::path::PathBuf)>,
-}
-
-impl Drop for Probes<'_> {
-    fn drop(&mut self) {
-        for (_, p, _) in &mut self.running {
-            if let Ok(None) = p.try_wait() {
-                let _ = p.kill(libc::SIGKILL);
-                let _ = p.wait_timeout(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-fn start_probes<'a>(
-    cn: &'a ClusterNode,
-    scope: &Scope,
-    targets: &[Target],
-) -> Result<Probes<'a>, String> {
-    let mut probes = Probes {
-        cn,
-        running: Vec::new(),
-    };
-    for (i, t) in targets.iter().enumerate() {
-        let out = cn.work_dir.join(format!("sockhash-keys-live-{i}.out"));
-        let argv: Vec<String> = vec![
-            cn.dp_probe.display().to_string(),
-            "reqresp".into(),
-            "--to".into(),
-            t.addr.to_string(),
-            "--bind".into(),
-            SocketAddrV4::new(scope.node_addr, 0).to_string(),
-            "--cgroup".into(),
-            cn.cgroup.display().to_string(),
-            "--connections".into(),
-            CONNECTIONS.to_string(),
-            "--requests".into(),
-            REQUESTS.to_string(),
-            "--interval-ms".into(),
-            INTERVAL_MS.to_string(),
-            "--timeout-ms".into(),
-            "2000".into(),
-        ];
-        let p = cn
-            .node
-            .spawn(&SpawnSpec {
-                argv,
-                stdout: out.clone(),
-                stderr: cn.work_dir.join(format!("sockhash-keys-live-{i}.err")),
-                env: Vec::new(),
-            })
-            .map_err(|e| e.to_string())?;
-        probes.running.push((t.clone(), p, out));
-    }
-    Ok(probes)
-}
-
-impl Probes<'_> {
-    /// Waits until the node shows `CONNECTIONS` established connections to every target
-    /// (or a probe ended first).
-    fn wait_established(&mut self, ctx: &Context<'_>, scope: &Scope) -> Result<(), String> {
-        let deadline = Instant::now() + ESTABLISH;
-        loop {
-            let socks = obs::sockets(ctx.cluster, self.cn)?;
-            let all = self.running.iter().all(|(t, _, _)| {
-                let to = t.addr.to_string();
-                socks
-                    .iter()
-                    .filter(|s| {
-                        s.state == "ESTAB"
-                            && s.peer == to
-                            && s.local.starts_with(&format!("{}:", scope.node_addr))
-                    })
-                    .count()
-                    >= CONNECTIONS as usize
-            });
-            if all {
-                return Ok(());
-            }
-            for (t, p, _) in &mut self.running {
-                if let Ok(Some(e)) = p.try_wait() {
-                    return Err(format!(
-                        "the probe to {} ({}) ended ({e}) before its connections were seen",
-                        t.addr, t.pod
-                    ));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the probes' connections were not all ESTABLISHED within {ESTABLISH:?}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
+        Ok(merge(&per_node(ctx, |cn| check_node(ctx, cn).map(Some))?))
     }
 }
 
@@ -250,18 +151,17 @@ pub fn node_to_pod_connections(
     scope: &Scope,
     targets: &[Target],
 ) -> Vec<ProbeConn> {
-    let from = format!("{}:", scope.node_addr);
     sockets
         .iter()
-        .filter(|s| {
-            s.state == "ESTAB"
-                && s.local.starts_with(&from)
-                && targets.iter().any(|t| t.addr.to_string() == s.peer)
+        .filter(|s| s.is_established())
+        .filter_map(|s| Some((s.local.v4()?, s.peer.v4()?, s.cookie)))
+        .filter(|(local, peer, _)| {
+            *local.ip() == scope.node_addr && targets.iter().any(|t| t.addr == *peer)
         })
-        .map(|s| ProbeConn {
-            local: s.local.clone(),
-            peer: s.peer.clone(),
-            cookie: s.cookie,
+        .map(|(local, peer, cookie)| ProbeConn {
+            local,
+            peer,
+            cookie,
         })
         .collect()
 }
@@ -269,25 +169,34 @@ pub fn node_to_pod_connections(
 /// A node's sockhash keys (with cookies) and its sockets, read one after the other.
 type Observation = (Vec<(Tuple, u64)>, Vec<Sock>);
 
-fn observe(ctx: &Context<'_>, cn: &ClusterNode) -> Result<Observation, String> {
+fn observe(ctx: &Context<'_>, cn: &ClusterNode) -> Result<Observation, ObserveError> {
     let keys = obs::dump(cn)?;
     let socks = obs::sockets(ctx.cluster, cn)?;
     Ok((keys, socks))
 }
 
-fn check_node(ctx: &Context<'_>, cn: &ClusterNode) -> Judgement {
+fn check_node(ctx: &Context<'_>, cn: &ClusterNode) -> Result<Judgement, ObserveError> {
     let node = cn.name();
-    let unknown = |e: String| Judgement::unknown(format!("node {node}: cannot observe: {e}"));
+    let unknown =
+        |e: ObserveError| unknown_unless_harness(format!("node {node}: cannot observe"), e);
     let scope = match Scope::of(cn) {
         Ok(s) => s,
-        Err(e) => return Judgement::unknown(e),
+        Err(e) => return unknown(e),
     };
     let targets = obs::local_targets(ctx.cluster, ctx.services, node);
-    let mut probes = match start_probes(cn, &scope, &targets) {
+    let mut probes = match obs::hold_connections(
+        cn,
+        scope.node_addr,
+        &targets,
+        CONNECTIONS,
+        REQUESTS,
+        INTERVAL_MS,
+        "sockhash-keys-live",
+    ) {
         Ok(p) => p,
         Err(e) => return unknown(e),
     };
-    if let Err(e) = probes.wait_established(ctx, &scope) {
+    if let Err(e) = probes.wait_established(ctx.cluster, ESTABLISH) {
         return unknown(e);
     }
     // The observation with live accelerated connections: sockets, map, sockets again.
@@ -333,95 +242,7 @@ fn check_node(ctx: &Context<'_>, cn: &ClusterNode) -> Judgement {
         j.evidence
             .push(format!("node {node}: datapathd status sockhash: {c}"));
     }
-    j
-}
-
-/// A `dp_sockhash` key as the datapath documents it (datapath/README.md): the owning
-/// end's address and port first.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tuple {
-    pub src: String,
-    pub dst: String,
-}
-
-/// One socket `ss -tinHe` listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sock {
-    pub state: String,
-    pub local: String,
-    pub peer: String,
-    pub cookie: u64,
-}
-
-fn byte(s: &serde_json::Value) -> Option<u8> {
-    let t = s.as_str()?;
-    u8::from_str_radix(t.trim_start_matches("0x"), 16).ok()
-}
-
-fn word(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// Decodes a 44-byte key: family, src[4], dst[4], src port, dst port (IPv4 only here).
-pub fn decode_key(b: &[u8]) -> Option<Tuple> {
-    if b.len() != 44 || word(b, 0)? != 2 {
-        return None;
-    }
-    let ip = |at: usize| std::net::Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
-    Some(Tuple {
-        src: format!("{}:{}", ip(4), word(b, 36)?),
-        dst: format!("{}:{}", ip(20), word(b, 40)?),
-    })
-}
-
-/// `bpftool -j map dump` of the sockhash -> (key, cookie).
-pub fn parse_dump(json: &str) -> Result<Vec<(Tuple, u64)>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("bpftool map dump: not JSON: {e}"))?;
-    let mut out = Vec::new();
-    for e in v.as_array().ok_or("bpftool map dump: not a JSON array")? {
-        let bytes = |field: &str| -> Result<Vec<u8>, String> {
-            e[field]
-                .as_array()
-                .ok_or(format!("entry without {field}: {e}"))?
-                .iter()
-                .map(|b| byte(b).ok_or(format!("bad byte in {field}: {e}")))
-                .collect()
-        };
-        let key = bytes("key")?;
-        let value = bytes("value")?;
-        let tuple = decode_key(&key).ok_or(format!("undecodable key {key:?}"))?;
-        let cookie = u64::from_ne_bytes(
-            value
-                .as_slice()
-                .try_into()
-                .map_err(|_| format!("value of {} bytes, want 8", value.len()))?,
-        );
-        out.push((tuple, cookie));
-    }
-    Ok(out)
-}
-
-/// `ss -tinHe` (no header): state, recv-q, send-q, local, peer, then `sk:<hex>` somewhere.
-pub fn parse_ss(text: &str) -> Vec<Sock> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 5 {
-                return None;
-            }
-            let cookie = f
-                .iter()
-                .find_map(|t| t.strip_prefix("sk:"))
-                .and_then(|h| u64::from_str_radix(h, 16).ok())?;
-            Some(Sock {
-                state: f[0].to_string(),
-                local: f[3].to_string(),
-                peer: f[4].to_string(),
-                cookie,
-            })
-        })
-        .collect()
+    Ok(j)
 }
 
 /// The judgement for one node: every key's cookie names a listed socket with that tuple.
@@ -433,7 +254,7 @@ pub fn judge(node: &str, keys: &[(Tuple, u64)], sockets: &[Sock]) -> Judgement {
     keys.sort();
     for (k, cookie) in keys.iter().copied() {
         match by_cookie.get(cookie) {
-            Some(s) if s.local == k.src && s.peer == k.dst => {}
+            Some(s) if k.is_of(s) => {}
             Some(s) => bad.push(format!(
                 "node {node}: key {} -> {} holds cookie {cookie}, which is the socket {} -> {} ({}): a stale key",
                 k.src, k.dst, s.local, s.peer, s.state
@@ -464,108 +285,128 @@ pub fn judge(node: &str, keys: &[(Tuple, u64)], sockets: &[Sock]) -> Judgement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::sockhash::parse_dump;
+    use crate::observe::ss;
 
-    fn key_json(src: [u8; 4], sp: u32, dst: [u8; 4], dp: u32, cookie: u64) -> String {
-        let mut k = vec![0u8; 44];
-        k[0..4].copy_from_slice(&2u32.to_ne_bytes());
-        k[4..8].copy_from_slice(&src);
-        k[20..24].copy_from_slice(&dst);
-        k[36..40].copy_from_slice(&sp.to_ne_bytes());
-        k[40..44].copy_from_slice(&dp.to_ne_bytes());
-        let hex = |b: &[u8]| {
-            b.iter()
-                .map(|x| format!("\"0x{x:02x}\""))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        format!(
-            "{{\"key\":[{}],\"value\":[{}]}}",
-            hex(&k),
-            hex(&cookie.to_ne_bytes())
+    /// Recorded on node-a of suite sockmap (netns provider) while two connections from
+    /// the node's address to its local pod server were live (testdata/README.md): the
+    /// pinned sockhash, then `ss -tanHe` in the node's namespace and in its pods'.
+    const DUMP: &str = include_str!("testdata/sockhash.dump.json");
+    const SS: &str = include_str!("testdata/sockhash.ss.txt");
+    /// node-a's address and its pod server, as the netns provider gave them then.
+    const NODE_ADDR: &str = "172.31.0.1";
+    const SERVER: &str = "10.244.1.3:8080";
+
+    fn recorded() -> (Vec<(Tuple, u64)>, Vec<Sock>) {
+        (
+            parse_dump(DUMP).expect("recorded dump reads"),
+            ss::parse(SS).expect("recorded ss reads"),
         )
     }
 
-    fn t(src: &str, dst: &str) -> Tuple {
-        Tuple {
-            src: src.into(),
-            dst: dst.into(),
+    fn scope() -> Scope {
+        let node: std::net::Ipv4Addr = NODE_ADDR.parse().unwrap();
+        Scope {
+            node_addr: node,
+            nets: vec![(node, 32)],
         }
     }
 
-    fn sock(local: &str, peer: &str, cookie: u64) -> Sock {
-        Sock {
-            state: "ESTAB".into(),
-            local: local.into(),
-            peer: peer.into(),
-            cookie,
-        }
+    fn targets() -> Vec<Target> {
+        vec![Target {
+            pod: "web-a1".into(),
+            addr: SERVER.parse().unwrap(),
+        }]
     }
 
     #[test]
-    fn both_ends_of_a_live_connection_must_be_in_the_map() {
-        let conns = vec![ProbeConn {
-            local: "172.31.0.1:40000".into(),
-            peer: "10.244.1.2:8080".into(),
-            cookie: 11,
-        }];
-        let socks = [
-            sock("172.31.0.1:40000", "10.244.1.2:8080", 11),
-            sock("10.244.1.2:8080", "172.31.0.1:40000", 12),
-        ];
-        let both = [
-            (t("172.31.0.1:40000", "10.244.1.2:8080"), 11),
-            (t("10.244.1.2:8080", "172.31.0.1:40000"), 12),
-        ];
-        assert_eq!(
-            judge_in_map("n", &conns, &both, &socks).verdict,
-            super::super::Verdict::Pass
-        );
-        // The incident: the server's insert failed, its key holds a decoy's cookie.
-        let decoy = [
-            (t("172.31.0.1:40000", "10.244.1.2:8080"), 11),
-            (t("10.244.1.2:8080", "172.31.0.1:40000"), 99),
-        ];
-        let j = judge_in_map("n", &conns, &decoy, &socks);
-        assert_eq!(j.verdict, super::super::Verdict::Fail);
+    fn recorded_keys_are_owned_and_both_ends_are_in_the_map() {
+        let (keys, socks) = recorded();
+        assert!(keys.len() >= 4, "{keys:?}");
+        let j = judge("node-a", &keys, &socks);
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        let conns = node_to_pod_connections(&socks, &scope(), &targets());
+        assert_eq!(conns.len(), 2, "{conns:?}");
+        let j = judge_in_map("node-a", &conns, &keys, &socks);
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+    }
+
+    #[test]
+    fn a_key_holding_another_sockets_cookie_is_stale() {
+        let (mut keys, socks) = recorded();
+        keys.sort();
+        // The incident: a key whose cookie names another, live socket (planted or leaked).
+        let other = socks
+            .iter()
+            .find(|s| !keys.iter().any(|(_, c)| *c == s.cookie))
+            .expect("a socket outside the map")
+            .clone();
+        let (k, _) = keys[0];
+        keys[0].1 = other.cookie;
+        let j = judge("node-a", &keys, &socks);
+        assert_eq!(j.verdict, Verdict::Fail);
         assert!(
-            j.evidence[0].contains("server socket 10.244.1.2:8080 -> 172.31.0.1:40000 (cookie 12): its key holds cookie 99"),
+            j.evidence[0].contains(&format!(
+                "key {} -> {} holds cookie {}, which is the socket {} -> {} ({}): a stale key",
+                k.src, k.dst, other.cookie, other.local, other.peer, other.state
+            )),
             "{:?}",
             j.evidence
         );
-        let j = judge_in_map("n", &conns, &both[..1], &socks);
+        keys[0].1 = u64::MAX;
+        let j = judge("node-a", &keys, &socks);
         assert!(
-            j.evidence[0].contains("is not in the sockhash"),
+            j.evidence[0].contains("which no socket of the node has"),
             "{:?}",
             j.evidence
-        );
-        // A connection that was gone when the map was read cannot be judged.
-        assert_eq!(
-            judge_in_map("n", &conns, &both, &socks[1..]).verdict,
-            super::super::Verdict::Unknown
         );
     }
 
     #[test]
-    fn a_planted_key_fails_naming_the_decoy() {
-        let dump = format!(
-            "[{},{}]",
-            key_json([127, 0, 0, 1], 45830, [127, 0, 0, 2], 8080, 0x4bbf),
-            key_json([127, 0, 0, 2], 8080, [127, 0, 0, 1], 40000, 0x6948)
-        );
-        let keys = parse_dump(&dump).expect("parse");
-        assert_eq!(keys[0].0.src, "127.0.0.1:45830");
-        let ss = "ESTAB 0 0 127.0.0.1:45830 127.0.0.2:8080 ino:1 sk:4bbf cgroup:/x <->\n\
-                  ESTAB 0 0 127.0.0.1:57178 127.0.0.1:41253 ino:2 sk:6948 <->\n";
-        let socks = parse_ss(ss);
-        assert_eq!(socks.len(), 2);
-        let j = judge("n1", &keys[..1], &socks);
-        assert_eq!(j.verdict, super::super::Verdict::Pass);
-        let j = judge("n1", &keys, &socks);
-        assert_eq!(j.verdict, super::super::Verdict::Fail);
+    fn a_missing_or_foreign_key_of_a_live_connection_fails() {
+        let (keys, socks) = recorded();
+        let conns = node_to_pod_connections(&socks, &scope(), &targets());
+        let c = &conns[0];
+        // The server's insert failed: its key is missing.
+        let without: Vec<_> = keys
+            .iter()
+            .copied()
+            .filter(|(k, _)| !(k.src == c.peer && k.dst == c.local))
+            .collect();
+        let j = judge_in_map("node-a", &conns, &without, &socks);
+        assert_eq!(j.verdict, Verdict::Fail);
         assert!(
-            j.evidence[0].contains("key 127.0.0.2:8080 -> 127.0.0.1:40000 holds cookie 26952, which is the socket 127.0.0.1:57178 -> 127.0.0.1:41253"),
+            j.evidence[0].contains(&format!("server socket {} -> {} (cookie", c.peer, c.local))
+                && j.evidence[0].contains("is not in the sockhash"),
             "{:?}",
             j.evidence
+        );
+        // ... or holds a decoy's cookie.
+        let decoy: Vec<_> = keys
+            .iter()
+            .map(|(k, cookie)| {
+                if k.src == c.peer && k.dst == c.local {
+                    (*k, 99)
+                } else {
+                    (*k, *cookie)
+                }
+            })
+            .collect();
+        let j = judge_in_map("node-a", &conns, &decoy, &socks);
+        assert!(
+            j.evidence[0].contains("its key holds cookie 99"),
+            "{:?}",
+            j.evidence
+        );
+        // A connection gone when the map was read cannot be judged.
+        let gone: Vec<Sock> = socks
+            .iter()
+            .filter(|s| !conns.iter().any(|c| c.cookie == s.cookie))
+            .cloned()
+            .collect();
+        assert_eq!(
+            judge_in_map("node-a", &conns, &keys, &gone).verdict,
+            Verdict::Unknown
         );
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::ObserveError;
 use crate::node::{Node, Output};
 
 /// Our objects' names start with this (datapath/README.md).
@@ -65,7 +66,7 @@ const KERNEL_ARGS: [&[&str]; 3] = [
 ];
 
 /// Runs `bpftool` with each of `calls` on `node`, in one round trip.
-fn bpftool_batch(node: &dyn Node, calls: &[&[&str]]) -> Result<Vec<Output>, String> {
+fn bpftool_batch(node: &dyn Node, calls: &[&[&str]]) -> Result<Vec<Output>, ObserveError> {
     let argvs: Vec<Vec<String>> = calls
         .iter()
         .map(|args| {
@@ -75,30 +76,31 @@ fn bpftool_batch(node: &dyn Node, calls: &[&[&str]]) -> Result<Vec<Output>, Stri
                 .collect()
         })
         .collect();
-    node.run_batch(&argvs, Duration::from_secs(30))
-        .map_err(|e| e.to_string())
+    Ok(node.run_batch(&argvs, Duration::from_secs(30))?)
 }
 
 /// Parses one bpftool call's JSON (empty output is an empty list).
-fn parse<T: DeserializeOwned>(node: &dyn Node, args: &[&str], out: &Output) -> Result<T, String> {
-    let command = format!("bpftool {}", args.join(" "));
+fn parse<T: DeserializeOwned>(
+    node: &dyn Node,
+    args: &[&str],
+    out: &Output,
+) -> Result<T, ObserveError> {
+    let argv: Vec<&str> = std::iter::once("bpftool")
+        .chain(args.iter().copied())
+        .collect();
     if !out.success() {
-        return Err(format!(
-            "node {}: `{command}` failed ({}): {}",
-            node.name(),
-            out.exit,
-            out.stderr_str().trim()
-        ));
+        return Err(ObserveError::failed(node.name(), &argv, out));
     }
-    let text: &[u8] = if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        b"[]"
-    } else {
-        &out.stdout
-    };
-    serde_json::from_slice(text).map_err(|e| format!("`{command}`: unexpected JSON: {e}"))
+    let text = out.stdout_str();
+    parse_json(&text).map_err(|e| ObserveError::unreadable(node.name(), argv.join(" "), &text, e))
 }
 
-fn kernel_of(node: &dyn Node, outs: &[Output]) -> Result<Kernel, String> {
+/// bpftool's JSON output as `T` (empty output is an empty list).
+pub fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(if text.trim().is_empty() { "[]" } else { text })
+}
+
+fn kernel_of(node: &dyn Node, outs: &[Output]) -> Result<Kernel, ObserveError> {
     Ok(Kernel {
         progs: parse(node, KERNEL_ARGS[0], &outs[0])?,
         maps: parse(node, KERNEL_ARGS[1], &outs[1])?,
@@ -107,7 +109,7 @@ fn kernel_of(node: &dyn Node, outs: &[Output]) -> Result<Kernel, String> {
 }
 
 /// The kernel's programs, maps and links.
-pub fn kernel(node: &dyn Node) -> Result<Kernel, String> {
+pub fn kernel(node: &dyn Node) -> Result<Kernel, ObserveError> {
     kernel_of(node, &bpftool_batch(node, &KERNEL_ARGS)?)
 }
 
@@ -119,7 +121,7 @@ pub fn kernel(node: &dyn Node) -> Result<Kernel, String> {
 /// `effective` query does not ask for them; on the root cgroup (a VM node's), what is in
 /// effect is exactly what is attached, so that is read instead. Elsewhere the failure
 /// stands: an inherited program must not pass for an attached one.
-pub fn observe(node: &dyn Node, cgroup: &Path) -> Result<(Vec<Attached>, Kernel), String> {
+pub fn observe(node: &dyn Node, cgroup: &Path) -> Result<(Vec<Attached>, Kernel), ObserveError> {
     let p = cgroup.display().to_string();
     let parent_procs = cgroup
         .parent()
@@ -136,11 +138,11 @@ pub fn observe(node: &dyn Node, cgroup: &Path) -> Result<(Vec<Attached>, Kernel)
         Err(e) => {
             let is_root =
                 !parent_procs.is_empty() && node.read_file(Path::new(&parent_procs)).is_err();
-            if !is_root {
+            // Unreadable output is never papered over by the fallback.
+            if !is_root || e.is_harness_error() {
                 return Err(e);
             }
-            let attached =
-                parse(node, effective, &outs[1]).map_err(|e2| format!("{e}; and {e2}"))?;
+            let attached = parse(node, effective, &outs[1])?;
             Ok((attached, kernel))
         }
     }

@@ -54,27 +54,9 @@ pub struct KernelFeatures {
     pub helpers: BTreeMap<String, BTreeSet<String>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum FeaturesError {
-    #[error("node {node}: bpftool feature probe")]
-    Run {
-        node: String,
-        #[source]
-        source: crate::node::NodeError,
-    },
-    #[error("node {node}: bpftool feature probe exited {status}: {stderr}")]
-    Failed {
-        node: String,
-        status: String,
-        stderr: String,
-    },
-    #[error("node {node}: bpftool feature probe printed no JSON it knows")]
-    Parse {
-        node: String,
-        #[source]
-        source: serde_json::Error,
-    },
-}
+/// Observing a node's features fails like any observation (the run then judges every
+/// invariant, as if nothing were lacking).
+pub type FeaturesError = super::ObserveError;
 
 impl KernelFeatures {
     /// Parses `bpftool feature probe kernel -j`: `have_<x>_prog_type`, `have_<x>_map_type`
@@ -153,11 +135,7 @@ pub fn of(node: &dyn Node) -> Result<KernelFeatures, FeaturesError> {
     static KNOWN: Mutex<BTreeMap<String, KernelFeatures>> = Mutex::new(BTreeMap::new());
     let release = node
         .read_file(std::path::Path::new("/proc/sys/kernel/osrelease"))
-        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
-        .map_err(|source| FeaturesError::Run {
-            node: node.name().to_owned(),
-            source,
-        })?;
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())?;
     if let Some(f) = KNOWN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -171,28 +149,10 @@ pub fn of(node: &dyn Node) -> Result<KernelFeatures, FeaturesError> {
     let features = match cached {
         Some(f) => f,
         None => {
-            let out = node
-                .run(
-                    &["bpftool", "feature", "probe", "kernel", "-j"],
-                    Duration::from_secs(120),
-                )
-                .map_err(|source| FeaturesError::Run {
-                    node: node.name().to_owned(),
-                    source,
-                })?;
-            if !out.success() {
-                return Err(FeaturesError::Failed {
-                    node: node.name().to_owned(),
-                    status: format!("{:?}", out.exit),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                });
-            }
-            let f = KernelFeatures::from_bpftool(&out.stdout_str()).map_err(|source| {
-                FeaturesError::Parse {
-                    node: node.name().to_owned(),
-                    source,
-                }
-            })?;
+            let argv = ["bpftool", "feature", "probe", "kernel", "-j"];
+            let text = super::run_ok(node, &argv, Duration::from_secs(120))?;
+            let f = KernelFeatures::from_bpftool(&text)
+                .map_err(|e| FeaturesError::unreadable(node.name(), argv.join(" "), &text, e))?;
             if let Some(p) = disk_cache(&release) {
                 let _ = p.parent().map(std::fs::create_dir_all);
                 if let Ok(text) = serde_json::to_string(&f) {

@@ -181,20 +181,14 @@ pub fn parse(text: &str) -> Save {
     save
 }
 
+/// The datapath's accept chain, jumped to from `FORWARD` (datapath/README.md).
+pub const DATAPATH_CHAIN: &str = "DP_FORWARD";
+/// kube-proxy's chain in `FORWARD`, whose first rule drops conntrack INVALID packets.
+pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
+
 /// `iptables-save -c` on the node: the raw text (evidence) and its parse.
-pub fn save(node: &dyn Node) -> Result<(String, Save), String> {
-    let out = node
-        .run(&["iptables-save", "-c"], Duration::from_secs(30))
-        .map_err(|e| e.to_string())?;
-    if !out.success() {
-        return Err(format!(
-            "node {}: iptables-save -c: {} {}",
-            node.name(),
-            out.exit,
-            out.stderr_str().trim()
-        ));
-    }
-    let text = out.stdout_str();
+pub fn save(node: &dyn Node) -> Result<(String, Save), super::ObserveError> {
+    let text = super::run_ok(node, &["iptables-save", "-c"], Duration::from_secs(30))?;
     let parsed = parse(&text);
     Ok((text, parsed))
 }

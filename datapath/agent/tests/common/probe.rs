@@ -6,8 +6,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::sandbox::Proc;
 
 /// `dp-probe` is a binary of another package of the workspace: cargo puts it next to
@@ -60,23 +58,9 @@ pub fn serve(id: &str, netns: &Path, tcp: &[&str], udp: &[&str]) -> Proc {
     }
 }
 
-/// One attempt as `dp-probe connect` reports it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Attempt {
-    pub ok: bool,
-    pub proto: String,
-    pub to: String,
-    pub peer: Option<String>,
-    pub local: Option<String>,
-    pub backend: Option<String>,
-    pub echo: Option<String>,
-    pub errno: Option<i32>,
-    pub error: Option<String>,
-    pub elapsed_us: u64,
-    /// The client's address as the backend saw it (after any NAT); absent without answer.
-    #[serde(default)]
-    pub seen_as: Option<String>,
-}
+/// One attempt as `dp-probe connect` reports it: the wire type dp-probe itself prints,
+/// read strictly (a changed format fails the test as a broken reader, not as traffic).
+pub use dp_wire::Attempt;
 
 /// `count` attempts to `to` from inside the test's cgroup and network namespace.
 pub fn connect(
