@@ -237,6 +237,7 @@ impl Runner<'_> {
             cancel: self.cancel.clone(),
             seen: bpf::Kernel::default(),
             accelerate: false,
+            healed: None,
         };
         let mut outcome = Outcome::Completed;
         for (i, step) in sc.steps.iter().enumerate() {
@@ -369,7 +370,11 @@ impl Runner<'_> {
     ) -> Result<Vec<String>, StepError> {
         match step {
             PlannedStep::Deploy { accelerate } => self.deploy(live, *accelerate),
-            PlannedStep::Fault { plan, during } => {
+            PlannedStep::Fault {
+                plan,
+                during,
+                recover_within_s,
+            } => {
                 let fault = crate::registry::fault(&plan.fault)
                     .ok_or_else(|| StepError::UnknownFault(plan.fault.clone()))?;
                 let started = fault.start(plan, live, self.provider.machines())?;
@@ -402,6 +407,13 @@ impl Runner<'_> {
                         .err()
                         .map(|e| ErrorReport::new(ErrorKind::Harness, e)),
                     at_ms: ms(self.started),
+                });
+                let healed = healed.map(|_| {
+                    live.healed = Some(invariant::recovers_within::Healed {
+                        fault: plan.fault.clone(),
+                        at: Instant::now(),
+                        within: recover_within_s.map(Duration::from_secs),
+                    });
                 });
                 live.remember();
                 // The proofs are in the fault's own events.
@@ -438,6 +450,7 @@ impl Runner<'_> {
                             let ctx = invariant::Context {
                                 cluster: &live.cluster,
                                 services: &live.services,
+                                healed: live.healed.as_ref(),
                             };
                             let j = invariant::Invariant::check(&inv, &ctx);
                             if j.verdict == Verdict::Pass {
@@ -585,6 +598,7 @@ impl Judge<'_> {
                 Some(c) => c.check(&invariant::Context {
                     cluster: &live.cluster,
                     services: &live.services,
+                    healed: live.healed.as_ref(),
                 }),
                 None => Judgement::unknown(format!("no invariant {inv} is registered")),
             };

@@ -108,6 +108,7 @@ impl Fault for LinkDegrade {
         let ctx = crate::invariant::Context {
             cluster: &live.cluster,
             services: &live.services,
+            healed: None,
         };
         let rtt = |what: &str| -> Result<u64, FaultError> {
             let r = pod_to_pod::probe(&ctx, &from, std::slice::from_ref(&to))

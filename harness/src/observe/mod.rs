@@ -6,4 +6,5 @@ pub mod bpf;
 pub mod features;
 pub mod host;
 pub mod iptables;
+pub mod reach;
 pub mod sockhash;
