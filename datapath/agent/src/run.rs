@@ -260,11 +260,7 @@ async fn watch(
     }
 }
 
-fn reconcile_once(
-    opts: &RunOptions,
-    maps: &DpMaps,
-    quarantine: Option<&Quarantine>,
-) -> Result<()> {
+fn reconcile_once(opts: &RunOptions, maps: &DpMaps, quarantine: Option<&Quarantine>) -> Result<()> {
     let mut report = services::load_dir(&opts.services)
         .with_context(|| format!("reading services from {}", opts.services.display()))?;
     log_problems(&report);

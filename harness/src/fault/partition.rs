@@ -187,9 +187,13 @@ impl Fault for Partition {
         let (heal_from, heal_to, heal_from_node) = (from.clone(), to.clone(), from_node.clone());
         let hold = Duration::from_millis(self.hold_ms);
         let cancel = live.cancel.clone();
+        // Set once the cut is proved: a start that fails before that is undone at once.
+        let proved = std::rc::Rc::new(std::cell::Cell::new(false));
+        let heal_proved = proved.clone();
         let heal = Heal::with(NAME, move || {
-            // Held for the planned time (the `during` checks ran in it), unless interrupted.
-            let held = cancel.sleep(hold.saturating_sub(started.elapsed()));
+            // Held for the planned time (the `during` checks ran in it), unless interrupted
+            // or never proved.
+            let held = heal_proved.get() && cancel.sleep(hold.saturating_sub(started.elapsed()));
             let mut proof = Vec::new();
             for cn in &heal_nodes {
                 remove_cut(cn)?;
@@ -205,8 +209,13 @@ impl Fault for Partition {
             }
             let secs = started.elapsed().as_secs_f64();
             if !held {
+                let why = if heal_proved.get() {
+                    "interrupted"
+                } else {
+                    "the cut was never proved"
+                };
                 proof.push(format!(
-                    "healed after {secs:.1} s (interrupted); not probed across"
+                    "healed after {secs:.1} s ({why}); not probed across"
                 ));
                 return Ok(proof);
             }
@@ -246,7 +255,12 @@ impl Fault for Partition {
             add_cut(cn, &peers, self.direction)?;
             let listed = rules(cn)?.unwrap_or_default();
             let drops = listed.lines().filter(|l| l.contains("-j DROP")).count();
-            let want = peers.len() * if self.direction == Direction::Both { 2 } else { 1 };
+            let want = peers.len()
+                * if self.direction == Direction::Both {
+                    2
+                } else {
+                    1
+                };
             if drops != want {
                 return Err(not(
                     cn.name(),
@@ -284,6 +298,7 @@ impl Fault for Partition {
             before.elapsed_us.unwrap_or(0) as f64 / 1000.0,
             self.hold_ms
         ));
+        proved.set(true);
         Ok(Started { proof, heal })
     }
 }
@@ -306,9 +321,10 @@ fn across(live: &Live, side: &[String], other: &[String]) -> Option<(Pod, Target
         if !other.contains(&p.node) {
             return None;
         }
-        let svc = live.services.iter().find(|s| {
-            s.protocol == crate::suite::Protocol::Tcp && s.backends.contains(&p.name)
-        })?;
+        let svc = live
+            .services
+            .iter()
+            .find(|s| s.protocol == crate::suite::Protocol::Tcp && s.backends.contains(&p.name))?;
         Some(Target {
             pod: p.name.clone(),
             addr: SocketAddrV4::new(p.ip, svc.target_port),

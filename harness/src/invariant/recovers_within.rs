@@ -150,14 +150,14 @@ fn round(ctx: &Context<'_>, healed_at: Instant) -> Round {
         }
         (failed, unprobed)
     });
-    let (failed, unprobed) = per_pod.into_iter().fold(
-        (Vec::new(), Vec::new()),
-        |(mut f, mut u), (pf, pu)| {
-            f.extend(pf);
-            u.extend(pu);
-            (f, u)
-        },
-    );
+    let (failed, unprobed) =
+        per_pod
+            .into_iter()
+            .fold((Vec::new(), Vec::new()), |(mut f, mut u), (pf, pu)| {
+                f.extend(pf);
+                u.extend(pu);
+                (f, u)
+            });
     Round {
         after: healed_at.elapsed(),
         failed,
@@ -278,6 +278,9 @@ mod tests {
         };
         let j = judge(&FAULT, Duration::from_secs(5), &[r]);
         assert_eq!(j.verdict, Verdict::Unknown);
-        assert_eq!(judge(&FAULT, Duration::from_secs(5), &[]).verdict, Verdict::Unknown);
+        assert_eq!(
+            judge(&FAULT, Duration::from_secs(5), &[]).verdict,
+            Verdict::Unknown
+        );
     }
 }
