@@ -162,11 +162,18 @@ impl PlannedStep {
             PlannedStep::Deploy { accelerate: true } => {
                 "deploy (socket acceleration node <-> local pods)".into()
             }
-            PlannedStep::Fault { plan, during, .. } => {
-                let what = crate::registry::fault(&plan.fault)
+            PlannedStep::Fault {
+                plan,
+                during,
+                recover_within_s,
+            } => {
+                let mut what = crate::registry::fault(&plan.fault)
                     .ok_or_else(|| format!("fault {} (not registered)", plan.fault))
                     .and_then(|f| f.describe(plan).map_err(|e| crate::errors::chain(&e)))
                     .unwrap_or_else(|e| e);
+                if let Some(s) = recover_within_s {
+                    what.push_str(&format!("; services back within {s} s of the heal"));
+                }
                 if during.is_empty() {
                     what
                 } else {
