@@ -23,6 +23,8 @@ pub struct Live {
     /// agents run with `--accelerate`, servers in their pod cgroups. Faults that restart
     /// either keep it.
     pub accelerate: bool,
+    /// The last fault step that healed (recovers-within counts from it).
+    pub healed: Option<crate::invariant::recovers_within::Healed>,
 }
 
 impl Live {

@@ -60,6 +60,9 @@ pub enum PlannedStep {
         /// Invariants judged while the fault is active (absent in JSON when none).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         during: Vec<InvariantName>,
+        /// The step's `recover-within-s` (absent in JSON when unset).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recover_within_s: Option<u64>,
     },
     WaitFor {
         condition: Condition,
@@ -119,6 +122,7 @@ pub fn plan(
                         PlannedStep::Fault {
                             plan: fault.plan(&mut cx, f)?,
                             during: f.during.clone(),
+                            recover_within_s: f.recover_within_s,
                         }
                     }
                 });
@@ -158,11 +162,18 @@ impl PlannedStep {
             PlannedStep::Deploy { accelerate: true } => {
                 "deploy (socket acceleration node <-> local pods)".into()
             }
-            PlannedStep::Fault { plan, during } => {
-                let what = crate::registry::fault(&plan.fault)
+            PlannedStep::Fault {
+                plan,
+                during,
+                recover_within_s,
+            } => {
+                let mut what = crate::registry::fault(&plan.fault)
                     .ok_or_else(|| format!("fault {} (not registered)", plan.fault))
                     .and_then(|f| f.describe(plan).map_err(|e| crate::errors::chain(&e)))
                     .unwrap_or_else(|e| e);
+                if let Some(s) = recover_within_s {
+                    what.push_str(&format!("; services back within {s} s of the heal"));
+                }
                 if during.is_empty() {
                     what
                 } else {

@@ -245,6 +245,7 @@ impl Runner<'_> {
             cancel: self.cancel.clone(),
             seen: bpf::Kernel::default(),
             accelerate: false,
+            healed: None,
         };
         let mut outcome = Outcome::Completed;
         for (i, step) in sc.steps.iter().enumerate() {
@@ -377,7 +378,11 @@ impl Runner<'_> {
     ) -> Result<Vec<String>, StepError> {
         match step {
             PlannedStep::Deploy { accelerate } => self.deploy(live, *accelerate),
-            PlannedStep::Fault { plan, during } => {
+            PlannedStep::Fault {
+                plan,
+                during,
+                recover_within_s,
+            } => {
                 let fault = crate::registry::fault(&plan.fault)
                     .ok_or_else(|| StepError::UnknownFault(plan.fault.clone()))?;
                 let started = fault.start(plan, live, self.provider.machines())?;
@@ -410,6 +415,13 @@ impl Runner<'_> {
                         .err()
                         .map(|e| ErrorReport::new(ErrorKind::Harness, e)),
                     at_ms: ms(self.started),
+                });
+                let healed = healed.map(|_| {
+                    live.healed = Some(invariant::recovers_within::Healed {
+                        fault: plan.fault.clone(),
+                        at: Instant::now(),
+                        within: recover_within_s.map(Duration::from_secs),
+                    });
                 });
                 live.remember();
                 // The proofs are in the fault's own events.
@@ -446,15 +458,15 @@ impl Runner<'_> {
                             let ctx = invariant::Context {
                                 cluster: &live.cluster,
                                 services: &live.services,
+                                healed: live.healed.as_ref(),
                             };
                             // Output the harness cannot read fails the step (exit 3).
-                            let j =
-                                invariant::Invariant::check(&inv, &ctx).map_err(|source| {
-                                    StepError::Unreadable {
-                                        invariant: invariant::Invariant::name(&inv),
-                                        source,
-                                    }
-                                })?;
+                            let j = invariant::Invariant::check(&inv, &ctx).map_err(|source| {
+                                StepError::Unreadable {
+                                    invariant: invariant::Invariant::name(&inv),
+                                    source,
+                                }
+                            })?;
                             if j.verdict == Verdict::Pass {
                                 return Ok(vec!["every pod reaches every service".into()]);
                             }
@@ -602,6 +614,7 @@ impl Judge<'_> {
                     .check(&invariant::Context {
                         cluster: &live.cluster,
                         services: &live.services,
+                        healed: live.healed.as_ref(),
                     })
                     .map_err(|source| StepError::Unreadable {
                         invariant: inv.clone(),

@@ -18,6 +18,7 @@ mod netsync;
 mod nftgen;
 mod prereq;
 mod programming;
+mod quarantine;
 mod run;
 mod services;
 mod sockgc;

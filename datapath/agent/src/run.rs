@@ -25,6 +25,7 @@ use crate::{
     masq::{Cidr, TcMode},
     mutant::Mutant,
     prereq, programming,
+    quarantine::Quarantine,
     services::{self, DirWatcher, LoadReport},
     sockgc::Gc,
 };
@@ -142,7 +143,15 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let mut sockhash = gc.map(|gc| (gc, &started.accel.sockhash));
-    rt.block_on(watch(&opts, &started.maps, &mut watcher, &mut sockhash))?;
+    let mut quarantine =
+        (opts.mutant == Some(Mutant::QuarantineNeverRestored)).then(Quarantine::new);
+    rt.block_on(watch(
+        &opts,
+        &started.maps,
+        &mut watcher,
+        &mut sockhash,
+        &mut quarantine,
+    ))?;
     info!("exiting; pinned links and maps stay in place (`datapathd cleanup` removes them)");
     Ok(())
 }
@@ -195,6 +204,7 @@ async fn watch(
     maps: &DpMaps,
     watcher: &mut DirWatcher,
     sockhash: &mut Option<(Gc, &BpfMap)>,
+    quarantine: &mut Option<Quarantine>,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -229,11 +239,18 @@ async fn watch(
             }
         };
         let retry = failed_at.is_some_and(|t| t.elapsed() >= RETRY);
-        if !(changed || retry || last_sync.elapsed() >= RESYNC) {
+        // The mutant quarantine-never-restored only; blocking, as a mutant may be.
+        let quarantined = match quarantine.as_mut() {
+            Some(q) => services::load_dir(&opts.services)
+                .map(|r| q.sweep(&r.state))
+                .unwrap_or(false),
+            None => false,
+        };
+        if !(changed || retry || quarantined || last_sync.elapsed() >= RESYNC) {
             continue;
         }
         last_sync = Instant::now();
-        match reconcile_once(opts, maps) {
+        match reconcile_once(opts, maps, quarantine.as_ref()) {
             Ok(()) => failed_at = None,
             Err(e) => {
                 error!("reconcile failed (the maps keep their previous state): {e:#}");
@@ -243,10 +260,13 @@ async fn watch(
     }
 }
 
-fn reconcile_once(opts: &RunOptions, maps: &DpMaps) -> Result<()> {
-    let report = services::load_dir(&opts.services)
+fn reconcile_once(opts: &RunOptions, maps: &DpMaps, quarantine: Option<&Quarantine>) -> Result<()> {
+    let mut report = services::load_dir(&opts.services)
         .with_context(|| format!("reading services from {}", opts.services.display()))?;
     log_problems(&report);
+    if let Some(q) = quarantine {
+        report.state = q.apply(report.state);
+    }
     let plan = programming::reconcile(maps, &report.state, opts.sizes)?;
     if !plan.is_empty() {
         info!(

@@ -15,6 +15,7 @@ pub mod kube_proxy_order_swap;
 pub mod link_degrade;
 pub mod node_reboot;
 pub mod noop;
+pub mod partition;
 pub mod sockmap_leak;
 
 use std::collections::BTreeMap;

@@ -13,6 +13,7 @@ pub mod one_program;
 pub mod payload_liveness;
 pub mod pod_to_external;
 pub mod pod_to_pod;
+pub mod recovers_within;
 pub mod rules_exactly_once;
 pub mod service_connectivity;
 pub mod sockhash_bounded;
@@ -98,6 +99,8 @@ pub fn merge(js: &[Judgement]) -> Judgement {
 pub struct Context<'a> {
     pub cluster: &'a Cluster,
     pub services: &'a [ServiceState],
+    /// The last fault step healed before this check (recovers-within counts from it).
+    pub healed: Option<&'a recovers_within::Healed>,
 }
 
 pub trait Invariant: Sync {

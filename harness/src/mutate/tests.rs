@@ -41,6 +41,7 @@ fn fault(at_ms: u64, ms: u64) -> Event {
                 node: "node-a".into(),
             })),
             during: Vec::new(),
+            recover_within_s: None,
         },
         ms,
         at_ms,

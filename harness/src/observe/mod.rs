@@ -11,6 +11,7 @@ pub mod features;
 pub mod host;
 pub mod iptables;
 pub mod probe;
+pub mod reach;
 pub mod sockhash;
 pub mod ss;
 

@@ -286,7 +286,10 @@ fn a_heal_guard_heals_when_dropped_and_once() {
 #[test]
 fn a_fault_plan_reads_back_as_its_fault_and_refuses_what_it_does_not_know() {
     let (plan, _) = plan_and_suite();
-    let PlannedStep::Fault { plan: p, during } = &plan.scenarios[0].steps[0] else {
+    let PlannedStep::Fault {
+        plan: p, during, ..
+    } = &plan.scenarios[0].steps[0]
+    else {
         panic!("the fault step comes first: {:?}", plan.scenarios[0].steps);
     };
     assert_eq!(during, &[crate::invariant::forward_chain_order::NAME]);

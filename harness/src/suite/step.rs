@@ -3,7 +3,8 @@
 
 pub const EXPECTED: &str = "a step is one of: {deploy: {accelerate: false (optional; true: sockops/sockmap \
 acceleration of node <-> local pod TCP)}} | {fault: {name: FAULT (`harness list` names them), \
-node: NAME (optional; default: chosen from the seed), during: [INVARIANT, ...] (optional: judged while the fault is active)}} | \
+node: NAME (optional; default: chosen from the seed), during: [INVARIANT, ...] (optional: judged while the fault is active), \
+recover-within-s: SECONDS (optional: the bound of a later recovers-within)}} | \
 {wait-for: {condition: agents-ready|services-reachable, timeout-s: 30}} | \
 {check: {invariants: [INVARIANT, ...] (`harness list` names them)}}";
 
@@ -38,6 +39,10 @@ pub struct FaultStep {
     /// Invariants judged while the fault is active (between its proof and its heal).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub during: Vec<InvariantName>,
+    /// After the heal, how long every service may take to be reachable again: the bound
+    /// `recovers-within` judges in a later check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_within_s: Option<u64>,
 }
 
 /// What a fault or an invariant needs of the suite and of the provider. The fault and
