@@ -1,7 +1,7 @@
 //! End to end on the qemu provider (the default): real VMs, SSH, datapathd and bpftool in
 //! each guest. Needs root, qemu-system-x86_64 and a node image (`images/build-node-image`,
 //! which ci/setup's packages make possible); when one is missing it fails under CI and
-//! skips with the reason elsewhere (common/skip.rs).
+//! skips with the reason elsewhere (test-support/src/skip.rs).
 //!
 //! TCG on two cores boots a VM in 5-15 s, so this file makes two small runs (one node):
 //! a failing one (the stale-cgroup-prog mutant, caught) and an interrupted one (SIGINT
@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[path = "common/skip.rs"]
-mod skip;
+use dp_test_support::skip;
 
 fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_harness"))
