@@ -28,7 +28,7 @@ pub mod state;
 pub mod suite;
 pub mod suite_run;
 
-/// The tests' one skip policy (a missing prerequisite fails under CI), for the unit tests.
+/// The workspace's one skip policy (a missing prerequisite fails under CI), for the unit
+/// tests: the same code the harness's and the datapath's integration tests use.
 #[cfg(test)]
-#[path = "../tests/common/skip.rs"]
-pub(crate) mod test_skip;
+pub(crate) use dp_test_support::skip as test_skip;

@@ -93,10 +93,9 @@ fn parse(data: &[u8]) -> io::Result<u32> {
     Err(bad("no NFTA_GEN_ID"))
 }
 
-/// The datapath's one skip policy (a failure under CI), shared with its acceptance tests.
+/// The workspace's one skip policy (a failure under CI), shared with every test.
 #[cfg(test)]
-#[path = "../tests/common/skip.rs"]
-mod skip;
+use dp_test_support::skip;
 
 #[cfg(test)]
 mod tests {

@@ -50,7 +50,7 @@ fn held(sb: &Sandbox) -> Held {
     let in_dir = |pins: &[String]| pins.iter().any(|p| Path::new(p).starts_with(&sb.bpffs));
     for m in bpftool::maps()
         .iter()
-        .filter(|m| m.is_ours() && in_dir(&m.pinned))
+        .filter(|m| bpftool::is_ours(&m.name) && in_dir(&m.pinned))
     {
         h.maps.insert(m.id);
     }

@@ -1,28 +1,13 @@
 //! Helpers shared by the harness's end-to-end tests.
 
-pub mod skip;
+/// Held while a test runs; the same lock as datapath/agent's acceptance tests take: global
+/// bpftool comparisons must not see another test's agent half-way.
+pub use dp_test_support::acceptance_lock as lock;
+/// The workspace's one skip policy (test-support/src/skip.rs).
+pub use dp_test_support::skip;
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-
-/// Held while a test runs. Shared with datapath/agent's acceptance tests (same file):
-/// global bpftool comparisons must not see another test's agent half-way.
-pub struct Lock(#[allow(dead_code)] File);
-
-pub fn lock() -> Lock {
-    let p = std::env::temp_dir().join("datapath-acceptance.lock");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .expect("lock file");
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
-    Lock(f)
-}
 
 /// Runs `harness suite SUITE --provider netns --seed 5 ARGS` with its JUnit and reports in
 /// `dir`; returns the exit status, stderr and the JUnit XML.

@@ -1,5 +1,7 @@
 //! The independent witness: what `bpftool -j` says the kernel holds. Shares no code with
 //! the agent, so a bug in the agent's own view (`datapathd status`) cannot hide itself.
+//! The models are the harness's (harness/src/observe/bpf.rs), the same the harness judges
+//! with; what it does not model yet (a link's cgroup, `cgroup tree`, map dumps) is here.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,64 +10,25 @@ use std::process::{Command, Stdio};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-/// Every object of ours has a kernel name starting with this.
-pub const PREFIX: &str = "dp_";
+pub use harness::observe::bpf::{Attached, Map, Prog, PREFIX};
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Map {
-    pub id: u32,
-    #[serde(default)]
-    pub name: String,
-    #[serde(rename = "type", default)]
-    pub map_type: String,
-    /// With `-f`: where it is pinned on bpffs.
-    #[serde(default)]
-    pub pinned: Vec<String>,
+/// Is this kernel object name one of ours?
+pub fn is_ours(name: &str) -> bool {
+    name.starts_with(PREFIX)
 }
 
-impl Map {
-    pub fn is_ours(&self) -> bool {
-        self.name.starts_with(PREFIX)
-    }
-}
-
+/// A link with the cgroup it is attached to (bpftool's `cgroup_id`, for cgroup links).
+/// The harness's `observe::bpf::Link` does not carry the target, which the acceptance
+/// checks compare with the sandbox's cgroup.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Prog {
+pub struct CgroupLink {
     pub id: u32,
-    #[serde(default)]
-    pub name: String,
-    #[serde(rename = "type", default)]
-    pub prog_type: String,
-    #[serde(default)]
-    pub map_ids: Vec<u32>,
-    #[serde(default)]
-    pub pinned: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Link {
-    pub id: u32,
-    #[serde(rename = "type", default)]
-    pub link_type: String,
     #[serde(default)]
     pub prog_id: u32,
     #[serde(default)]
     pub cgroup_id: Option<u64>,
     #[serde(default)]
-    pub attach_type: Option<String>,
-    #[serde(default)]
     pub pinned: Vec<String>,
-}
-
-/// One entry of `bpftool cgroup show PATH`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Attached {
-    pub id: u32,
-    pub attach_type: String,
-    #[serde(default)]
-    pub attach_flags: String,
-    #[serde(default)]
-    pub name: String,
 }
 
 /// One cgroup of `bpftool cgroup tree`.
@@ -123,7 +86,7 @@ pub fn try_progs() -> Result<Vec<Prog>, String> {
     bpftool(&["-j", "-f", "prog", "show"])
 }
 
-pub fn try_links() -> Result<Vec<Link>, String> {
+pub fn try_links() -> Result<Vec<CgroupLink>, String> {
     bpftool(&["-j", "-f", "link", "show"])
 }
 

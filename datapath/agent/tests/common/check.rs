@@ -4,29 +4,25 @@
 //!
 //! It judges from two witnesses that share no code: `datapathd status --json` (the agent's
 //! own report) and `bpftool -j` (the kernel, read independently), and from real traffic.
+//! The kernel's side is judged by the harness's own pure functions (one-program-per-hook,
+//! no-orphan-bpf-objects) on the harness's observation, so the agent's tests and the
+//! chaos runs hold the datapath to one definition; what only a sandbox can judge (maps
+//! leaked since the test began, a link's cgroup, the agent's report against the kernel's)
+//! is added here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use harness::invariant::{no_orphan, one_program, Judgement, Verdict};
+use harness::node::netns::NetnsNode;
+use harness::observe::bpf::{self, Attached, Kernel};
 use serde::Deserialize;
 
-use super::bpftool::{self, PREFIX};
+use super::bpftool::{self, is_ours};
 use super::probe;
 use super::sandbox::Sandbox;
 use super::yaml::Svc;
-
-/// The four hooks: our short name, bpftool's attach type name, our program's name.
-pub const HOOKS: [(&str, &str, &str); 4] = [
-    ("connect4", "cgroup_inet4_connect", "dp_connect4"),
-    ("sendmsg4", "cgroup_udp4_sendmsg", "dp_sendmsg4"),
-    ("recvmsg4", "cgroup_udp4_recvmsg", "dp_recvmsg4"),
-    (
-        "getpeername4",
-        "cgroup_inet4_getpeername",
-        "dp_getpeername4",
-    ),
-];
 
 /// Connects per service in one check; all must reach a live backend.
 const ATTEMPTS: u32 = 6;
@@ -106,126 +102,119 @@ pub fn check_within(sb: &Sandbox, services: &[Svc], patience: Duration) -> Vec<S
 
 /// Every violation of the restart invariants in this sandbox right now, given the services
 /// the live agent was started with (whose ready endpoints are the only live backends).
+/// The harness's judges' violations start with the invariant's name
+/// (`one-program-per-hook: node dpt-... hook connect4: 2 programs of ours attached ...`).
 pub fn check(sb: &Sandbox, services: &[Svc]) -> Vec<String> {
     let mut v = Vec::new();
-    let live_progs = check_programs(sb, &mut v);
-    check_maps(sb, &live_progs, &mut v);
-    check_links(sb, &live_progs, &mut v);
+    // The harness's observation: `bpftool cgroup show` of the sandbox's cgroup and the
+    // kernel's programs, maps and links, read on the host (the sandbox's kernel).
+    match bpf::observe(&NetnsNode::host(), &sb.cgroup) {
+        Err(e) => v.push(format!("bpftool: {e}")),
+        Ok((attached, kernel)) => {
+            let bpffs = sb.bpffs_str();
+            violations(
+                "one-program-per-hook",
+                one_program::judge(&sb.name, bpffs, &attached, &kernel.links),
+                &mut v,
+            );
+            violations(
+                "no-orphan-bpf-objects",
+                no_orphan::judge(&sb.name, bpffs, &attached, &kernel),
+                &mut v,
+            );
+            check_status_agrees(sb, &attached, &mut v);
+            check_no_map_leaked(sb, &kernel, &mut v);
+        }
+    }
+    check_link_cgroups(sb, &mut v);
     check_traffic(sb, services, &mut v);
     v
 }
 
-/// One program of ours per hook, the same in the agent's report and in the kernel's.
-/// Returns bpftool's attach type -> the single program of ours attached there.
-fn check_programs(sb: &Sandbox, v: &mut Vec<String>) -> BTreeMap<String, u32> {
-    let mut from_status: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    match status(sb) {
-        Err(e) => v.push(e),
-        Ok(st) => {
-            if st.schema != 1 {
-                v.push(format!(
-                    "status: schema {} (this check reads schema 1)",
-                    st.schema
-                ));
-            }
-            for (hook, _, prog) in HOOKS {
-                let Some(h) = st.hooks.iter().find(|h| h.hook == hook) else {
-                    v.push(format!("status: no entry for hook {hook}"));
-                    continue;
-                };
-                let ours: Vec<u32> = h.programs.iter().filter(|p| p.ours).map(|p| p.id).collect();
-                if h.ours != 1 || ours.len() != 1 {
-                    let all: Vec<String> = h
-                        .programs
-                        .iter()
-                        .map(|p| format!("{} id {}", p.name, p.id))
-                        .collect();
-                    v.push(format!(
-                        "status: hook {hook} has {} program(s) of ours attached, expected exactly one {prog}: [{}]",
-                        h.ours,
-                        all.join(", ")
-                    ));
-                }
-                from_status.insert(hook, ours);
-            }
+/// A judgement's violations, each prefixed with the invariant's name: a fail's evidence,
+/// or why it could not judge (which is never a pass).
+fn violations(invariant: &str, j: Judgement, v: &mut Vec<String>) {
+    match j.verdict {
+        Verdict::Pass => {}
+        Verdict::Fail if !j.evidence.is_empty() => {
+            v.extend(j.evidence.iter().map(|e| format!("{invariant}: {e}")));
+        }
+        Verdict::Fail | Verdict::Unknown | Verdict::Skipped => {
+            v.push(format!("{invariant}: {:?}: {}", j.verdict, j.summary));
         }
     }
-
-    let mut live = BTreeMap::new();
-    let attached = match bpftool::try_cgroup_show(&sb.cgroup) {
-        Ok(a) => a,
-        Err(e) => {
-            v.push(e);
-            return live;
-        }
-    };
-    for (hook, attach_type, prog) in HOOKS {
-        let ours: Vec<&bpftool::Attached> = attached
-            .iter()
-            .filter(|a| a.attach_type == attach_type && a.name.starts_with(PREFIX))
-            .collect();
-        match ours.as_slice() {
-            [one] => {
-                if one.name != prog {
-                    v.push(format!(
-                        "bpftool: {attach_type} runs {} (id {}), expected {prog}",
-                        one.name, one.id
-                    ));
-                }
-                if let Some(ids) = from_status.get(hook) {
-                    if ids.as_slice() != [one.id] {
-                        v.push(format!(
-                            "bpftool and status disagree on {hook}: the kernel has {prog} id {}, status says {ids:?}",
-                            one.id
-                        ));
-                    }
-                }
-                live.insert(attach_type.to_owned(), one.id);
-            }
-            many => {
-                let list: Vec<String> = many
-                    .iter()
-                    .map(|a| format!("{} id {} flags {:?}", a.name, a.id, a.attach_flags))
-                    .collect();
-                v.push(format!(
-                    "bpftool cgroup show {}: {attach_type} has {} program(s) of ours, expected exactly one: [{}]",
-                    sb.cgroup.display(),
-                    many.len(),
-                    list.join(", ")
-                ));
-            }
-        }
-    }
-    live
 }
 
-/// Every attached program of ours reads the live (pinned) maps, and every `dp_*` map this
-/// test brought into the kernel is used by a live attached program or pinned in our
-/// directory.
-fn check_maps(sb: &Sandbox, live_progs: &BTreeMap<String, u32>, v: &mut Vec<String>) {
-    let (maps, progs, tree) = match (
-        bpftool::try_maps(),
-        bpftool::try_progs(),
-        bpftool::try_cgroup_tree(),
-    ) {
-        (Ok(m), Ok(p), Ok(t)) => (m, p, t),
-        (m, p, t) => {
-            v.extend([m.err(), p.err(), t.err()].into_iter().flatten());
-            return;
+/// The agent's report names, per hook, exactly one program of ours, the one the kernel
+/// has attached, under the hook's program name (`dp_connect4` on connect4).
+fn check_status_agrees(sb: &Sandbox, attached: &[Attached], v: &mut Vec<String>) {
+    let st = match status(sb) {
+        Ok(st) => st,
+        Err(e) => return v.push(e),
+    };
+    if st.schema != 1 {
+        v.push(format!(
+            "status: schema {} (this check reads schema 1)",
+            st.schema
+        ));
+    }
+    for (hook, attach_type) in one_program::HOOKS {
+        let prog = format!("dp_{hook}");
+        let Some(h) = st.hooks.iter().find(|h| h.hook == hook) else {
+            v.push(format!("status: no entry for hook {hook}"));
+            continue;
+        };
+        let ours: Vec<u32> = h.programs.iter().filter(|p| p.ours).map(|p| p.id).collect();
+        if h.ours != 1 || ours.len() != 1 {
+            let all: Vec<String> = h
+                .programs
+                .iter()
+                .map(|p| format!("{} id {}", p.name, p.id))
+                .collect();
+            v.push(format!(
+                "status: hook {hook} has {} program(s) of ours attached, expected exactly one {prog}: [{}]",
+                h.ours,
+                all.join(", ")
+            ));
         }
+        // How many the kernel has is one-program-per-hook's to judge; with one, it must
+        // be the hook's program and the one the agent reports.
+        let in_kernel: Vec<&Attached> = attached
+            .iter()
+            .filter(|a| a.attach_type == attach_type && is_ours(&a.name))
+            .collect();
+        if let [one] = in_kernel.as_slice() {
+            if one.name != prog {
+                v.push(format!(
+                    "bpftool: {attach_type} runs {} (id {}), expected {prog}",
+                    one.name, one.id
+                ));
+            }
+            if ours != [one.id] {
+                v.push(format!(
+                    "bpftool and status disagree on {hook}: the kernel has {prog} id {}, status says {ours:?}",
+                    one.id
+                ));
+            }
+        }
+    }
+}
+
+/// Every `dp_*` map this test brought into the kernel is used by a program attached to
+/// our cgroup, pinned in our directory, or someone else's (pinned elsewhere, used by a
+/// program attached to another cgroup): none is left unreferenced.
+fn check_no_map_leaked(sb: &Sandbox, kernel: &Kernel, v: &mut Vec<String>) {
+    let tree = match bpftool::try_cgroup_tree() {
+        Ok(t) => t,
+        Err(e) => return v.push(e),
     };
     let our_dir = sb.bpffs.join("maps");
     let in_our_dir = |pins: &[String]| pins.iter().any(|p| Path::new(p).starts_with(&our_dir));
-    // The live maps: ours, pinned in our directory, by name.
-    let pinned: BTreeMap<&str, u32> = maps
+    let prog_maps: BTreeMap<u32, &[u32]> = kernel
+        .progs
         .iter()
-        .filter(|m| m.is_ours() && in_our_dir(&m.pinned))
-        .map(|m| (m.name.as_str(), m.id))
+        .map(|p| (p.id, p.map_ids.as_slice()))
         .collect();
-    let map_name: BTreeMap<u32, &str> = maps.iter().map(|m| (m.id, m.name.as_str())).collect();
-    let prog_by_id: BTreeMap<u32, &bpftool::Prog> = progs.iter().map(|p| (p.id, p)).collect();
-
-    // Programs attached to our cgroup (all of them, stale ones included) vs. elsewhere.
     let ours_cgroup = sb
         .cgroup
         .canonicalize()
@@ -247,58 +236,18 @@ fn check_maps(sb: &Sandbox, live_progs: &BTreeMap<String, u32>, v: &mut Vec<Stri
     if let Ok(attached) = bpftool::try_cgroup_show(&sb.cgroup) {
         here.extend(attached.iter().map(|a| a.id));
     }
-
-    let mut used_here: BTreeSet<u32> = BTreeSet::new();
-    for id in &here {
-        let Some(prog) = prog_by_id.get(id) else {
-            continue;
-        };
-        if !prog.name.starts_with(PREFIX) {
-            continue;
-        }
-        used_here.extend(prog.map_ids.iter().copied());
-        for m in &prog.map_ids {
-            let name = map_name.get(m).copied().unwrap_or("?");
-            if !name.starts_with(PREFIX) {
-                continue;
-            }
-            match pinned.get(name) {
-                Some(live) if live == m => {}
-                Some(live) => v.push(format!(
-                    "program {} (id {id}) attached to our cgroup reads {name} id {m}, not the live pinned {name} id {live}",
-                    prog.name
-                )),
-                None => v.push(format!(
-                    "program {} (id {id}) attached to our cgroup reads {name} id {m}, which is not pinned under {}",
-                    prog.name,
-                    our_dir.display()
-                )),
-            }
-        }
-    }
-    // The live connect4 program must read the live service map.
-    if let (Some(prog), Some(svc_map)) = (
-        live_progs
-            .get("cgroup_inet4_connect")
-            .and_then(|id| prog_by_id.get(id)),
-        pinned.get("dp_services"),
-    ) {
-        if !prog.map_ids.contains(svc_map) {
-            v.push(format!(
-                "the live dp_connect4 (id {}) does not read the pinned dp_services (id {svc_map})",
-                prog.id
-            ));
-        }
-    }
-
-    let used_elsewhere: BTreeSet<u32> = elsewhere
+    let used = |progs: &BTreeSet<u32>| -> BTreeSet<u32> {
+        progs
+            .iter()
+            .filter_map(|id| prog_maps.get(id))
+            .flat_map(|maps| maps.iter().copied())
+            .collect()
+    };
+    let (used_here, used_elsewhere) = (used(&here), used(&elsewhere));
+    for m in kernel
+        .maps
         .iter()
-        .filter_map(|id| prog_by_id.get(id))
-        .flat_map(|p| p.map_ids.iter().copied())
-        .collect();
-    for m in maps
-        .iter()
-        .filter(|m| m.is_ours() && !sb.baseline_maps.contains(&m.id))
+        .filter(|m| is_ours(&m.name) && !sb.baseline_maps.contains(&m.id))
     {
         let foreign =
             (!m.pinned.is_empty() && !in_our_dir(&m.pinned)) || used_elsewhere.contains(&m.id);
@@ -314,14 +263,12 @@ fn check_maps(sb: &Sandbox, live_progs: &BTreeMap<String, u32>, v: &mut Vec<Stri
     }
 }
 
-/// Each pinned link of ours is attached to our cgroup and carries the live program.
-fn check_links(sb: &Sandbox, live_progs: &BTreeMap<String, u32>, v: &mut Vec<String>) {
+/// Each pinned link of ours is attached to our cgroup (that it carries the attached
+/// program is one-program-per-hook's and no-orphan's to judge).
+fn check_link_cgroups(sb: &Sandbox, v: &mut Vec<String>) {
     let links = match bpftool::try_links() {
         Ok(l) => l,
-        Err(e) => {
-            v.push(e);
-            return;
-        }
+        Err(e) => return v.push(e),
     };
     let our_dir = sb.bpffs.join("links");
     for l in links
@@ -333,15 +280,6 @@ fn check_links(sb: &Sandbox, live_progs: &BTreeMap<String, u32>, v: &mut Vec<Str
                 "link id {} pinned at {:?} is attached to cgroup id {:?}, not ours ({})",
                 l.id, l.pinned, l.cgroup_id, sb.cgroup_id
             ));
-        }
-        let live = l.attach_type.as_deref().and_then(|t| live_progs.get(t));
-        if let Some(live) = live {
-            if *live != l.prog_id {
-                v.push(format!(
-                    "link id {} pinned at {:?} carries program id {}, but program id {live} is the one attached",
-                    l.id, l.pinned, l.prog_id
-                ));
-            }
         }
     }
 }

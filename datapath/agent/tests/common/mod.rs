@@ -8,15 +8,17 @@
 //!
 //! The tests need root, bpffs, cgroup v2, bpftool and the `dp-probe` binary built next to
 //! `datapathd` (`cargo nextest run --workspace` builds both). Without root they skip with
-//! a message, except under CI, where that is a failure (skip.rs).
+//! a message, except under CI, where that is a failure (the workspace's one skip policy,
+//! test-support/src/skip.rs).
 #![allow(dead_code)] // Each test file uses a different part of these helpers.
 
 pub mod bpftool;
 pub mod check;
 pub mod probe;
 pub mod sandbox;
-pub mod skip;
 pub mod yaml;
+
+pub use dp_test_support::skip;
 
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::fd::AsRawFd;
+use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -31,32 +30,6 @@ pub fn datapathd_cmd(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", datapathd().display()))
-}
-
-/// Serializes the acceptance tests of all test binaries: the global bpftool checks (every
-/// `dp_*` map in the kernel) must not see another test's agent half-way through its start.
-struct GlobalLock(File);
-
-impl GlobalLock {
-    fn take() -> Self {
-        let path = std::env::temp_dir().join("datapath-acceptance.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("cannot open the test lock {}: {e}", path.display()));
-        // SAFETY: flock on a descriptor we own; released when the file is closed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(
-            rc,
-            0,
-            "flock {}: {}",
-            path.display(),
-            io::Error::last_os_error()
-        );
-        GlobalLock(file)
-    }
 }
 
 /// A child process we started, killed by its own pid and reaped on drop.
@@ -149,7 +122,9 @@ pub struct Sandbox {
     pub baseline_maps: Vec<u32>,
     agents: Vec<Agent>,
     backends: BTreeMap<String, Proc>,
-    _lock: GlobalLock,
+    /// The workspace's test lock (dp-test-support): the global bpftool checks (every `dp_*`
+    /// map in the kernel) must not see another test's agent half-way through its start.
+    _lock: dp_test_support::AcceptanceLock,
 }
 
 fn run_ok(program: &str, args: &[&str]) {
@@ -198,7 +173,7 @@ pub fn bpffs_root() -> PathBuf {
 impl Sandbox {
     /// A fresh world for the test `tag` (short, [a-z0-9-]).
     pub fn new(tag: &str) -> Sandbox {
-        let lock = GlobalLock::take();
+        let lock = dp_test_support::acceptance_lock();
         sweep_stale();
         let name = format!(
             "dpt-{tag}-{}-{}",
@@ -230,7 +205,7 @@ impl Sandbox {
         run_ok("ip", &["-n", &sb.netns_name, "link", "set", "lo", "up"]);
         sb.baseline_maps = bpftool::maps()
             .iter()
-            .filter(|m| m.is_ours())
+            .filter(|m| bpftool::is_ours(&m.name))
             .map(|m| m.id)
             .collect();
         sb

@@ -1,6 +1,6 @@
 //! Integration tests of the qemu provider: real QEMU, real ssh. They need root (the
 //! network namespace and taps) and qemu-system-x86_64; without them they fail under CI
-//! and skip with the reason elsewhere (the harness's one policy, tests/common/skip.rs).
+//! and skip with the reason elsewhere (the workspace's one policy, test-support/src/skip.rs).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
