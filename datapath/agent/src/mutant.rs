@@ -30,10 +30,13 @@ pub enum Mutant {
     SockmapKeyPortOrder,
     /// Incident C's sock_ops: only the connecting end is inserted.
     SockmapActiveOnly,
+    /// bpffs remount: the agent holds its objects but never notices that their pins are
+    /// gone, so it never pins them again.
+    BpffsLostPinsIgnored,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 11] = [
+    pub const ALL: [Mutant; 12] = [
         Mutant::StaleCgroupProg,
         Mutant::UdpReplyNotReversed,
         Mutant::GetpeernameNotRewritten,
@@ -45,6 +48,7 @@ impl Mutant {
         Mutant::SockmapNoGc,
         Mutant::SockmapKeyPortOrder,
         Mutant::SockmapActiveOnly,
+        Mutant::BpffsLostPinsIgnored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Mutant {
             Mutant::SockmapNoGc => "sockmap-no-gc",
             Mutant::SockmapKeyPortOrder => "sockmap-key-port-order",
             Mutant::SockmapActiveOnly => "sockmap-active-only",
+            Mutant::BpffsLostPinsIgnored => "bpffs-lost-pins-ignored",
         }
     }
 
@@ -98,6 +103,9 @@ impl Mutant {
             }
             Mutant::SockmapActiveOnly => {
                 "sockmap: sock_ops inserts only the connecting end, so the accepting end of every connection is missing from dp_sockhash"
+            }
+            Mutant::BpffsLostPinsIgnored => {
+                "bpffs remount: the agent does not notice that its pins are gone, so the running datapath stays unpinned and no status, cleanup or next agent finds it"
             }
         }
     }
@@ -163,7 +171,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, bpffs-lost-pins-ignored"
         );
     }
 }

@@ -19,6 +19,7 @@ pub const KNOWN_MUTANTS: &[&str] = &[
     "sockmap-no-gc",
     "sockmap-key-port-order",
     "sockmap-active-only",
+    "bpffs-lost-pins-ignored",
 ];
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
