@@ -13,6 +13,7 @@ pub static FAULTS: &[&dyn AnyFault] = &[
     &entry::<fault::node_reboot::NodeReboot>(),
     &entry::<fault::link_degrade::LinkDegrade>(),
     &entry::<fault::sockmap_leak::SockmapLeak>(),
+    &entry::<fault::bpffs_remount::BpffsRemount>(),
     &entry::<fault::noop::Noop>(),
 ];
 
@@ -30,6 +31,7 @@ pub static INVARIANTS: &[&dyn Invariant] = &[
     &invariant::sockhash_keys_live::SockhashKeysLive,
     &invariant::sockhash_bounded::SockhashBounded,
     &invariant::no_cross_delivery::NoCrossDelivery,
+    &invariant::datapath_pinned::DatapathPinned,
 ];
 
 /// Judged by the runner after every teardown, never by a check step.

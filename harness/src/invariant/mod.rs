@@ -3,6 +3,7 @@
 //! observations (unit-tested); `check` only gathers them. A checker that errors gives
 //! Unknown, never Pass.
 
+pub mod datapath_pinned;
 pub mod forward_chain_order;
 pub mod host_clean;
 pub mod no_cross_delivery;
