@@ -240,7 +240,9 @@ fn heal(
     }
     let deadline = Instant::now() + REPIN_WITHIN;
     let mut missing = before.to_vec();
+    let mut polls = 0;
     while !cancel.is_cancelled() {
+        polls += 1;
         let now = pins(n, dir)?;
         missing = before
             .iter()
@@ -273,11 +275,20 @@ fn heal(
             None => format!("{p}: id {id} -> not listed"),
         })
         .collect();
+    // The `during` checks ran between the remount and the heal: pins already back at the
+    // first look came back at some point in them.
+    let when = if polls == 1 {
+        format!(
+            "already back when the heal looked, {:.1} s after the remount",
+            took.as_secs_f64()
+        )
+    } else {
+        format!("back {:.1} s after the remount", took.as_secs_f64())
+    };
     proof.push(format!(
-        "all {} entries under {} back {:.1} s after the remount; {}",
+        "all {} entries under {} {when}; {}",
         before.len(),
         dir.display(),
-        took.as_secs_f64(),
         if changed.is_empty() {
             format!(
                 "bpftool: the same {} maps and links pinned (no reload, no detach)",
