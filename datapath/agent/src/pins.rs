@@ -155,3 +155,85 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Held)>) -> Result<(), PinsError> {
     }
     Ok(())
 }
+
+/// The datapath's one skip policy (a failure under CI), shared with its acceptance tests.
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+mod skip;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A bpffs of the test's own, unmounted however the test ends.
+    struct Bpffs {
+        _dir: tempfile::TempDir,
+        mount: PathBuf,
+    }
+
+    impl Bpffs {
+        fn mount(&self) {
+            sh(&["mount", "-t", "bpf", "bpf", &self.mount.to_string_lossy()]);
+        }
+        fn umount(&self) {
+            sh(&["umount", &self.mount.to_string_lossy()]);
+        }
+    }
+
+    impl Drop for Bpffs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.mount).status();
+        }
+    }
+
+    fn sh(argv: &[&str]) {
+        let st = Command::new(argv[0])
+            .args(&argv[1..])
+            .status()
+            .unwrap_or_else(|e| panic!("running {argv:?}: {e}"));
+        assert!(st.success(), "{argv:?}: {st}");
+    }
+
+    /// Against the kernel (root): a map pinned under a bpffs that is unmounted and mounted
+    /// again is pinned again, the same map (same id), with its directory; while no bpffs
+    /// is mounted there the restore refuses rather than pin elsewhere.
+    #[test]
+    fn pins_lost_to_a_remount_are_made_again_with_the_same_objects() {
+        if let Some(why) = skip::not_root("mounting a bpffs, BPF_MAP_CREATE") {
+            return skip::skip(&why);
+        }
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let fs = Bpffs {
+            mount: dir.path().join("bpf"),
+            _dir: dir,
+        };
+        std::fs::create_dir(&fs.mount).expect("mkdir mount point");
+        fs.mount();
+        let root = fs.mount.join("inst");
+        let pin = root.join("maps").join("dp_test");
+        std::fs::create_dir_all(pin.parent().expect("maps/")).expect("mkdir maps/");
+        // BPF_MAP_TYPE_ARRAY
+        let map = sys::map_create(2, 4, 8, 1, "dp_test").expect("BPF_MAP_CREATE");
+        let id = sys::map_info(map.as_fd()).expect("map info").id;
+        sys::obj_pin(map.as_fd(), &pin).expect("BPF_OBJ_PIN");
+        drop(map);
+
+        let held = HeldPins::hold(&root).expect("hold");
+        assert_eq!(held.objects(), 1);
+        assert!(held.missing().is_empty());
+
+        fs.umount();
+        assert_eq!(held.missing().first().copied(), Some(root.as_path()));
+        let refused = held.restore().expect_err("no bpffs mounted there");
+        assert!(matches!(refused, PinsError::NoBpffs { .. }), "{refused:?}");
+
+        fs.mount();
+        let restored = held.restore().expect("restore");
+        assert_eq!(restored, vec![root.clone(), root.join("maps"), pin.clone()]);
+        assert!(held.missing().is_empty());
+        let again = sys::obj_get(&pin).expect("the pin is back");
+        assert_eq!(sys::map_info(again.as_fd()).expect("map info").id, id);
+        assert!(held.restore().expect("nothing to do").is_empty());
+    }
+}
