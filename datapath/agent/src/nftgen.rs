@@ -96,7 +96,7 @@ fn parse(data: &[u8]) -> io::Result<u32> {
 /// The datapath's one skip policy (a failure under CI), shared with its acceptance tests.
 #[cfg(test)]
 #[path = "../tests/common/skip.rs"]
-mod skip;
+pub(crate) mod skip;
 
 #[cfg(test)]
 mod tests {
