@@ -1,8 +1,9 @@
 //! bpffs-remount: unmount the bpffs a node's datapath directory is on and mount a fresh,
 //! empty one in its place, under the running agent (a node's /sys/fs/bpf remounted by an
 //! operator, an init system or a container runtime). Every pin is gone with the old
-//! filesystem; the objects live on only through the fds someone holds. Proved by the
-//! mount's new id and by listing the directory right after the mount. The heal waits
+//! filesystem; the objects live on only through the fds someone holds. Proved by a marker
+//! made on the old bpffs being gone, and by listing the directory right after the mount
+//! (a fast agent may already have pinned some again). The heal waits
 //! (bounded) for the agent to pin its objects again and proves independently (listing,
 //! bpftool) that every pin is back and names the same object as before: no reload, no
 //! detach. Pins that do not come back are the datapath's bug, not the fault's: the heal
@@ -105,12 +106,8 @@ impl Fault for BpffsRemount {
         //    all. The marker gone proves a fresh filesystem (mount ids and device numbers
         //    are reused at once, so they prove nothing).
         let started = Instant::now();
-        let out = run(
-            n.as_ref(),
-            &remount_script(&target, &dir, &marker),
-            "unmounting and mounting the bpffs again",
-        )?;
-        // From here on the guard makes sure a bpffs is mounted there, however the step ends.
+        // The guard first: however the step ends from here (even the command below
+        // failing midway), a bpffs is mounted there again.
         let cancel = live.cancel.clone();
         let heal_node = node.clone();
         let heal_n = n.clone();
@@ -131,6 +128,11 @@ impl Fault for BpffsRemount {
                 started,
             )
         });
+        let out = run(
+            n.as_ref(),
+            &remount_script(&target, &dir, &marker),
+            "unmounting and mounting the bpffs again",
+        )?;
         if !out.success() {
             let why = match out.exit {
                 Exit::Code(10) => "cannot make the marker on the old bpffs",
