@@ -14,6 +14,7 @@ pub static FAULTS: &[&dyn AnyFault] = &[
     &entry::<fault::link_degrade::LinkDegrade>(),
     &entry::<fault::sockmap_leak::SockmapLeak>(),
     &entry::<fault::partition::Partition>(),
+    &entry::<fault::bpffs_remount::BpffsRemount>(),
     &entry::<fault::noop::Noop>(),
 ];
 
@@ -32,6 +33,7 @@ pub static INVARIANTS: &[&dyn Invariant] = &[
     &invariant::sockhash_bounded::SockhashBounded,
     &invariant::no_cross_delivery::NoCrossDelivery,
     &invariant::recovers_within::RecoversWithin,
+    &invariant::datapath_pinned::DatapathPinned,
 ];
 
 /// Judged by the runner after every teardown, never by a check step.

@@ -56,6 +56,10 @@ pub struct State {
     /// Deepest last; removed in reverse.
     pub cgroups: Vec<PathBuf>,
     pub bpffs: Vec<PathBuf>,
+    /// Filesystems the run mounted (a node's own bpffs); unmounted before the directories
+    /// they are on are removed.
+    #[serde(default)]
+    pub mounts: Vec<PathBuf>,
     pub dirs: Vec<PathBuf>,
     /// Every host process of the run that may still run; a process is dropped from the
     /// list once the harness has reaped it.

@@ -16,6 +16,7 @@ mod mutant;
 mod netlink;
 mod netsync;
 mod nftgen;
+mod pins;
 mod prereq;
 mod programming;
 mod quarantine;

@@ -33,10 +33,13 @@ pub enum Mutant {
     /// A partition's heal: the agent takes out the backends it cannot reach and never
     /// puts them back (quarantine.rs).
     QuarantineNeverRestored,
+    /// bpffs remount: the agent holds its objects but never notices that their pins are
+    /// gone, so it never pins them again.
+    BpffsLostPinsIgnored,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 12] = [
+    pub const ALL: [Mutant; 13] = [
         Mutant::StaleCgroupProg,
         Mutant::UdpReplyNotReversed,
         Mutant::GetpeernameNotRewritten,
@@ -49,6 +52,7 @@ impl Mutant {
         Mutant::SockmapKeyPortOrder,
         Mutant::SockmapActiveOnly,
         Mutant::QuarantineNeverRestored,
+        Mutant::BpffsLostPinsIgnored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Mutant {
             Mutant::SockmapKeyPortOrder => "sockmap-key-port-order",
             Mutant::SockmapActiveOnly => "sockmap-active-only",
             Mutant::QuarantineNeverRestored => "quarantine-never-restored",
+            Mutant::BpffsLostPinsIgnored => "bpffs-lost-pins-ignored",
         }
     }
 
@@ -106,6 +111,9 @@ impl Mutant {
             }
             Mutant::QuarantineNeverRestored => {
                 "partition: the agent takes TCP backends it cannot reach out of their services and never puts them back, so after a heal a service whose backends were across the cut answers nobody"
+            }
+            Mutant::BpffsLostPinsIgnored => {
+                "bpffs remount: the agent does not notice that its pins are gone, so the running datapath stays unpinned and no status, cleanup or next agent finds it"
             }
         }
     }
@@ -171,7 +179,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored"
         );
     }
 }

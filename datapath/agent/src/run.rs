@@ -24,6 +24,7 @@ use crate::{
     maps::{BpfMap, DpMaps, Sizes},
     masq::{Cidr, TcMode},
     mutant::Mutant,
+    pins::HeldPins,
     prereq, programming,
     quarantine::Quarantine,
     services::{self, DirWatcher, LoadReport},
@@ -124,6 +125,22 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         Some(net) => crate::netsync::start(&opts.bpffs, net)?,
         None => None,
     };
+    // Everything is pinned now: hold it, so pins a bpffs remount takes can be made again
+    // (pins.rs). The mutant that pins nothing holds nothing.
+    let held = if opts.mutant == Some(Mutant::StaleCgroupProg) {
+        None
+    } else {
+        let held = HeldPins::hold(&opts.bpffs)
+            .with_context(|| format!("holding the pins under {}", opts.bpffs.display()))?;
+        info!(objects = held.objects(), "holding every pinned object");
+        Some(held)
+    };
+    if opts.mutant == Some(Mutant::BpffsLostPinsIgnored) {
+        warn!("mutant bpffs-lost-pins-ignored: pins that vanish are never made again");
+    }
+    let repin = held
+        .as_ref()
+        .filter(|_| opts.mutant != Some(Mutant::BpffsLostPinsIgnored));
 
     let report = services::load_dir(&opts.services)
         .with_context(|| format!("reading services from {}", opts.services.display()))?;
@@ -151,6 +168,7 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         &mut watcher,
         &mut sockhash,
         &mut quarantine,
+        repin,
     ))?;
     info!("exiting; pinned links and maps stay in place (`datapathd cleanup` removes them)");
     Ok(())
@@ -205,6 +223,7 @@ async fn watch(
     watcher: &mut DirWatcher,
     sockhash: &mut Option<(Gc, &BpfMap)>,
     quarantine: &mut Option<Quarantine>,
+    repin: Option<&HeldPins>,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -219,11 +238,15 @@ async fn watch(
     let mut last_sync = Instant::now();
     let mut last_gc = Instant::now();
     let mut failed_at: Option<Instant> = None;
+    let mut repin_failing = false;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM"); return Ok(()); }
             _ = sigint.recv() => { info!("SIGINT"); return Ok(()); }
             _ = tick.tick() => {}
+        }
+        if let Some(held) = repin {
+            repin_round(held, &mut repin_failing);
         }
         if let Some((gc, map)) = sockhash.as_mut() {
             if last_gc.elapsed() >= opts.sockhash_gc {
@@ -257,6 +280,32 @@ async fn watch(
                 failed_at = Some(Instant::now());
             }
         }
+    }
+}
+
+/// Pins whatever of ours vanished (a bpffs unmounted and mounted again) again. A failure
+/// (no bpffs mounted yet) is logged once per streak and retried every tick.
+fn repin_round(held: &HeldPins, failing: &mut bool) {
+    let missing = held.missing();
+    if missing.is_empty() {
+        return;
+    }
+    match held.restore() {
+        Ok(restored) => {
+            *failing = false;
+            warn!(
+                restored = restored.len(),
+                "pins were gone (bpffs remounted?); pinned the objects held again"
+            );
+        }
+        Err(e) if !*failing => {
+            *failing = true;
+            warn!(
+                missing = missing.len(),
+                "pins are gone and cannot be made again yet (retried every {POLL:?}): {e:#}"
+            );
+        }
+        Err(_) => {}
     }
 }
 

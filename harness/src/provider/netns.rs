@@ -7,8 +7,9 @@
 //!   other's pod /24 over the underlay. Veth pairs are created inside our namespaces
 //!   (`ip -n`), so no interface ever appears in the host namespace.
 //! - Node *i* has the cgroup `<cgroup2 mount>/dp-harness-<id>/<node>` (pods' cgroups are
-//!   below it, so the node's socket LB applies to them) and the bpffs directory
-//!   `<bpffs mount>/dp-harness-<id>/<node>`.
+//!   below it, so the node's socket LB applies to them) and a bpffs of its own mounted at
+//!   `<bpffs mount>/dp-harness-<id>/<node>` (as a machine has its /sys/fs/bpf, so a fault
+//!   can unmount one node's pins), its datapath directory `datapathd` below it.
 //!
 //! Everything is listed in the run's state file (crate::state) before it is made.
 //! Commands use `ip` and `nsenter --net=`, never `ip netns exec` (it remounts /sys and
@@ -96,6 +97,15 @@ fn need_tool(tool: &str, hint: &str) -> Result<(), ProviderError> {
             hint: hint.into(),
         })
     }
+}
+
+/// Whether a filesystem is mounted exactly at `path` (/proc/self/mounts).
+pub fn mounted_at(path: &Path) -> bool {
+    let target = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(target.as_ref()))
+    })
 }
 
 /// Checks what the provider needs before it touches anything.
@@ -224,7 +234,8 @@ impl NetnsProvider {
                 }
             }
             let node_cg = run_cg.join(name);
-            let node_bpf = run_bpf.join(name);
+            let node_mount = run_bpf.join(name);
+            let node_bpf = node_mount.join("datapathd");
             let node_work = work.join(name);
             rec(&|s| {
                 s.cgroups.push(node_cg.clone());
@@ -232,6 +243,10 @@ impl NetnsProvider {
                 s.dirs.push(node_work.clone());
             })?;
             std::fs::create_dir_all(&node_cg).map_err(io("cannot create cgroup", &node_cg))?;
+            rec(&|s| s.mounts.push(node_mount.clone()))?;
+            std::fs::create_dir_all(&node_mount)
+                .map_err(io("cannot create bpffs directory", &node_mount))?;
+            sh(&["mount", "-t", "bpf", "bpf", &node_mount.to_string_lossy()])?;
             std::fs::create_dir_all(node_work.join("services"))
                 .map_err(io("cannot create", &node_work))?;
             let node = NetnsNode::new(name, &netns_path).with_state(sf.clone());
@@ -431,7 +446,16 @@ pub fn teardown(st: &State) -> Cleaned {
             }
         }
     }
-    // 5. bpffs directories (pins that datapathd cleanup left are unlinked too).
+    // 5. The nodes' own bpffs mounts (what a node's pins were on), deepest first.
+    for m in st.mounts.iter().rev() {
+        if mounted_at(m) {
+            match sh(&["umount", &m.to_string_lossy()]) {
+                Ok(_) => c.removed.push(format!("mount {}", m.display())),
+                Err(e) => c.problems.push(e.to_string()),
+            }
+        }
+    }
+    // 6. bpffs directories (pins that datapathd cleanup left are unlinked too).
     for b in st.bpffs.iter().rev() {
         if b.exists() {
             match std::fs::remove_dir_all(b) {

@@ -20,6 +20,7 @@ pub const KNOWN_MUTANTS: &[&str] = &[
     "sockmap-key-port-order",
     "sockmap-active-only",
     "quarantine-never-restored",
+    "bpffs-lost-pins-ignored",
 ];
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
