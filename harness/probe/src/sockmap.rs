@@ -141,32 +141,7 @@ pub fn socket_cookie(fd: RawFd) -> io::Result<u64> {
 
 // ---- plant-sockhash ----
 
-#[derive(Serialize, Debug)]
-struct PlantedKey {
-    family: &'static str,
-    src: String,
-    dst: String,
-    /// What a lookup of the key returned after the update: its decoy's cookie.
-    cookie: u64,
-    /// The decoy this key points at.
-    decoy: Decoy,
-}
-
-#[derive(Serialize, Debug)]
-struct Planted {
-    map: String,
-    key_for: &'static str,
-    keys: Vec<PlantedKey>,
-    /// The first key's decoy (every key has its own: see `plant_inner`).
-    decoy: Decoy,
-}
-
-#[derive(Serialize, Debug, Clone)]
-struct Decoy {
-    local: String,
-    peer: String,
-    cookie: u64,
-}
+use dp_wire::{Decoy, Planted, PlantedKey};
 
 pub fn plant(args: &PlantArgs) -> u8 {
     if let Err(e) = place::enter(&args.place) {
@@ -251,7 +226,7 @@ fn plant_inner(args: &PlantArgs) -> Result<(Planted, Decoys), String> {
             ));
         }
         keys.push(PlantedKey {
-            family: "ipv4",
+            family: "ipv4".into(),
             src: src.to_string(),
             dst: dst.to_string(),
             cookie,
@@ -268,7 +243,8 @@ fn plant_inner(args: &PlantArgs) -> Result<(Planted, Decoys), String> {
         key_for: match args.key_for {
             KeyFor::Server => "server",
             KeyFor::Client => "client",
-        },
+        }
+        .into(),
         keys,
         decoy: first,
     };
@@ -277,18 +253,7 @@ fn plant_inner(args: &PlantArgs) -> Result<(Planted, Decoys), String> {
 
 // ---- churn ----
 
-#[derive(Serialize, Debug, Default)]
-pub struct ChurnSummary {
-    pub to: String,
-    pub connections: u32,
-    pub ok: u32,
-    pub failed: u32,
-    /// Failures that were a read timing out: the connection was up, the answer never came.
-    pub hung: u32,
-    pub elapsed_ms: u64,
-    /// The first failures (at most 20): local address and what went wrong.
-    pub failures: Vec<String>,
-}
+pub use dp_wire::ChurnSummary;
 
 pub fn churn(args: &ChurnArgs) -> u8 {
     if let Err(e) = place::enter(&args.place) {

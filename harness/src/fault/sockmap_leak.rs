@@ -38,6 +38,8 @@ use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
 use crate::cluster::workload::Server;
 use crate::cluster::ClusterNode;
 use crate::live::Live;
+use dp_wire::{ChurnSummary, Planted, PlantedKey};
+
 use crate::node::{Process, SpawnSpec};
 use crate::observe::sockhash as obs;
 use crate::observe::sockhash::Tuple;
@@ -188,30 +190,6 @@ impl Side {
             s => s.key_for(),
         }
     }
-}
-
-/// What plant-sockhash printed.
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Planted {
-    keys: Vec<PlantedKey>,
-}
-
-/// A key and its own decoy (a socket can be under one key only once the map has an
-/// sk_msg program).
-#[derive(Debug, Clone, serde::Deserialize)]
-struct PlantedKey {
-    src: String,
-    dst: String,
-    /// What plant-sockhash's lookup read back: the decoy's cookie.
-    cookie: u64,
-    decoy: Decoy,
-}
-
-#[derive(Debug, Clone, serde::Deserialize)]
-struct Decoy {
-    local: String,
-    peer: String,
-    cookie: u64,
 }
 
 /// The `planted {json}` line of plant-sockhash's output, if it is there.
@@ -471,11 +449,10 @@ impl SockmapLeak {
             .run(&args, limit)
             .map_err(self.node_err("running the churn"))?;
         let text = out.stdout_str();
-        let summary: serde_json::Value = text
+        let line = text
             .lines()
             .rev()
             .find(|l| l.trim_start().starts_with('{'))
-            .and_then(|l| serde_json::from_str(l).ok())
             .ok_or_else(|| {
                 self.not(format!(
                     "`{}` printed no summary ({}): {}",
@@ -484,30 +461,27 @@ impl SockmapLeak {
                     out.stderr_str().trim()
                 ))
             })?;
-        let n = |k: &str| summary[k].as_u64().unwrap_or(0);
-        if n("connections") < u64::from(p.churn) {
+        // A summary that does not read is a drifted dp-probe, never zero connections.
+        let summary: ChurnSummary = serde_json::from_str(line)
+            .map_err(|e| self.not(format!("`{}` printed `{line}`: {e}", argv.join(" "))))?;
+        if summary.connections < p.churn {
             return Err(self.not(format!(
-                "the churn made {} of {} connections: {summary}",
-                n("connections"),
-                p.churn
+                "the churn made {} of {} connections: {summary:?}",
+                summary.connections, p.churn
             )));
         }
         rec.proof.push(format!(
             "{}: churn of {} short connections {node_addr}:{}-{last} -> {server} in {} ms: {} answered, {} failed ({} hung: established and silent)",
             p.node,
-            n("connections"),
+            summary.connections,
             p.base_port,
-            n("elapsed_ms"),
-            n("ok"),
-            n("failed"),
-            n("hung")
+            summary.elapsed_ms,
+            summary.ok,
+            summary.failed,
+            summary.hung
         ));
-        for f in summary["failures"].as_array().into_iter().flatten().take(5) {
-            rec.proof.push(format!(
-                "{}: churn failure: {}",
-                p.node,
-                f.as_str().unwrap_or("?")
-            ));
+        for f in summary.failures.iter().take(5) {
+            rec.proof.push(format!("{}: churn failure: {f}", p.node));
         }
         let after = obs::accel_stats(&cn).map_err(|e| self.not(e.report()))?;
         rec.proof.push(format!(

@@ -1,5 +1,5 @@
-//! The JSON lines dp-probe speaks: a server's answer, a client's record of one attempt and
-//! the summary of `reqresp`. Declared once, for dp-probe (which prints them), the harness
+//! The JSON lines dp-probe speaks: a server's answer, a client's record of one attempt,
+//! the summaries of `reqresp` and `churn`, and the keys `plant-sockhash` planted. Declared once, for dp-probe (which prints them), the harness
 //! and the datapath's tests (which read them).
 //!
 //! Reading is strict: an unknown field or a missing one is an error, never a default. A
@@ -109,6 +109,55 @@ pub struct ReqRespSummary {
     pub connections: Vec<ConnReport>,
 }
 
+/// The line `plant-sockhash` prints after `planted `: the stale keys it put in a pinned
+/// sockhash, each pointing at an established decoy socket of its own.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Planted {
+    pub map: String,
+    /// Whose view of a connection the keys are written in (`server` or `client`).
+    pub key_for: String,
+    pub keys: Vec<PlantedKey>,
+    /// The first key's decoy.
+    pub decoy: Decoy,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlantedKey {
+    pub family: String,
+    pub src: String,
+    pub dst: String,
+    /// What a lookup of the key returned after the update: its decoy's cookie.
+    pub cookie: u64,
+    /// The decoy this key points at.
+    pub decoy: Decoy,
+}
+
+/// An established socket a planted key points at.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Decoy {
+    pub local: String,
+    pub peer: String,
+    pub cookie: u64,
+}
+
+/// The one line `churn` prints at the end.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChurnSummary {
+    pub to: String,
+    pub connections: u32,
+    pub ok: u32,
+    pub failed: u32,
+    /// Failures that were a read timing out: the connection was up, the answer never came.
+    pub hung: u32,
+    pub elapsed_ms: u64,
+    /// The first failures (at most 20): local address and what went wrong.
+    pub failures: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +195,25 @@ mod tests {
         let missing = REFUSED.replace("\"peer\":null,", "");
         let e = serde_json::from_str::<Attempt>(&missing).expect_err("missing field");
         assert!(e.to_string().contains("missing field `peer`"), "{e}");
+    }
+
+    #[test]
+    fn churn_and_planted_lines_read_strictly() {
+        let churn = r#"{"to":"10.244.1.2:8080","connections":3,"ok":2,"failed":1,"hung":1,"elapsed_ms":40,"failures":["172.31.0.1:20001: read timed out"]}"#;
+        let c: ChurnSummary = serde_json::from_str(churn).expect("reads");
+        assert_eq!((c.connections, c.hung), (3, 1));
+        assert_eq!(serde_json::to_string(&c).expect("serializable"), churn);
+        let e =
+            serde_json::from_str::<ChurnSummary>(&churn.replace("\"connections\"", "\"conns\""))
+                .expect_err("renamed");
+        assert!(e.to_string().contains("conns"), "{e}");
+        let planted = r#"{"map":"/sys/fs/bpf/x/dp_sockhash","key_for":"server","keys":[{"family":"inet","src":"10.244.1.2:8080","dst":"172.31.0.1:20000","cookie":7,"decoy":{"local":"127.0.0.1:1","peer":"127.0.0.1:2","cookie":7}}],"decoy":{"local":"127.0.0.1:1","peer":"127.0.0.1:2","cookie":7}}"#;
+        let p: Planted = serde_json::from_str(planted).expect("reads");
+        assert_eq!(p.keys[0].decoy.cookie, 7);
+        assert!(serde_json::from_str::<Planted>(
+            &planted.replace("\"map\":\"/sys/fs/bpf/x/dp_sockhash\",", "")
+        )
+        .is_err());
     }
 
     #[test]
