@@ -10,7 +10,7 @@ use rand::Rng;
 
 use super::{Fault, FaultError, Heal, PlanContext, Started};
 use crate::live::Live;
-use crate::observe::probe;
+use crate::observe::{probe, tc};
 use crate::provider::Machines;
 use crate::suite::{FaultStep, Needs};
 
@@ -121,13 +121,7 @@ impl Fault for LinkDegrade {
         let delay = format!("{}ms", p.delay_ms);
         let loss = format!("{}%", p.loss_pct);
         let eth0 = |n: &crate::cluster::ClusterNode| {
-            n.node
-                .run(
-                    &["tc", "qdisc", "show", "dev", "eth0"],
-                    Duration::from_secs(30),
-                )
-                .map(|o| o.stdout_str())
-                .unwrap_or_default()
+            tc::qdiscs(n.node.as_ref(), "eth0").map_err(|e| e.report())
         };
         machines
             .link_netem(&node, &["delay", &delay, "loss", &loss])
@@ -142,12 +136,16 @@ impl Fault for LinkDegrade {
             // Held for the planned time (the `during` checks ran in it), unless interrupted.
             cancel.sleep(hold.saturating_sub(started.elapsed()));
             machines.link_heal(&heal_node).map_err(heal_err)?;
-            let qdisc = eth0(&cn);
-            if qdisc.contains("netem") {
+            let qdiscs = eth0(&cn).map_err(|e| FaultError::NotProved {
+                fault: NAME,
+                node: heal_node.clone(),
+                what: format!("cannot read eth0's qdiscs after healing: {e}"),
+            })?;
+            if tc::has_netem(&qdiscs) {
                 return Err(FaultError::NotProved {
                     fault: NAME,
                     node: heal_node,
-                    what: format!("netem still on eth0 after healing: {qdisc}"),
+                    what: format!("netem still on eth0 after healing: {qdiscs:?}"),
                 });
             }
             Ok(vec![format!(
@@ -155,13 +153,14 @@ impl Fault for LinkDegrade {
                 started.elapsed().as_secs_f64()
             )])
         });
-        let qdisc = eth0(
+        let qdiscs = eth0(
             live.cluster
                 .node(&node)
                 .ok_or_else(|| not("no such node".into()))?,
-        );
-        if !qdisc.contains("netem") {
-            return Err(not(format!("no netem on eth0 after adding it: {qdisc}")));
+        )
+        .map_err(|e| not(format!("cannot read eth0's qdiscs: {e}")))?;
+        if !tc::has_netem(&qdiscs) {
+            return Err(not(format!("no netem on eth0 after adding it: {qdiscs:?}")));
         }
         // Loss may eat a SYN: several tries, the fastest counts.
         let mut slow = None;

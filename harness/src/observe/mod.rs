@@ -14,6 +14,7 @@ pub mod probe;
 pub mod reach;
 pub mod sockhash;
 pub mod ss;
+pub mod tc;
 
 use std::time::Duration;
 
