@@ -217,4 +217,37 @@ mod tests {
         let j = judge("node-a", B, &[], &kernel(true));
         assert_eq!(j.verdict, Verdict::Unknown);
     }
+
+    /// Recorded on node-a of suite sockmap, netns provider (testdata/README.md): `bpftool
+    /// -j cgroup show` of the node's cgroup and `bpftool -j -f {prog,map,link} show`.
+    #[test]
+    fn recorded_datapath_is_pinned_and_a_remount_nobody_repaired_is_not() {
+        use crate::observe::bpf::parse_json;
+        const BPFFS: &str = "/sys/fs/bpf/dp-harness-1ac319/node-a";
+        let read = "recorded bpftool output reads";
+        let attached: Vec<Attached> =
+            parse_json(include_str!("testdata/bpf.cgroup-show.json")).expect(read);
+        let k = Kernel {
+            progs: parse_json(include_str!("testdata/bpf.prog-show.json")).expect(read),
+            maps: parse_json(include_str!("testdata/bpf.map-show.json")).expect(read),
+            links: parse_json(include_str!("testdata/bpf.link-show.json")).expect(read),
+        };
+        let j = judge("node-a", BPFFS, &attached, &k);
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        // Derived from the recording: the node's bpffs mounted afresh under a running
+        // agent that did not pin again (its objects live on, their pins are gone).
+        let mut remounted = k.clone();
+        let under = format!("{BPFFS}/");
+        for pins in remounted
+            .maps
+            .iter_mut()
+            .map(|m| &mut m.pinned)
+            .chain(remounted.links.iter_mut().map(|l| &mut l.pinned))
+        {
+            pins.retain(|p| !p.starts_with(&under));
+        }
+        let j = judge("node-a", BPFFS, &attached, &remounted);
+        assert_eq!(j.verdict, Verdict::Fail, "{j:?}");
+        assert!(j.summary.contains("pins lost and never restored"), "{j:?}");
+    }
 }

@@ -290,4 +290,26 @@ mod tests {
             Verdict::Unknown
         );
     }
+
+    /// Recorded dp-probe output (testdata/README.md): answered attempts are no failure, a
+    /// refused one is, with its errno and error.
+    #[test]
+    fn recorded_attempts_fail_only_when_refused() {
+        let parse = |text: &str| {
+            crate::observe::probe::parse_attempts("node-a", "dp-probe connect", text)
+                .expect("recorded dp-probe output reads")
+        };
+        let answered = parse(include_str!("testdata/service-connectivity.connect.txt"));
+        assert!(!answered.is_empty());
+        assert!(
+            answered.iter().all(|a| failure(a).is_none()),
+            "{answered:?}"
+        );
+        let refused = parse(include_str!("testdata/refused.connect.txt"));
+        let why = refused
+            .iter()
+            .find_map(failure)
+            .expect("a refused attempt is a failure");
+        assert!(why.starts_with("111 "), "{why}");
+    }
 }
