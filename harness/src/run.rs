@@ -188,7 +188,7 @@ impl Runner<'_> {
             return Outcome::Completed;
         }
         let id = RunId::fresh();
-        let marker = format!("dph-{id}");
+        let marker = self.provider.marker(&id);
         self.events.emit(Event::ScenarioStarted {
             scenario: name.clone(),
             iteration: it,

@@ -77,7 +77,7 @@ scenarios:
           invariants: [service-connectivity, one-program-per-hook, no-orphan-bpf-objects]
 ";
 
-/// The qemu markers (`dpq-<id>`) of the runs under `dir`, from their histories.
+/// The markers (`dpq-<id>` on qemu) of the runs under `dir`, from their histories.
 fn markers(dir: &Path) -> Vec<String> {
     let mut m = Vec::new();
     for run in std::fs::read_dir(dir).expect("reports dir").flatten() {
@@ -87,8 +87,7 @@ fn markers(dir: &Path) -> Vec<String> {
         let h: serde_json::Value = serde_json::from_slice(&h).expect("history is JSON");
         for e in h["events"].as_array().into_iter().flatten() {
             if e["event"] == "scenario-started" {
-                let dph = e["marker"].as_str().expect("marker");
-                m.push(dph.replacen("dph-", "dpq-", 1));
+                m.push(e["marker"].as_str().expect("marker").to_owned());
             }
         }
     }

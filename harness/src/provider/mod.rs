@@ -179,6 +179,13 @@ pub trait Provider: Send {
     /// Its `--provider` name.
     fn name(&self) -> &'static str;
 
+    /// The marker every host object of run `id` carries (namespaces, interfaces,
+    /// cgroups, state directories, process command lines): what host-clean-after-down
+    /// attributes leftovers by.
+    fn marker(&self, id: &RunId) -> String {
+        format!("dph-{id}")
+    }
+
     /// Gets ready for clusters of `topology` before the first is brought up (qemu: builds
     /// or finds the node image of every kernel asked for), so that an unavailable kernel
     /// is said at once, and each scenario's set-up time is its own.

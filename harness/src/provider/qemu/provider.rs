@@ -98,6 +98,10 @@ impl Provider for QemuProvider {
         NAME
     }
 
+    fn marker(&self, id: &crate::provider::RunId) -> String {
+        format!("{}{id}", super::RUN_PREFIX)
+    }
+
     fn prepare(&mut self, topology: &Topology) -> Result<(), ProviderError> {
         for spec in topology.kernels.values() {
             NodeImage::for_kernel(spec).map_err(|e| provider_error(e, "building a node image"))?;
