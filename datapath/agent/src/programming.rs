@@ -392,18 +392,6 @@ pub fn apply(maps: &DpMaps, plan: &Plan) -> Result<(), MapError> {
     Ok(())
 }
 
-/// Read, plan, apply. Returns the plan that was applied.
-pub fn reconcile(
-    maps: &DpMaps,
-    desired: &DesiredState,
-    sizes: Sizes,
-) -> Result<Plan, ProgramError> {
-    let current = Current::read(maps)?;
-    let plan = plan(&current, &wanted_from(desired), sizes)?;
-    apply(maps, &plan)?;
-    Ok(plan)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
