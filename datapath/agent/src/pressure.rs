@@ -194,7 +194,11 @@ mod tests {
         );
         assert_eq!(later.since, 100, "the same streak");
         assert_eq!(
-            later.full.iter().map(|f| f.map.as_str()).collect::<Vec<_>>(),
+            later
+                .full
+                .iter()
+                .map(|f| f.map.as_str())
+                .collect::<Vec<_>>(),
             vec!["dp_services", "dp_slots"]
         );
         let over = later.resolved(110);

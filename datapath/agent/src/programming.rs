@@ -554,10 +554,17 @@ mod tests {
         );
         let v2 = vec![svc(2, 80, &[(2, 8080)])];
         let p = plan(&c1, &v2, sizes).expect("plan");
-        assert_eq!(p.refused.len(), 1, "two services would coexist during the update");
+        assert_eq!(
+            p.refused.len(),
+            1,
+            "two services would coexist during the update"
+        );
         let refused = p.refused[0].to_string();
         assert!(refused.contains("--max-services"), "{refused}");
-        assert!(refused.starts_with("service 127.10.0.2:80/tcp"), "{refused}");
+        assert!(
+            refused.starts_with("service 127.10.0.2:80/tcp"),
+            "{refused}"
+        );
         // The old one is deleted all the same: the next reconcile fits.
         assert_eq!(p.service_deletes, vec![v1[0].key]);
         let c2 = applied(c1, &p);
@@ -601,7 +608,11 @@ mod tests {
         assert_eq!(refused, vec![v2[0].key, v2[2].key]);
         assert!(p.refused.iter().all(|r| r.map == "dp_slots"), "{p:?}");
         let c2 = applied(c, &p);
-        assert_eq!(resolve(&c2, &v1[0]), v1[0].backends, "refused: keeps what it had");
+        assert_eq!(
+            resolve(&c2, &v1[0]),
+            v1[0].backends,
+            "refused: keeps what it had"
+        );
         assert_eq!(resolve(&c2, &v2[1]), v2[1].backends, "fits: applied");
         assert!(!c2.services.contains_key(&v2[2].key), "refused: not added");
         assert!(

@@ -359,7 +359,10 @@ fn program(
     let plan = programming::plan(&current, &wanted, opts.sizes)?;
     if opts.mutant == Some(Mutant::MapPressureFlush) && !plan.refused.is_empty() {
         let mut flushed = 0;
-        for w in wanted.iter().filter(|w| current.services.contains_key(&w.key)) {
+        for w in wanted
+            .iter()
+            .filter(|w| current.services.contains_key(&w.key))
+        {
             if maps.services.delete(&w.key)? {
                 flushed += 1;
             }
@@ -427,7 +430,10 @@ impl PressureTracker {
                     f.map
                 );
             }
-            for r in refused.iter().filter(|r| !self.last.contains(&r.to_string())) {
+            for r in refused
+                .iter()
+                .filter(|r| !self.last.contains(&r.to_string()))
+            {
                 warn!("{r}");
             }
             p
