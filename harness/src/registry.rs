@@ -15,6 +15,7 @@ pub static FAULTS: &[&dyn AnyFault] = &[
     &entry::<fault::sockmap_leak::SockmapLeak>(),
     &entry::<fault::partition::Partition>(),
     &entry::<fault::bpffs_remount::BpffsRemount>(),
+    &entry::<fault::map_pressure::MapPressure>(),
     &entry::<fault::noop::Noop>(),
 ];
 

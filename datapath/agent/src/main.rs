@@ -18,6 +18,7 @@ mod netsync;
 mod nftgen;
 mod pins;
 mod prereq;
+mod pressure;
 mod programming;
 mod quarantine;
 mod run;

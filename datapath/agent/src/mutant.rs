@@ -36,10 +36,14 @@ pub enum Mutant {
     /// bpffs remount: the agent holds its objects but never notices that their pins are
     /// gone, so it never pins them again.
     BpffsLostPinsIgnored,
+    /// Map pressure: a reconcile with a change a full map cannot take is aborted, and the
+    /// agent empties dp_services of its services to write everything again next pass;
+    /// while the map stays full every pass is refused, so no service answers.
+    MapPressureFlush,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 13] = [
+    pub const ALL: [Mutant; 14] = [
         Mutant::StaleCgroupProg,
         Mutant::UdpReplyNotReversed,
         Mutant::GetpeernameNotRewritten,
@@ -53,6 +57,7 @@ impl Mutant {
         Mutant::SockmapActiveOnly,
         Mutant::QuarantineNeverRestored,
         Mutant::BpffsLostPinsIgnored,
+        Mutant::MapPressureFlush,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +75,7 @@ impl Mutant {
             Mutant::SockmapActiveOnly => "sockmap-active-only",
             Mutant::QuarantineNeverRestored => "quarantine-never-restored",
             Mutant::BpffsLostPinsIgnored => "bpffs-lost-pins-ignored",
+            Mutant::MapPressureFlush => "map-pressure-flush",
         }
     }
 
@@ -114,6 +120,9 @@ impl Mutant {
             }
             Mutant::BpffsLostPinsIgnored => {
                 "bpffs remount: the agent does not notice that its pins are gone, so the running datapath stays unpinned and no status, cleanup or next agent finds it"
+            }
+            Mutant::MapPressureFlush => {
+                "map pressure: a change a full map cannot take aborts the reconcile and the agent empties dp_services of its services to start over, so while the map stays full no service answers"
             }
         }
     }
@@ -179,7 +188,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored, map-pressure-flush"
         );
     }
 }

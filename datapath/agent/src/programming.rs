@@ -21,13 +21,6 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
-    #[error("desired state needs {needed} entries in {map} during the update, but it holds {capacity}; restart with a larger --{flag}")]
-    Capacity {
-        map: &'static str,
-        flag: &'static str,
-        needed: usize,
-        capacity: u32,
-    },
     #[error("no free {what} id left")]
     IdsExhausted { what: &'static str },
     #[error(transparent)]
@@ -140,6 +133,39 @@ pub struct Plan {
     pub service_deletes: Vec<ServiceKey>,
     pub slot_deletes: Vec<SlotKey>,
     pub backend_deletes: Vec<u32>,
+    /// Services whose change does not fit in a full map: left as they are (a new one is
+    /// not added), retried by the next reconcile.
+    pub refused: Vec<Refused>,
+}
+
+/// A service change a full map cannot take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub service: ServiceKey,
+    pub map: &'static str,
+    pub flag: &'static str,
+    /// New entries the change needs in `map`.
+    pub needed: usize,
+    /// Entries in `map` (anyone's) plus those this reconcile already added.
+    pub used: usize,
+    pub capacity: u32,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "service {}:{}/{}: change refused: it needs {} more entries in {}, which holds {} of {}; the service keeps what it has (a larger --{} or fewer entries in the map lets it in)",
+            addr_from_map(self.service.addr),
+            port_from_map(self.service.port),
+            proto_name(self.service.proto),
+            self.needed,
+            self.map,
+            self.used,
+            self.capacity,
+            self.flag
+        )
+    }
 }
 
 impl Plan {
@@ -192,32 +218,72 @@ pub fn plan(current: &Current, wanted: &[Wanted], sizes: Sizes) -> Result<Plan, 
         next: 1,
         what: "backend",
     };
-    let mut referenced: BTreeSet<u32> = BTreeSet::new();
-    for w in wanted {
-        for b in &w.backends {
-            let id = match backend_ids.get(b) {
-                Some(&id) => id,
-                None => {
-                    let id = backend_alloc.take()?;
-                    backend_ids.insert(*b, id);
-                    plan.backend_writes.push((id, *b));
-                    id
-                }
-            };
-            referenced.insert(id);
-        }
-    }
-
-    // Service ids: the same, keyed by (address, port, protocol).
     let used_service_ids: BTreeSet<u32> = current.services.values().map(|v| v.service_id).collect();
     let mut service_alloc = IdAllocator {
         used: &used_service_ids,
         next: 1,
         what: "service",
     };
+    // Writes land before deletes, so each map's peak is everything in it now (whoever
+    // wrote it) plus the new entries. Services are admitted one by one while their new
+    // entries fit; one that does not fit is refused alone and keeps what it has.
+    let mut room = Room {
+        services: Fill::new(current.services.len(), sizes.services),
+        slots: Fill::new(current.slots.len(), sizes.slots),
+        backends: Fill::new(current.backends.len(), sizes.backends),
+    };
+    let mut referenced: BTreeSet<u32> = BTreeSet::new();
     let mut wanted_slots: BTreeSet<SlotKey> = BTreeSet::new();
     for w in wanted {
-        let service_id = match current.services.get(&w.key) {
+        let existing = current.services.get(&w.key).copied();
+        let new_backends: Vec<Backend> = w
+            .backends
+            .iter()
+            .filter(|b| !backend_ids.contains_key(b))
+            .copied()
+            .collect();
+        let new_slots = match existing {
+            Some(v) => (0..w.backends.len() as u32)
+                .filter(|&slot| {
+                    !current.slots.contains_key(&SlotKey {
+                        service_id: v.service_id,
+                        slot,
+                    })
+                })
+                .count(),
+            None => w.backends.len(),
+        };
+        let need = [
+            (&mut room.services, usize::from(existing.is_none())),
+            (&mut room.slots, new_slots),
+            (&mut room.backends, new_backends.len()),
+        ];
+        if let Some(refused) = refusal(w.key, &need) {
+            plan.refused.push(refused);
+            // It keeps what it has: its current slots and their backends stay.
+            if let Some(v) = existing {
+                for slot in 0..v.backend_count {
+                    let key = SlotKey {
+                        service_id: v.service_id,
+                        slot,
+                    };
+                    if let Some(&id) = current.slots.get(&key) {
+                        wanted_slots.insert(key);
+                        referenced.insert(id);
+                    }
+                }
+            }
+            continue;
+        }
+        for (fill, n) in need {
+            fill.used += n;
+        }
+        for b in new_backends {
+            let id = backend_alloc.take()?;
+            backend_ids.insert(b, id);
+            plan.backend_writes.push((id, b));
+        }
+        let service_id = match existing {
             Some(v) => v.service_id,
             None => service_alloc.take()?,
         };
@@ -227,6 +293,7 @@ pub fn plan(current: &Current, wanted: &[Wanted], sizes: Sizes) -> Result<Plan, 
                 slot: slot as u32,
             };
             let id = backend_ids[b];
+            referenced.insert(id);
             wanted_slots.insert(key);
             if current.slots.get(&key) != Some(&id) {
                 plan.slot_writes.push((key, id));
@@ -236,7 +303,7 @@ pub fn plan(current: &Current, wanted: &[Wanted], sizes: Sizes) -> Result<Plan, 
             backend_count: w.backends.len() as u32,
             service_id,
         };
-        if current.services.get(&w.key) != Some(&value) {
+        if existing != Some(value) {
             plan.service_writes.push((w.key, value));
         }
     }
@@ -260,49 +327,46 @@ pub fn plan(current: &Current, wanted: &[Wanted], sizes: Sizes) -> Result<Plan, 
         .filter(|id| !referenced.contains(id))
         .copied()
         .collect();
-
-    // Writes land before deletes, so the peak is the union of old and new entries.
-    let peaks = [
-        (
-            "dp_services",
-            "max-services",
-            current.services.len()
-                + plan
-                    .service_writes
-                    .iter()
-                    .filter(|(k, _)| !current.services.contains_key(k))
-                    .count(),
-            sizes.services,
-        ),
-        (
-            "dp_slots",
-            "max-slots",
-            current.slots.len()
-                + plan
-                    .slot_writes
-                    .iter()
-                    .filter(|(k, _)| !current.slots.contains_key(k))
-                    .count(),
-            sizes.slots,
-        ),
-        (
-            "dp_backends",
-            "max-backends",
-            current.backends.len() + plan.backend_writes.len(),
-            sizes.backends,
-        ),
-    ];
-    for (map, flag, needed, capacity) in peaks {
-        if needed > capacity as usize {
-            return Err(ProgramError::Capacity {
-                map,
-                flag,
-                needed,
-                capacity,
-            });
-        }
-    }
     Ok(plan)
+}
+
+/// How full one map is during a reconcile.
+#[derive(Clone, Copy, Debug)]
+struct Fill {
+    used: usize,
+    capacity: u32,
+}
+
+impl Fill {
+    fn new(used: usize, capacity: u32) -> Self {
+        Fill { used, capacity }
+    }
+}
+
+struct Room {
+    services: Fill,
+    slots: Fill,
+    backends: Fill,
+}
+
+/// The first map (services, slots, backends) that cannot take `n` more entries.
+fn refusal(key: ServiceKey, need: &[(&mut Fill, usize); 3]) -> Option<Refused> {
+    const NAMES: [(&str, &str); 3] = [
+        ("dp_services", "max-services"),
+        ("dp_slots", "max-slots"),
+        ("dp_backends", "max-backends"),
+    ];
+    need.iter()
+        .zip(NAMES)
+        .find(|((fill, n), _)| fill.used + n > fill.capacity as usize)
+        .map(|((fill, n), (map, flag))| Refused {
+            service: key,
+            map,
+            flag,
+            needed: *n,
+            used: fill.used,
+            capacity: fill.capacity,
+        })
 }
 
 /// Apply a plan in its order.
@@ -326,18 +390,6 @@ pub fn apply(maps: &DpMaps, plan: &Plan) -> Result<(), MapError> {
         maps.backends.delete(id)?;
     }
     Ok(())
-}
-
-/// Read, plan, apply. Returns the plan that was applied.
-pub fn reconcile(
-    maps: &DpMaps,
-    desired: &DesiredState,
-    sizes: Sizes,
-) -> Result<Plan, ProgramError> {
-    let current = Current::read(maps)?;
-    let plan = plan(&current, &wanted_from(desired), sizes)?;
-    apply(maps, &plan)?;
-    Ok(plan)
 }
 
 #[cfg(test)]
@@ -501,8 +553,79 @@ mod tests {
             &plan(&Current::default(), &v1, sizes).expect("plan"),
         );
         let v2 = vec![svc(2, 80, &[(2, 8080)])];
-        let err = plan(&c1, &v2, sizes).expect_err("two services coexist during the update");
-        assert!(err.to_string().contains("--max-services"), "{err}");
+        let p = plan(&c1, &v2, sizes).expect("plan");
+        assert_eq!(
+            p.refused.len(),
+            1,
+            "two services would coexist during the update"
+        );
+        let refused = p.refused[0].to_string();
+        assert!(refused.contains("--max-services"), "{refused}");
+        assert!(
+            refused.starts_with("service 127.10.0.2:80/tcp"),
+            "{refused}"
+        );
+        // The old one is deleted all the same: the next reconcile fits.
+        assert_eq!(p.service_deletes, vec![v1[0].key]);
+        let c2 = applied(c1, &p);
+        let again = plan(&c2, &v2, sizes).expect("plan");
+        assert!(again.refused.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn full_maps_refuse_only_the_changes_that_do_not_fit() {
+        let v1 = vec![
+            svc(1, 80, &[(2, 8080)]),
+            svc(2, 80, &[(3, 8080), (4, 8080)]),
+        ];
+        let mut c = applied(
+            Current::default(),
+            &plan(&Current::default(), &v1, Sizes::default()).expect("plan"),
+        );
+        // A foreign writer fills dp_slots to its capacity with slots of a service id
+        // nobody uses.
+        let sizes = Sizes {
+            slots: 8,
+            ..Sizes::default()
+        };
+        for slot in 0..(sizes.slots as usize - c.slots.len()) as u32 {
+            c.slots.insert(
+                SlotKey {
+                    service_id: 0x4000_0000,
+                    slot,
+                },
+                0x4000_0000,
+            );
+        }
+        // Service 1 grows (needs a slot), service 2 shrinks (needs none), service 3 is new.
+        let v2 = vec![
+            svc(1, 80, &[(2, 8080), (5, 8080)]),
+            svc(2, 80, &[(4, 8080)]),
+            svc(3, 80, &[(6, 8080)]),
+        ];
+        let p = plan(&c, &v2, sizes).expect("plan");
+        let refused: Vec<ServiceKey> = p.refused.iter().map(|r| r.service).collect();
+        assert_eq!(refused, vec![v2[0].key, v2[2].key]);
+        assert!(p.refused.iter().all(|r| r.map == "dp_slots"), "{p:?}");
+        let c2 = applied(c, &p);
+        assert_eq!(
+            resolve(&c2, &v1[0]),
+            v1[0].backends,
+            "refused: keeps what it had"
+        );
+        assert_eq!(resolve(&c2, &v2[1]), v2[1].backends, "fits: applied");
+        assert!(!c2.services.contains_key(&v2[2].key), "refused: not added");
+        assert!(
+            c2.slots.keys().all(|k| k.service_id != 0x4000_0000),
+            "slots no service wants are deleted"
+        );
+        // The next reconcile finds room and converges.
+        let p3 = plan(&c2, &v2, sizes).expect("plan");
+        assert!(p3.refused.is_empty(), "{p3:?}");
+        let c3 = applied(c2, &p3);
+        for w in &v2 {
+            assert_eq!(resolve(&c3, w), w.backends);
+        }
     }
 
     #[test]

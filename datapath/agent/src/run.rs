@@ -25,7 +25,9 @@ use crate::{
     masq::{Cidr, TcMode},
     mutant::Mutant,
     pins::HeldPins,
-    prereq, programming,
+    prereq,
+    pressure::{self, Pressure},
+    programming::{self, Refused},
     quarantine::Quarantine,
     services::{self, DirWatcher, LoadReport},
     sockgc::Gc,
@@ -146,11 +148,13 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         .with_context(|| format!("reading services from {}", opts.services.display()))?;
     log_problems(&report);
     failpoints.hit(Failpoint::BeforeFirstFill);
-    let plan = programming::reconcile(&started.maps, &report.state, opts.sizes)
-        .context("programming the maps")?;
+    let mut tracker = PressureTracker::new(&opts.bpffs);
+    let plan = program(&started.maps, &report.state, &opts).context("programming the maps")?;
+    tracker.after(&plan.refused);
     info!(
         services = report.state.services.len(),
         writes = plan.service_writes.len(),
+        refused = plan.refused.len(),
         "maps programmed"
     );
     failpoints.hit(Failpoint::AfterFirstFill);
@@ -169,6 +173,7 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         &mut sockhash,
         &mut quarantine,
         repin,
+        &mut tracker,
     ))?;
     info!("exiting; pinned links and maps stay in place (`datapathd cleanup` removes them)");
     Ok(())
@@ -224,6 +229,7 @@ async fn watch(
     sockhash: &mut Option<(Gc, &BpfMap)>,
     quarantine: &mut Option<Quarantine>,
     repin: Option<&HeldPins>,
+    tracker: &mut PressureTracker,
 ) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -237,7 +243,8 @@ async fn watch(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sync = Instant::now();
     let mut last_gc = Instant::now();
-    let mut failed_at: Option<Instant> = None;
+    // A refused change is retried like a failed reconcile: the map may have room now.
+    let mut failed_at: Option<Instant> = tracker.active().then(Instant::now);
     let mut repin_failing = false;
     loop {
         tokio::select! {
@@ -274,7 +281,10 @@ async fn watch(
         }
         last_sync = Instant::now();
         match reconcile_once(opts, maps, quarantine.as_ref()) {
-            Ok(()) => failed_at = None,
+            Ok(refused) => {
+                tracker.after(&refused);
+                failed_at = tracker.active().then(Instant::now);
+            }
             Err(e) => {
                 error!("reconcile failed (the maps keep their previous state): {e:#}");
                 failed_at = Some(Instant::now());
@@ -309,14 +319,18 @@ fn repin_round(held: &HeldPins, failing: &mut bool) {
     }
 }
 
-fn reconcile_once(opts: &RunOptions, maps: &DpMaps, quarantine: Option<&Quarantine>) -> Result<()> {
+fn reconcile_once(
+    opts: &RunOptions,
+    maps: &DpMaps,
+    quarantine: Option<&Quarantine>,
+) -> Result<Vec<Refused>> {
     let mut report = services::load_dir(&opts.services)
         .with_context(|| format!("reading services from {}", opts.services.display()))?;
     log_problems(&report);
     if let Some(q) = quarantine {
         report.state = q.apply(report.state);
     }
-    let plan = programming::reconcile(maps, &report.state, opts.sizes)?;
+    let plan = program(maps, &report.state, opts)?;
     if !plan.is_empty() {
         info!(
             services = report.state.services.len(),
@@ -329,5 +343,105 @@ fn reconcile_once(opts: &RunOptions, maps: &DpMaps, quarantine: Option<&Quaranti
             "reconciled"
         );
     }
-    Ok(())
+    Ok(plan.refused)
+}
+
+/// Read, plan, apply: what fits is applied, what a full map cannot take is refused (in
+/// the plan). The mutant map-pressure-flush instead aborts on a refusal and empties
+/// dp_services of the services it would keep.
+fn program(
+    maps: &DpMaps,
+    state: &services::DesiredState,
+    opts: &RunOptions,
+) -> Result<programming::Plan> {
+    let current = programming::Current::read(maps)?;
+    let wanted = programming::wanted_from(state);
+    let plan = programming::plan(&current, &wanted, opts.sizes)?;
+    if opts.mutant == Some(Mutant::MapPressureFlush) && !plan.refused.is_empty() {
+        let mut flushed = 0;
+        for w in wanted
+            .iter()
+            .filter(|w| current.services.contains_key(&w.key))
+        {
+            if maps.services.delete(&w.key)? {
+                flushed += 1;
+            }
+        }
+        warn!(
+            flushed,
+            "mutant map-pressure-flush: a change does not fit; emptied dp_services to start over"
+        );
+        return Ok(programming::Plan {
+            refused: plan.refused,
+            ..programming::Plan::default()
+        });
+    }
+    programming::apply(maps, &plan)?;
+    Ok(plan)
+}
+
+/// Says when a full map starts and stops refusing service changes: a log line for each
+/// refused change, and the record `status` shows (pressure.rs).
+struct PressureTracker {
+    bpffs: PathBuf,
+    record: Option<Pressure>,
+    /// What the last reconcile refused, so an unchanged refusal is not logged every retry.
+    last: Vec<String>,
+}
+
+impl PressureTracker {
+    fn new(bpffs: &std::path::Path) -> Self {
+        PressureTracker {
+            bpffs: bpffs.to_path_buf(),
+            record: pressure::read(bpffs).ok().flatten(),
+            last: Vec::new(),
+        }
+    }
+
+    fn active(&self) -> bool {
+        !self.last.is_empty()
+    }
+
+    fn after(&mut self, refused: &[Refused]) {
+        let lines: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        if lines == self.last {
+            return;
+        }
+        let now = pressure::now();
+        let record = if refused.is_empty() {
+            let Some(open) = self.record.as_ref().filter(|p| p.resolved_at.is_none()) else {
+                self.last = lines;
+                return;
+            };
+            info!(
+                lasted_s = now.saturating_sub(open.since),
+                "map pressure gone: every service change is applied"
+            );
+            open.resolved(now)
+        } else {
+            let p = Pressure::refused(self.record.as_ref(), refused, now);
+            for f in &p.full {
+                warn!(
+                    map = %f.map,
+                    used = f.used,
+                    capacity = f.capacity,
+                    "map pressure: {} is full; changes that need room there are refused, \
+                     what is programmed keeps being served, retried every {RETRY:?}",
+                    f.map
+                );
+            }
+            for r in refused
+                .iter()
+                .filter(|r| !self.last.contains(&r.to_string()))
+            {
+                warn!("{r}");
+            }
+            p
+        };
+        if let Err(e) = pressure::write(&self.bpffs, &record) {
+            warn!("cannot record the map pressure for `status`: {e:#}");
+        }
+        self.record = Some(record);
+        self.last = lines;
+    }
 }

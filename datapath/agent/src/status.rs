@@ -61,6 +61,9 @@ pub struct Status {
     /// Kernel features and the choices made from them (features.rs): the running agent's
     /// record, or probed by this command when there is none. Filled by the CLI.
     pub features: Option<crate::features::Report>,
+    /// Service changes a full map refused (pressure.rs): the running agent's record, null
+    /// when none was ever refused since the last cleanup.
+    pub pressure: Option<crate::pressure::Pressure>,
 }
 
 #[derive(Debug, Serialize)]
@@ -426,6 +429,21 @@ pub fn collect(
     };
 
     let sockhash = sockhash_status(&layout, &mut problems);
+    let pressure = crate::pressure::read(bpffs).unwrap_or_else(|e| {
+        problems.push(format!("{e}"));
+        None
+    });
+    if let Some(p) = pressure.as_ref().filter(|p| p.resolved_at.is_none()) {
+        problems.push(format!(
+            "map pressure: {} service change(s) refused: {} full",
+            p.refused_count,
+            p.full
+                .iter()
+                .map(|f| f.map.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     Ok(Status {
         schema: SCHEMA,
         bpffs: layout.root().display().to_string(),
@@ -445,6 +463,7 @@ pub fn collect(
         forward_chain: None,
         sockhash,
         features: None,
+        pressure,
     })
 }
 
@@ -675,6 +694,25 @@ pub fn render_text(s: &Status) -> String {
     }
     if let Some(f) = &s.features {
         out.push_str(&f.render_text());
+    }
+    if let Some(p) = &s.pressure {
+        let full: Vec<String> = p
+            .full
+            .iter()
+            .map(|f| format!("{} ({} of {})", f.map, f.used, f.capacity))
+            .collect();
+        out.push_str(&format!(
+            "map pressure since {} (unix s){}: {} full; {} change(s) refused\n",
+            p.since,
+            p.resolved_at
+                .map(|t| format!(", resolved at {t}"))
+                .unwrap_or_default(),
+            full.join(", "),
+            p.refused_count
+        ));
+        for r in &p.refused {
+            out.push_str(&format!("  {r}\n"));
+        }
     }
     for p in &s.problems {
         out.push_str(&format!("problem: {p}\n"));

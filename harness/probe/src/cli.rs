@@ -34,6 +34,57 @@ pub enum Command {
     /// Persistent connections, many requests each with a unique token; hung requests
     /// (read timeout) and cross-delivered answers are counted; a JSON summary.
     Reqresp(ReqRespArgs),
+    /// Fill a pinned service map of the datapath with foreign entries (keys from `--first`
+    /// on) until the kernel refuses one; a JSON summary.
+    FillMap(FillMapArgs),
+    /// Delete the foreign entries `fill-map` wrote (keys `--first` .. `--first + --count`),
+    /// nothing else; a JSON summary.
+    ClearMap(ClearMapArgs),
+}
+
+/// Which of the datapath's maps, so the foreign keys and values have its layout.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapKind {
+    /// dp_services: 198.18.0.0 + i : PORT / tcp -> {0 backends, service id FIRST + i}.
+    Services,
+    /// dp_slots: {service id FIRST, slot i} -> backend id FIRST.
+    Slots,
+    /// dp_backends: FIRST + i -> 198.18.0.1 : PORT / tcp.
+    Backends,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct FillMapArgs {
+    /// The pinned map (e.g. /sys/fs/bpf/datapathd/maps/dp_slots).
+    #[arg(long, value_name = "PATH")]
+    pub map: PathBuf,
+    #[arg(long, value_enum)]
+    pub kind: MapKind,
+    /// The first foreign id (service and backend ids; far above the agent's, which count
+    /// from 1).
+    #[arg(long)]
+    pub first: u32,
+    /// The foreign services' and backends' port.
+    #[arg(long)]
+    pub port: u16,
+    /// Give up after this many inserts (the map's max_entries and one).
+    #[arg(long)]
+    pub limit: u32,
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct ClearMapArgs {
+    #[arg(long, value_name = "PATH")]
+    pub map: PathBuf,
+    #[arg(long, value_enum)]
+    pub kind: MapKind,
+    #[arg(long)]
+    pub first: u32,
+    #[arg(long)]
+    pub port: u16,
+    /// How many keys from the first.
+    #[arg(long)]
+    pub count: u32,
 }
 
 /// Whose view of the connection a planted key takes.

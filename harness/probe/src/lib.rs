@@ -6,6 +6,8 @@
 //! - `connect`: one or more attempts against an address, one JSON object per attempt.
 //! - `bench`: sequential connect+request+response+close, latency percentiles as JSON.
 //! - `plant-sockhash`, `churn`, `reqresp`: socket-acceleration workloads (sockmap.rs).
+//! - `fill-map`, `clear-map`: a foreign writer that fills the datapath's service maps to
+//!   their limit and removes exactly what it wrote (pressure.rs).
 //!
 //! It is deployed to nodes and VMs as well, so it stays small: std, clap, serde_json, libc.
 //!
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod cli;
 pub mod connect;
 pub mod place;
+pub mod pressure;
 pub mod serve;
 pub mod sock;
 pub mod sockmap;
@@ -40,5 +43,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         cli::Command::PlantSockhash(args) => sockmap::plant(&args),
         cli::Command::Churn(args) => sockmap::churn(&args),
         cli::Command::Reqresp(args) => sockmap::reqresp(&args),
+        cli::Command::FillMap(args) => pressure::fill(&args),
+        cli::Command::ClearMap(args) => pressure::clear(&args),
     }
 }

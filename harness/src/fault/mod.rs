@@ -14,6 +14,7 @@ pub mod agent_restart;
 pub mod bpffs_remount;
 pub mod kube_proxy_order_swap;
 pub mod link_degrade;
+pub mod map_pressure;
 pub mod node_reboot;
 pub mod noop;
 pub mod partition;

@@ -21,6 +21,7 @@ pub const KNOWN_MUTANTS: &[&str] = &[
     "sockmap-active-only",
     "quarantine-never-restored",
     "bpffs-lost-pins-ignored",
+    "map-pressure-flush",
 ];
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]

@@ -229,3 +229,34 @@ mod tests {
         assert!(e.to_string().contains("stuck"), "{e}");
     }
 }
+
+/// What `fill-map` did to one pinned map.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MapFilled {
+    pub map: String,
+    /// Foreign keys inserted (`first` .. `first + inserted`).
+    pub inserted: u32,
+    /// Foreign keys that were there already (an earlier fill).
+    pub present: u32,
+    /// The errno of the insert the kernel refused (E2BIG: the map is full); null when the
+    /// limit came first.
+    #[serde(deserialize_with = "present")]
+    pub refused_errno: Option<i32>,
+    /// The refusal as text (`Argument list too long (os error 7)`), or another failure.
+    #[serde(deserialize_with = "present")]
+    pub error: Option<String>,
+}
+
+/// What `clear-map` removed from one pinned map.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MapCleared {
+    pub map: String,
+    /// Foreign keys deleted.
+    pub deleted: u32,
+    /// Foreign keys that were no longer there (someone else deleted them).
+    pub absent: u32,
+    #[serde(deserialize_with = "present")]
+    pub error: Option<String>,
+}
