@@ -287,29 +287,10 @@ impl Writer {
         self.bpffs.join("maps").join(map).display().to_string()
     }
 
-    /// The map's max_entries, as the kernel has it (bpftool).
+    /// The map's max_entries, as the kernel has it (bpftool, through observe/).
     fn max_entries(&self, map: &str) -> Result<u32, FaultError> {
-        let out = self.run(
-            &[
-                "bpftool".into(),
-                "-j".into(),
-                "map".into(),
-                "show".into(),
-                "pinned".into(),
-                self.pin(map),
-            ],
-            "reading the map's size (bpftool map show)",
-        )?;
-        if !out.success() {
-            return Err(self.not(format!(
-                "bpftool map show pinned {} ({}): {}",
-                self.pin(map),
-                out.exit,
-                out.stderr_str().trim()
-            )));
-        }
-        parse_max_entries(&out.stdout_str())
-            .map_err(|e| self.not(format!("bpftool map show {map}: {e}")))
+        crate::observe::bpf::max_entries(self.n.as_ref(), &self.pin(map))
+            .map_err(|e| self.not(format!("reading {map}'s size: {}", e.report())))
     }
 
     fn fill(
@@ -419,16 +400,6 @@ impl Writer {
 }
 
 const E2BIG: i32 = 7;
-
-fn parse_max_entries(text: &str) -> Result<u32, String> {
-    #[derive(serde::Deserialize)]
-    struct Shown {
-        max_entries: u32,
-    }
-    serde_json::from_str::<Shown>(text.trim())
-        .map(|s| s.max_entries)
-        .map_err(|e| format!("{e}: {}", text.trim()))
-}
 
 /// The agent's line about the refused service `wanted` ("service ADDR:PORT/tcp"), when its
 /// status's pressure record has it.
@@ -561,7 +532,8 @@ mod tests {
     #[test]
     fn max_entries_reads_from_bpftool_map_show() {
         let text = r#"{"id":64978,"type":"hash","name":"dp_slots","flags":0,"bytes_key":8,"bytes_value":4,"max_entries":65536,"bytes_memlock":5243920,"frozen":0,"pinned":["/sys/fs/bpf/x/maps/dp_slots"]}"#;
-        assert_eq!(parse_max_entries(text), Ok(65536));
+        use crate::observe::bpf::parse_max_entries;
+        assert_eq!(parse_max_entries(text).expect("reads"), 65536);
         assert!(parse_max_entries("Error: bpf obj get (/x): No such file").is_err());
     }
 

@@ -108,6 +108,23 @@ fn kernel_of(node: &dyn Node, outs: &[Output]) -> Result<Kernel, ObserveError> {
     })
 }
 
+/// The size of the map pinned at `pin` (its `max_entries`), as the kernel has it.
+pub fn max_entries(node: &dyn Node, pin: &str) -> Result<u32, ObserveError> {
+    let argv = ["bpftool", "-j", "map", "show", "pinned", pin];
+    let text = super::run_ok(node, &argv, std::time::Duration::from_secs(30))?;
+    parse_max_entries(&text)
+        .map_err(|e| ObserveError::unreadable(node.name(), argv.join(" "), &text, e))
+}
+
+/// `max_entries` of `bpftool -j map show pinned PIN`.
+pub fn parse_max_entries(text: &str) -> Result<u32, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Shown {
+        max_entries: u32,
+    }
+    serde_json::from_str::<Shown>(text.trim()).map(|s| s.max_entries)
+}
+
 /// The kernel's programs, maps and links.
 pub fn kernel(node: &dyn Node) -> Result<Kernel, ObserveError> {
     kernel_of(node, &bpftool_batch(node, &KERNEL_ARGS)?)
