@@ -5,6 +5,8 @@
 //!   naming the backend (`--id`), so a client can tell which backend it reached.
 //! - `connect`: one or more attempts against an address, one JSON object per attempt.
 //! - `bench`: sequential connect+request+response+close, latency percentiles as JSON.
+//! - `hold`: one long-lived TCP connection, a request/answer every interval, one JSON line
+//!   per event (hold.rs), until the connection ends.
 //! - `plant-sockhash`, `churn`, `reqresp`: socket-acceleration workloads (sockmap.rs).
 //!
 //! It is deployed to nodes and VMs as well, so it stays small: std, clap, serde_json, libc.
@@ -16,6 +18,7 @@
 pub mod bench;
 pub mod cli;
 pub mod connect;
+pub mod hold;
 pub mod place;
 pub mod serve;
 pub mod sock;
@@ -37,6 +40,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         cli::Command::Serve(args) => serve::run(&args),
         cli::Command::Connect(args) => connect::run(&args),
         cli::Command::Bench(args) => bench::run(&args),
+        cli::Command::Hold(args) => hold::run(&args),
         cli::Command::PlantSockhash(args) => sockmap::plant(&args),
         cli::Command::Churn(args) => sockmap::churn(&args),
         cli::Command::Reqresp(args) => sockmap::reqresp(&args),
