@@ -78,7 +78,8 @@ fn account(h: &Held, now_ms: u64, heal: Option<HealWindow>) -> Account {
     let answers: Vec<u64> = h
         .events
         .iter()
-        .filter_map(|e| matches!(e, HoldEvent::Answered { .. }).then(|| e.at_ms()))
+        .filter(|e| matches!(e, HoldEvent::Answered { .. }))
+        .map(HoldEvent::at_ms)
         .collect();
     let gaps = answers.windows(2).map(|w| (w[0], w[1]));
     let mut longest = Duration::ZERO;
