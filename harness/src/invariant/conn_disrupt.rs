@@ -12,6 +12,8 @@
 //! must resume after it) may last until that bound after the heal. A connection that is
 //! stalling when read, within what it is allowed, is read again until it answers or
 //! runs out of allowance: the verdict is never decided on a stall still in progress.
+//! Named in a fault's `during`, it judges with the previous heal's window (if any): a
+//! fault that cuts traffic fails it there by design; name it in the check after the heal.
 
 use std::time::{Duration, Instant};
 
