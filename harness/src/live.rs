@@ -23,6 +23,9 @@ pub struct Live {
     /// agents run with `--accelerate`, servers in their pod cgroups. Faults that restart
     /// either keep it.
     pub accelerate: bool,
+    /// The scenario judges conn-disrupt: the deploy opens the held connections (the
+    /// runner decides it from the plan; other scenarios run as before).
+    pub hold_connections: bool,
     /// The last fault step that healed (recovers-within counts from it).
     pub healed: Option<crate::invariant::recovers_within::Healed>,
 }

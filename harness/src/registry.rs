@@ -35,6 +35,7 @@ pub static INVARIANTS: &[&dyn Invariant] = &[
     &invariant::no_cross_delivery::NoCrossDelivery,
     &invariant::recovers_within::RecoversWithin,
     &invariant::datapath_pinned::DatapathPinned,
+    &invariant::conn_disrupt::ConnDisrupt,
 ];
 
 /// Judged by the runner after every teardown, never by a check step.

@@ -245,6 +245,7 @@ impl Runner<'_> {
             cancel: self.cancel.clone(),
             seen: bpf::Kernel::default(),
             accelerate: false,
+            hold_connections: holds_connections(sc),
             healed: None,
         };
         let mut outcome = Outcome::Completed;
@@ -556,9 +557,26 @@ impl Runner<'_> {
             }
             detail.push(format!("datapathd ready on {}", cn.name()));
         }
+        if live.hold_connections {
+            detail.push(crate::cluster::hold::start(
+                &live.cluster,
+                &live.services,
+                &mut live.servers,
+            )?);
+        }
         live.remember();
         Ok(detail)
     }
+}
+
+/// Does a check or a fault's `during` name conn-disrupt? Then the deploy holds
+/// connections for it; nothing else in the scenario changes.
+fn holds_connections(sc: &PlannedScenario) -> bool {
+    sc.steps.iter().any(|st| match st {
+        PlannedStep::Check { invariants } => invariants.contains(&invariant::conn_disrupt::NAME),
+        PlannedStep::Fault { during, .. } => during.contains(&invariant::conn_disrupt::NAME),
+        _ => false,
+    })
 }
 
 /// Judges invariants on a live cluster and emits their verdicts.

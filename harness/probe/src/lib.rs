@@ -5,6 +5,8 @@
 //!   naming the backend (`--id`), so a client can tell which backend it reached.
 //! - `connect`: one or more attempts against an address, one JSON object per attempt.
 //! - `bench`: sequential connect+request+response+close, latency percentiles as JSON.
+//! - `hold`: one long-lived TCP connection, a request/answer every interval, one JSON line
+//!   per event (hold.rs), until the connection ends.
 //! - `plant-sockhash`, `churn`, `reqresp`: socket-acceleration workloads (sockmap.rs).
 //! - `fill-map`, `clear-map`: a foreign writer that fills the datapath's service maps to
 //!   their limit and removes exactly what it wrote (pressure.rs).
@@ -18,6 +20,7 @@
 pub mod bench;
 pub mod cli;
 pub mod connect;
+pub mod hold;
 pub mod place;
 pub mod pressure;
 pub mod serve;
@@ -40,6 +43,7 @@ pub fn run(cli: cli::Cli) -> u8 {
         cli::Command::Serve(args) => serve::run(&args),
         cli::Command::Connect(args) => connect::run(&args),
         cli::Command::Bench(args) => bench::run(&args),
+        cli::Command::Hold(args) => hold::run(&args),
         cli::Command::PlantSockhash(args) => sockmap::plant(&args),
         cli::Command::Churn(args) => sockmap::churn(&args),
         cli::Command::Reqresp(args) => sockmap::reqresp(&args),

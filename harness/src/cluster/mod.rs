@@ -4,6 +4,7 @@
 //! workload onto it.
 
 pub mod datapath;
+pub mod hold;
 pub mod kube_proxy;
 pub mod service;
 pub mod workload;

@@ -4,6 +4,7 @@
 //! observe/ for them. What could not be observed gives Unknown, never Pass; output the
 //! harness cannot read is a harness error, never a verdict.
 
+pub mod conn_disrupt;
 pub mod datapath_pinned;
 pub mod forward_chain_order;
 pub mod host_clean;

@@ -8,6 +8,7 @@
 pub mod bpf;
 pub mod error;
 pub mod features;
+pub mod hold;
 pub mod host;
 pub mod iptables;
 pub mod probe;

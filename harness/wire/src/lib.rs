@@ -1,5 +1,6 @@
 //! The JSON lines dp-probe speaks: a server's answer, a client's record of one attempt,
-//! the summaries of `reqresp` and `churn`, and the keys `plant-sockhash` planted. Declared once, for dp-probe (which prints them), the harness
+//! the summaries of `reqresp` and `churn`, the keys `plant-sockhash` planted and the events
+//! of a connection `hold` keeps. Declared once, for dp-probe (which prints them), the harness
 //! and the datapath's tests (which read them).
 //!
 //! Reading is strict: an unknown field or a missing one is an error, never a default. A
@@ -158,6 +159,47 @@ pub struct ChurnSummary {
     pub failures: Vec<String>,
 }
 
+/// One line of `hold`: a long-lived TCP connection, one request/answer every interval,
+/// one line per event. `at_ms` is the node's wall clock (ms since the Unix epoch), so the
+/// harness compares it with the node's own `date`, never with its own clock.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "lowercase", deny_unknown_fields)]
+pub enum HoldEvent {
+    /// Connected: the addresses as the client sees them (`getsockname`, `getpeername`).
+    Opened {
+        at_ms: u64,
+        to: String,
+        local: String,
+        peer: String,
+    },
+    /// Request `seq` came back unchanged from `backend`, `rtt_us` after it was sent.
+    Answered {
+        at_ms: u64,
+        seq: u64,
+        backend: String,
+        rtt_us: u64,
+    },
+    /// The connection ended (or never opened): what went wrong, on request `seq` (0: the
+    /// connect). The last line; `hold` exits after it.
+    Ended {
+        at_ms: u64,
+        seq: u64,
+        #[serde(deserialize_with = "present")]
+        errno: Option<i32>,
+        error: String,
+    },
+}
+
+impl HoldEvent {
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            HoldEvent::Opened { at_ms, .. }
+            | HoldEvent::Answered { at_ms, .. }
+            | HoldEvent::Ended { at_ms, .. } => *at_ms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +269,30 @@ mod tests {
         )
         .expect_err("renamed");
         assert!(e.to_string().contains("stuck"), "{e}");
+    }
+
+    #[test]
+    fn hold_events_read_strictly() {
+        let lines = [
+            r#"{"event":"opened","at_ms":1000,"to":"10.96.0.10:80","local":"10.244.1.2:40000","peer":"10.96.0.10:80"}"#,
+            r#"{"event":"answered","at_ms":1200,"seq":1,"backend":"web-b1","rtt_us":90}"#,
+            r#"{"event":"ended","at_ms":1400,"seq":2,"errno":104,"error":"read: Connection reset by peer (os error 104)"}"#,
+        ];
+        for line in lines {
+            let e: HoldEvent = serde_json::from_str(line).expect(line);
+            assert_eq!(serde_json::to_string(&e).expect("serializable"), line);
+        }
+        let ended: HoldEvent = serde_json::from_str(lines[2]).expect("reads");
+        assert_eq!(ended.at_ms(), 1400);
+        for (bad, why) in [
+            (lines[1].replace("\"rtt_us\"", "\"rtt\""), "rtt"),
+            (lines[1].replace(",\"seq\":1", ""), "seq"),
+            (lines[2].replace("\"errno\":104,", ""), "errno"),
+            (lines[0].replace("opened", "connected"), "connected"),
+        ] {
+            let e = serde_json::from_str::<HoldEvent>(&bad).expect_err(&bad);
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
     }
 }
 
