@@ -569,14 +569,18 @@ impl Runner<'_> {
     }
 }
 
-/// Does a check or a fault's `during` name conn-disrupt? Then the deploy holds
-/// connections for it; nothing else in the scenario changes.
+/// Does an invariant the scenario judges (in a check or a fault's `during`) need held
+/// connections? Then the deploy opens them; nothing else in the scenario changes.
 fn holds_connections(sc: &PlannedScenario) -> bool {
-    sc.steps.iter().any(|st| match st {
-        PlannedStep::Check { invariants } => invariants.contains(&invariant::conn_disrupt::NAME),
-        PlannedStep::Fault { during, .. } => during.contains(&invariant::conn_disrupt::NAME),
-        _ => false,
-    })
+    sc.steps
+        .iter()
+        .flat_map(|st| match st {
+            PlannedStep::Check { invariants } => invariants.as_slice(),
+            PlannedStep::Fault { during, .. } => during.as_slice(),
+            _ => &[],
+        })
+        .filter_map(crate::registry::invariant)
+        .any(|i| i.suite_needs().held_connections)
 }
 
 /// Judges invariants on a live cluster and emits their verdicts.

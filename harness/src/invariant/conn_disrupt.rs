@@ -23,7 +23,7 @@ use super::{Context, Invariant, Judgement, Verdict};
 use crate::cluster::in_parallel;
 use crate::observe::hold::{self, Held, NodeHolds};
 use crate::observe::ObserveError;
-use crate::suite::InvariantName;
+use crate::suite::{InvariantName, Needs};
 
 pub const NAME: InvariantName = InvariantName::new("conn-disrupt");
 pub struct ConnDisrupt;
@@ -251,6 +251,13 @@ pub fn judge(nodes: &[NodeHolds], heal: Option<HealWindow>) -> (Judgement, bool)
 impl Invariant for ConnDisrupt {
     fn name(&self) -> InvariantName {
         NAME
+    }
+
+    fn suite_needs(&self) -> Needs {
+        Needs {
+            held_connections: true,
+            ..Needs::default()
+        }
     }
 
     fn about(&self) -> &'static str {

@@ -56,6 +56,9 @@ pub struct Needs {
     pub acceleration: bool,
     /// A pod backing a TCP service on the fault's node (on some node when none is named).
     pub tcp_server: bool,
+    /// Long-lived connections opened at deploy (from every pod to every TCP service and
+    /// pod server on another node) that the invariant judges later.
+    pub held_connections: bool,
 }
 
 /// A fault's name as suites write it. Which names exist is the fault registry's
