@@ -16,6 +16,7 @@ mod mutant;
 mod netlink;
 mod netsync;
 mod nftgen;
+mod pinned_record;
 mod pins;
 mod prereq;
 mod pressure;

@@ -5,43 +5,23 @@
 //! streak of refusals starts, when what is refused changes, and once when it ends.
 
 use std::{
-    os::fd::AsFd,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use aya_obj::generated::bpf_map_type;
 use serde::{Deserialize, Serialize};
 
-use crate::{layout, programming::Refused, sys};
+use crate::programming::Refused;
 
 /// At most this many refused changes are kept in the record (the log has them all).
 const KEPT: usize = 16;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PressureError {
-    #[error("encoding the pressure record")]
-    Encode(#[source] serde_json::Error),
-    #[error("decoding the pressure record pinned at {path}")]
-    Decode {
-        path: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{what} ({path})")]
-    Sys {
-        what: &'static str,
-        path: String,
-        #[source]
-        source: sys::SysError,
-    },
-    #[error("removing the old pin {path}")]
-    Unpin {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
+pub use crate::pinned_record::RecordError as PressureError;
+
+const KIND: crate::pinned_record::Kind = crate::pinned_record::Kind {
+    what: "pressure record",
+    map: "dp_pressure",
+};
 
 /// One full map, as the reconcile that refused found it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,55 +92,12 @@ pub fn pin_path(bpffs: &Path) -> PathBuf {
 
 /// Replace the pinned record with `p`.
 pub fn write(bpffs: &Path, p: &Pressure) -> Result<(), PressureError> {
-    let path = pin_path(bpffs);
-    let shown = path.display().to_string();
-    let json = serde_json::to_vec(p).map_err(PressureError::Encode)?;
-    let sys_err = |what| {
-        let path = shown.clone();
-        move |source| PressureError::Sys { what, path, source }
-    };
-    let map = sys::map_create(
-        bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
-        4,
-        json.len() as u32,
-        1,
-        "dp_pressure",
-    )
-    .map_err(sys_err("creating dp_pressure"))?;
-    sys::map_update(map.as_fd(), &0u32.to_ne_bytes(), &json)
-        .map_err(sys_err("writing dp_pressure"))?;
-    layout::unpin(&path).map_err(|source| PressureError::Unpin {
-        path: shown.clone(),
-        source,
-    })?;
-    sys::obj_pin(map.as_fd(), &path).map_err(sys_err("pinning dp_pressure"))
+    crate::pinned_record::write(KIND, &pin_path(bpffs), p)
 }
 
 /// The pinned record, or `None` when no reconcile of this instance was ever refused.
 pub fn read(bpffs: &Path) -> Result<Option<Pressure>, PressureError> {
-    let path = pin_path(bpffs);
-    if path.symlink_metadata().is_err() {
-        return Ok(None);
-    }
-    let shown = path.display().to_string();
-    let sys_err = |what| {
-        let path = shown.clone();
-        move |source| PressureError::Sys { what, path, source }
-    };
-    let map = sys::obj_get(&path).map_err(sys_err("opening dp_pressure"))?;
-    let info = sys::map_info(map.as_fd()).map_err(sys_err("reading dp_pressure's info"))?;
-    let mut json = vec![0u8; info.value_size as usize];
-    if !sys::map_lookup(map.as_fd(), &0u32.to_ne_bytes(), &mut json)
-        .map_err(sys_err("reading dp_pressure"))?
-    {
-        return Ok(None);
-    }
-    serde_json::from_slice(&json)
-        .map(Some)
-        .map_err(|source| PressureError::Decode {
-            path: shown,
-            source,
-        })
+    crate::pinned_record::read(KIND, &pin_path(bpffs))
 }
 
 #[cfg(test)]
