@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn harness() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_harness"))
@@ -168,36 +167,13 @@ fn interrupted_while_a_fault_is_active_the_run_heals_it_and_leaves_nothing() {
     let _l = common::lock();
     let dir = tempfile::tempdir().expect("tempdir");
     let reports = dir.path().join("r");
-    let mut child = Command::new(harness())
-        .args(["suite", suite_file().to_str().expect("utf-8")])
+    let mut cmd = Command::new(harness());
+    cmd.args(["suite", suite_file().to_str().expect("utf-8")])
         .args(["--provider", "netns", "--seed", "3", "--reports-dir"])
         .arg(&reports)
-        .env("CI", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the harness");
-    let mut seen = Vec::new();
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    // The progress line that says the fault is active: interrupt right then, while the
-    // `during` checks run.
-    for l in lines.by_ref() {
-        let l = l.expect("a line");
-        let active = l.contains("noop active");
-        seen.push(l);
-        if active {
-            // SAFETY: kill(2) on the pid of the child this test started.
-            assert_eq!(
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
-                0
-            );
-            break;
-        }
-    }
-    seen.extend(lines.map_while(Result::ok));
-    let status = child.wait().expect("the harness ends");
-    assert_eq!(status.code(), Some(130), "{}", seen.join("\n"));
+        .env("CI", "1");
+    let (code, seen) = common::interrupt_when(cmd, "noop active");
+    assert_eq!(code, Some(130), "{}", seen.join("\n"));
     let h = history(&reports);
     let k = kinds(&h);
     let started = k.iter().position(|e| e == "fault-started");

@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{assert_caught_exactly, lock, mutate, row_junit, skip_unless_root};
 
@@ -89,36 +88,15 @@ fn interrupted_while_the_cut_holds_the_run_heals_it() {
     let reports = dir.path().join("r");
     let state = dir.path().join("state");
     let harness = PathBuf::from(env!("CARGO_BIN_EXE_harness"));
-    let mut child = Command::new(&harness)
-        .args(["suite", "partition", "--provider", "netns", "--keep"])
+    let mut cmd = Command::new(&harness);
+    cmd.args(["suite", "partition", "--provider", "netns", "--keep"])
         .args(["--seed", &SEED.to_string(), "--reports-dir"])
         .arg(&reports)
         .env("CI", "1")
-        .env("DP_HARNESS_STATE_DIR", &state)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the harness");
-    let mut seen = Vec::new();
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    for l in lines.by_ref() {
-        let l = l.expect("a line");
-        let active = l.contains("partition active");
-        seen.push(l);
-        if active {
-            // SAFETY: kill(2) on the pid of the child this test started.
-            assert_eq!(
-                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
-                0
-            );
-            break;
-        }
-    }
-    seen.extend(lines.map_while(Result::ok));
-    let status = child.wait().expect("the harness ends");
+        .env("DP_HARNESS_STATE_DIR", &state);
+    let (code, seen) = common::interrupt_when(cmd, "partition active");
     let log = seen.join("\n");
-    assert_eq!(status.code(), Some(130), "{log}");
+    assert_eq!(code, Some(130), "{log}");
     assert!(log.contains("(interrupted); not probed across"), "{log}");
     let marker = seen
         .iter()

@@ -118,3 +118,35 @@ pub fn row_junit(report: &harness::mutate::MutationReport, variant: &str, seed: 
         .unwrap_or_else(|| panic!("no report directory for {variant}"));
     std::fs::read_to_string(dir.join("junit.xml")).expect("the run's junit.xml")
 }
+
+/// Starts `cmd` (its stderr piped), sends it SIGINT as soon as a stderr line contains
+/// `when` (the progress line of the moment to interrupt), and waits for it. Returns its
+/// exit code and every stderr line.
+#[allow(dead_code)] // only the tests that interrupt a fault use it
+pub fn interrupt_when(mut cmd: Command, when: &str) -> (Option<i32>, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the harness");
+    let mut seen = Vec::new();
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    for l in lines.by_ref() {
+        let l = l.expect("a line");
+        let now = l.contains(when);
+        seen.push(l);
+        if now {
+            // SAFETY: kill(2) on the pid of the child this function started.
+            assert_eq!(
+                unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+                0
+            );
+            break;
+        }
+    }
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().expect("the harness ends");
+    (status.code(), seen)
+}
