@@ -218,20 +218,11 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Unknown);
     }
 
-    /// Recorded on node-a of suite sockmap, netns provider (testdata/README.md): `bpftool
-    /// -j cgroup show` of the node's cgroup and `bpftool -j -f {prog,map,link} show`.
+    /// Recorded on node-a of suite sockmap (super::super::recorded).
     #[test]
     fn recorded_datapath_is_pinned_and_a_remount_nobody_repaired_is_not() {
-        use crate::observe::bpf::parse_json;
-        const BPFFS: &str = "/sys/fs/bpf/dp-harness-1ac319/node-a";
-        let read = "recorded bpftool output reads";
-        let attached: Vec<Attached> =
-            parse_json(include_str!("testdata/bpf.cgroup-show.json")).expect(read);
-        let k = Kernel {
-            progs: parse_json(include_str!("testdata/bpf.prog-show.json")).expect(read),
-            maps: parse_json(include_str!("testdata/bpf.map-show.json")).expect(read),
-            links: parse_json(include_str!("testdata/bpf.link-show.json")).expect(read),
-        };
+        use super::super::recorded::{bpf, BPFFS};
+        let (attached, k) = bpf();
         let j = judge("node-a", BPFFS, &attached, &k);
         assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
         // Derived from the recording: the node's bpffs mounted afresh under a running

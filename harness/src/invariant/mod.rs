@@ -192,6 +192,29 @@ pub fn judge_iptables_per_node(
     Ok(merge(&all_judged(js)?))
 }
 
+/// Recorded real output the judges are unit-tested on (testdata/README.md says how each
+/// was recorded), shared by the invariants that read the same recording.
+#[cfg(test)]
+pub(crate) mod recorded {
+    use crate::observe::bpf::{parse_json, Attached, Kernel};
+
+    /// node-a's bpffs directory in the recorded sockmap run (netns provider).
+    pub const BPFFS: &str = "/sys/fs/bpf/dp-harness-1ac319/node-a";
+
+    /// node-a of that run: `bpftool -j cgroup show` of the node's cgroup and `bpftool -j
+    /// -f {prog,map,link} show`.
+    pub fn bpf() -> (Vec<Attached>, Kernel) {
+        let read = "recorded bpftool output reads";
+        let attached = parse_json(include_str!("testdata/bpf.cgroup-show.json")).expect(read);
+        let kernel = Kernel {
+            progs: parse_json(include_str!("testdata/bpf.prog-show.json")).expect(read),
+            maps: parse_json(include_str!("testdata/bpf.map-show.json")).expect(read),
+            links: parse_json(include_str!("testdata/bpf.link-show.json")).expect(read),
+        };
+        (attached, kernel)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

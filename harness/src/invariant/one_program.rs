@@ -161,21 +161,7 @@ mod tests {
 
     use super::super::Verdict;
 
-    /// Recorded on node-a of suite sockmap, netns provider (testdata/README.md): `bpftool
-    /// -j cgroup show` of the node's cgroup and `bpftool -j -f {prog,map,link} show`.
-    const BPFFS: &str = "/sys/fs/bpf/dp-harness-1ac319/node-a";
-
-    fn recorded() -> (Vec<Attached>, crate::observe::bpf::Kernel) {
-        use crate::observe::bpf::parse_json;
-        let read = "recorded bpftool output reads";
-        let attached = parse_json(include_str!("testdata/bpf.cgroup-show.json")).expect(read);
-        let kernel = crate::observe::bpf::Kernel {
-            progs: parse_json(include_str!("testdata/bpf.prog-show.json")).expect(read),
-            maps: parse_json(include_str!("testdata/bpf.map-show.json")).expect(read),
-            links: parse_json(include_str!("testdata/bpf.link-show.json")).expect(read),
-        };
-        (attached, kernel)
-    }
+    use super::super::recorded::{bpf as recorded, BPFFS};
 
     #[test]
     fn recorded_hooks_have_one_program_each() {
