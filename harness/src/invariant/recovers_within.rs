@@ -15,7 +15,7 @@ use super::{Context, Invariant, Judgement};
 use crate::cluster::in_parallel;
 use crate::observe::features::KernelNeed;
 use crate::observe::{probe, ObserveError};
-use crate::suite::{FaultName, InvariantName};
+use crate::suite::{FaultName, InvariantName, Needs};
 
 pub const NAME: InvariantName = InvariantName::new("recovers-within");
 pub struct RecoversWithin;
@@ -175,6 +175,13 @@ fn round(ctx: &Context<'_>, healed_at: Instant) -> Result<Round, ObserveError> {
 impl Invariant for RecoversWithin {
     fn name(&self) -> InvariantName {
         NAME
+    }
+
+    fn suite_needs(&self) -> Needs {
+        Needs {
+            recovery_bound: true,
+            ..Needs::default()
+        }
     }
 
     fn about(&self) -> &'static str {

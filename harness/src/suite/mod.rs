@@ -199,6 +199,9 @@ impl Suite {
             }
             let accelerated = matches!(sc.steps.first(), Some(Step::Deploy(d)) if d.accelerate);
             for (j, st) in sc.steps.iter().enumerate() {
+                let bounded_before = sc.steps[..j]
+                    .iter()
+                    .any(|s| matches!(s, Step::Fault(f) if f.recover_within_s.is_some()));
                 let at = format!("scenarios[{i}].steps[{j}]");
                 let (invariants, field) = match st {
                     Step::Fault(f) => {
@@ -235,6 +238,17 @@ impl Suite {
                             inv.as_str(),
                             format!(
                                 "invariant {inv} judges socket acceleration: scenario `{}` must start with `deploy: {{accelerate: true}}`",
+                                sc.name
+                            ),
+                            step::EXPECTED,
+                        );
+                    }
+                    if needs.recovery_bound && (field != "check.invariants" || !bounded_before) {
+                        return bad(
+                            path,
+                            inv.as_str(),
+                            format!(
+                                "invariant {inv} judges the recovery after a fault's heal: name it in a check after a fault step that sets `recover-within-s` (scenario `{}`)",
                                 sc.name
                             ),
                             step::EXPECTED,

@@ -59,6 +59,9 @@ pub struct Needs {
     /// Long-lived connections opened at deploy (from every pod to every TCP service and
     /// pod server on another node) that the invariant judges later.
     pub held_connections: bool,
+    /// A fault step earlier in the scenario that sets `recover-within-s` (the bound the
+    /// invariant judges the recovery after its heal against).
+    pub recovery_bound: bool,
 }
 
 /// A fault's name as suites write it. Which names exist is the fault registry's

@@ -301,3 +301,26 @@ fn must_catch_names_known_mutants_and_checked_invariants() {
         "{e}"
     );
 }
+
+#[test]
+fn recovers_within_needs_a_bounded_fault_step_before_it() {
+    let with = |fault: &str| {
+        GOOD.replace(
+            "      - check:\n          invariants: [service-connectivity]\n",
+            &format!("{fault}      - check:\n          invariants: [recovers-within]\n"),
+        )
+    };
+    let e = err(&with(""));
+    assert!(
+        e.contains("t.yaml:17:24:") && e.contains("judges the recovery after a fault's heal"),
+        "{e}"
+    );
+    let e = err(&with("      - fault: {name: noop}\n"));
+    assert!(e.contains("recover-within-s"), "{e}");
+    Suite::parse(
+        Path::new("t.yaml"),
+        &with("      - fault: {name: noop, recover-within-s: 10}\n"),
+        &Registry,
+    )
+    .expect("a bounded fault step before the check");
+}
