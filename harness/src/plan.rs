@@ -53,6 +53,9 @@ pub enum PlannedStep {
         /// histories of other suites read as before).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         accelerate: bool,
+        /// dp_sockhash's capacity when the suite sets it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_sockhash: Option<u32>,
     },
     Fault {
         #[serde(flatten)]
@@ -99,6 +102,7 @@ pub fn plan(
                 steps.push(match st {
                     Step::Deploy(d) => PlannedStep::Deploy {
                         accelerate: d.accelerate,
+                        max_sockhash: d.max_sockhash,
                     },
                     Step::WaitFor(w) => PlannedStep::WaitFor {
                         condition: w.condition,
@@ -158,10 +162,17 @@ impl PlannedStep {
     /// One line: the step with every planned parameter.
     pub fn describe(&self) -> String {
         match self {
-            PlannedStep::Deploy { accelerate: false } => "deploy".into(),
-            PlannedStep::Deploy { accelerate: true } => {
-                "deploy (socket acceleration node <-> local pods)".into()
-            }
+            PlannedStep::Deploy {
+                accelerate: false, ..
+            } => "deploy".into(),
+            PlannedStep::Deploy {
+                accelerate: true,
+                max_sockhash: None,
+            } => "deploy (socket acceleration node <-> local pods)".into(),
+            PlannedStep::Deploy {
+                accelerate: true,
+                max_sockhash: Some(n),
+            } => format!("deploy (socket acceleration node <-> local pods, sockhash of {n})"),
             PlannedStep::Fault {
                 plan,
                 during,
@@ -364,9 +375,19 @@ mod tests {
             .expect("plans")
             .scenarios[0]
             .steps[0];
-        assert_eq!(deploy, &PlannedStep::Deploy { accelerate: true });
         assert_eq!(
-            serde_json::to_string(&PlannedStep::Deploy { accelerate: false }).unwrap(),
+            deploy,
+            &PlannedStep::Deploy {
+                accelerate: true,
+                max_sockhash: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&PlannedStep::Deploy {
+                accelerate: false,
+                max_sockhash: None
+            })
+            .unwrap(),
             r#"{"step":"deploy"}"#,
             "histories without acceleration read as before"
         );

@@ -378,7 +378,10 @@ impl Runner<'_> {
         index: usize,
     ) -> Result<Vec<String>, StepError> {
         match step {
-            PlannedStep::Deploy { accelerate } => self.deploy(live, *accelerate),
+            PlannedStep::Deploy {
+                accelerate,
+                max_sockhash,
+            } => self.deploy(live, *accelerate, *max_sockhash),
             PlannedStep::Fault {
                 plan,
                 during,
@@ -500,7 +503,12 @@ impl Runner<'_> {
     }
 
     /// Writes the services, starts the backends and every node's agent.
-    fn deploy(&mut self, live: &mut Live, accelerate: bool) -> Result<Vec<String>, StepError> {
+    fn deploy(
+        &mut self,
+        live: &mut Live,
+        accelerate: bool,
+        max_sockhash: Option<u32>,
+    ) -> Result<Vec<String>, StepError> {
         live.accelerate = accelerate;
         live.write_services()?;
         workload::start_servers(
@@ -531,15 +539,20 @@ impl Runner<'_> {
                     .ok_or_else(|| StepError::NoNodeNetwork(cn.name().to_owned()))?;
                 a.extra_args = net.accelerate_args();
                 detail.push(format!(
-                    "datapathd on {} accelerates {}",
+                    "datapathd on {} accelerates {}{}",
                     cn.name(),
                     a.extra_args
                         .iter()
                         .filter(|x| *x != "--accelerate")
                         .cloned()
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    max_sockhash.map_or(String::new(), |n| format!(" (sockhash of {n})"))
                 ));
+                if let Some(n) = max_sockhash {
+                    a.extra_args
+                        .extend(["--max-sockhash".to_string(), n.to_string()]);
+                }
             }
             started.push((cn.clone(), a));
         }

@@ -293,6 +293,8 @@ pub fn judge(key: &SockKey, cookie: u64, live: &HashMap<u64, LiveSocket>) -> Ver
 #[derive(Debug, Default)]
 pub struct Gc {
     missing: BTreeSet<(SockKey, u64)>,
+    /// The last round found the map full (logged once per streak).
+    full: bool,
 }
 
 /// What one round did.
@@ -341,6 +343,21 @@ impl Gc {
             }
         }
         self.missing = missing_now;
+        let left = round.keys - round.deleted;
+        let full = left >= map.info.max_entries as usize;
+        if full && !self.full {
+            warn!(
+                "{}",
+                crate::status::sockhash_full(left, map.info.max_entries)
+            );
+        } else if !full && self.full {
+            info!(
+                entries = left,
+                capacity = map.info.max_entries,
+                "dp_sockhash pressure gone: new connections are accelerated again"
+            );
+        }
+        self.full = full;
         if round.deleted > 0 {
             info!(
                 keys = round.keys,

@@ -554,6 +554,9 @@ fn sockhash_status(layout: &Layout, problems: &mut Vec<String>) -> Option<Sockha
     if skmsg_programs.is_empty() {
         problems.push("dp_sockhash has no sk_msg program attached".into());
     }
+    if keys.len() >= map.info.max_entries as usize {
+        problems.push(sockhash_full(keys.len(), map.info.max_entries));
+    }
     Some(SockhashStatus {
         map_id: map.info.id,
         pinned: pin.display().to_string(),
@@ -567,6 +570,14 @@ fn sockhash_status(layout: &Layout, problems: &mut Vec<String>) -> Option<Sockha
         counters,
         error,
     })
+}
+
+/// The pressure line for a full sockhash: connections still work, unaccelerated.
+pub fn sockhash_full(entries: usize, capacity: u32) -> String {
+    format!(
+        "map pressure: dp_sockhash is full ({entries} of {capacity} entries): new connections \
+         are not accelerated (they still work through the TCP stack) until entries go"
+    )
 }
 
 fn decode_services(

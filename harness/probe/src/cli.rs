@@ -43,6 +43,21 @@ pub enum Command {
     /// Delete the foreign entries `fill-map` wrote (keys `--first` .. `--first + --count`),
     /// nothing else; a JSON summary.
     ClearMap(ClearMapArgs),
+    /// Fill a pinned sockhash with the keys of established loopback sockets of our own
+    /// (each keyed by its own tuple) until the kernel refuses one more; print a JSON
+    /// summary and, once the map is full, `holding`; keep the sockets open until stopped
+    /// (SIGTERM): their entries go with them.
+    FillSockhash(FillSockhashArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct FillSockhashArgs {
+    /// The pinned sockhash (e.g. /sys/fs/bpf/datapathd/maps/dp_sockhash).
+    #[arg(long, value_name = "PATH")]
+    pub map: PathBuf,
+    /// Give up after this many inserts (the map's max_entries and one).
+    #[arg(long)]
+    pub limit: u32,
 }
 
 /// Which of the datapath's maps, so the foreign keys and values have its layout.

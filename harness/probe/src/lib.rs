@@ -49,5 +49,6 @@ pub fn run(cli: cli::Cli) -> u8 {
         cli::Command::Reqresp(args) => sockmap::reqresp(&args),
         cli::Command::FillMap(args) => pressure::fill(&args),
         cli::Command::ClearMap(args) => pressure::clear(&args),
+        cli::Command::FillSockhash(args) => pressure::fill_sockhash(&args),
     }
 }

@@ -10,9 +10,9 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::cli::{ClearMapArgs, FillMapArgs, MapKind};
+use crate::cli::{ClearMapArgs, FillMapArgs, FillSockhashArgs, MapKind};
 use crate::sockmap::{bpf, obj_get, ElemAttr};
-use crate::wire::{MapCleared, MapFilled};
+use crate::wire::{MapCleared, MapFilled, SockhashFilled};
 use crate::{EXIT_FAILED, EXIT_OK};
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -147,6 +147,94 @@ pub fn clear(a: &ClearMapArgs) -> u8 {
     } else {
         EXIT_FAILED
     }
+}
+
+/// The line `fill-sockhash` prints after its summary once it holds a full map.
+pub const HOLDING_LINE: &str = "holding";
+
+/// Fills the sockhash with the keys of loopback connections of our own (each socket under
+/// its own tuple, so it is live to any collector), never replacing a key, until the kernel
+/// refuses one more; prints the summary and keeps the sockets until a signal ends the
+/// process. Exit 1 (at once) when the map did not fill.
+pub fn fill_sockhash(a: &FillSockhashArgs) -> u8 {
+    let mut out = SockhashFilled {
+        map: a.map.display().to_string(),
+        sockets: 0,
+        inserted: 0,
+        refused_errno: None,
+        error: None,
+    };
+    let kept = match fill_sockhash_inner(a, &mut out) {
+        Ok(kept) => kept,
+        Err(e) => {
+            out.error = Some(e);
+            Vec::new()
+        }
+    };
+    print(&out);
+    if out.refused_errno != Some(libc::E2BIG) {
+        return EXIT_FAILED;
+    }
+    // The entries live as long as their sockets: hold them until we are stopped.
+    let _kept = kept;
+    println!("{HOLDING_LINE}");
+    loop {
+        // SAFETY: pause() has no preconditions; it returns only on a signal.
+        unsafe { libc::pause() };
+    }
+}
+
+fn fill_sockhash_inner(
+    a: &FillSockhashArgs,
+    out: &mut SockhashFilled,
+) -> Result<Vec<std::net::TcpStream>, String> {
+    use std::net::{SocketAddr, SocketAddrV4};
+    // Two descriptors per connection: lift the soft limit to the hard one.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    let map = obj_get(&a.map).map_err(|e| format!("BPF_OBJ_GET {}: {e}", a.map.display()))?;
+    let listener = crate::sock::tcp_listener(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("loopback listener: {e}"))?;
+    let laddr = match listener.local_addr() {
+        Ok(SocketAddr::V4(a)) => a,
+        other => return Err(format!("loopback listener address: {other:?}")),
+    };
+    let mut kept = Vec::new();
+    'fill: while out.inserted < a.limit {
+        let client =
+            std::net::TcpStream::connect(laddr).map_err(|e| format!("connect to {laddr}: {e}"))?;
+        let (server, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+        for s in [client, server] {
+            let (SocketAddr::V4(local), SocketAddr::V4(peer)) = (
+                s.local_addr().map_err(|e| e.to_string())?,
+                s.peer_addr().map_err(|e| e.to_string())?,
+            ) else {
+                return Err("a loopback socket is not IPv4".into());
+            };
+            out.sockets += 1;
+            let key = crate::sockmap::sockhash_key(local, peer);
+            let fd = u64::try_from(s.as_raw_fd()).map_err(|e| e.to_string())?;
+            kept.push(s);
+            match update_noexist(&map, &key, &fd.to_ne_bytes()) {
+                Ok(()) => out.inserted += 1,
+                Err(e) => {
+                    out.refused_errno = e.raw_os_error();
+                    out.error = Some(e.to_string());
+                    break 'fill;
+                }
+            }
+        }
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]

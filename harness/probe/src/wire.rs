@@ -1,7 +1,9 @@
 //! The JSON lines dp-probe speaks (their types are dp-wire's) and how it reads a line.
 
 /// Declared once, in dp-wire, for dp-probe, the harness and the datapath's tests.
-pub use dp_wire::{Answer, Attempt, ConnReport, HoldEvent, MapCleared, MapFilled, ReqRespSummary};
+pub use dp_wire::{
+    Answer, Attempt, ConnReport, HoldEvent, MapCleared, MapFilled, ReqRespSummary, SockhashFilled,
+};
 
 /// The longest request or answer either side reads, in bytes.
 pub const MAX_LINE: usize = 64 * 1024;

@@ -13,8 +13,13 @@
 //! were. The agent deleting foreign entries itself (it owns those maps: its reconcile
 //! removes what it does not want) is allowed and said in the heal's proof.
 //!
-//! dp_sockhash is not filled: its values are sockets, which a foreign writer cannot forge
-//! in bulk (one established connection per entry).
+//! When the deployment accelerates, dp_sockhash is filled too: its values are sockets, so
+//! the foreign writer is a process (`dp-probe fill-sockhash`) that opens established
+//! loopback connections on the node and puts each socket under its own tuple (live to any
+//! collector) until the kernel refuses one more; suites keep the map small
+//! (`deploy.max-sockhash`). The agent must report it (status `problems`) and connections
+//! keep working unaccelerated; the heal stops the process, and the kernel drops a closed
+//! socket's entries itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -142,6 +147,7 @@ impl Fault for MapPressure {
             .map(|c| (c.node.clone(), c.services_dir.join("services.yaml")))
             .collect();
         let filled = Arc::new(std::sync::Mutex::new(Vec::<Filled>::new()));
+        let filler = Arc::new(std::sync::Mutex::new(None::<SockhashFiller>));
         let writer = Writer {
             node: node.clone(),
             n: n.clone(),
@@ -159,16 +165,23 @@ impl Fault for MapPressure {
                 live.cancel.clone(),
             );
             let change = change.clone();
+            let filler = filler.clone();
             Heal::with(NAME, move || {
+                let filler = filler.lock().ok().and_then(|mut f| f.take());
+                let mut proof = match filler {
+                    Some(f) => vec![f.stop()?],
+                    None => Vec::new(),
+                };
                 let filled = filled.lock().map(|f| f.clone()).unwrap_or_default();
-                heal(
+                proof.extend(heal(
                     &writer,
                     &filled,
                     &change,
                     &files,
                     before.as_bytes(),
                     &cancel,
-                )
+                )?);
+                Ok(proof)
             })
         };
 
@@ -190,6 +203,23 @@ impl Fault for MapPressure {
             ));
             if let Ok(mut v) = filled.lock() {
                 v.push(f);
+            }
+        }
+
+        // 1b. With acceleration, the sockhash: a process holding real sockets.
+        if live.accelerate {
+            let (f, line) = writer.fill_sockhash(&cn)?;
+            proof.push(line);
+            let status = writer.status()?;
+            proof.push(match sockhash_full_line(&status) {
+                Some(l) => format!("the agent on {node} reports: {l}"),
+                None => format!(
+                    "the agent on {node} does not report the full dp_sockhash (status --json \
+                     `problems`)"
+                ),
+            });
+            if let Ok(mut slot) = filler.lock() {
+                *slot = Some(f);
             }
         }
 
@@ -400,6 +430,132 @@ impl Writer {
 }
 
 const E2BIG: i32 = 7;
+
+/// The running `dp-probe fill-sockhash`: its sockets are the foreign entries.
+struct SockhashFiller {
+    node: String,
+    proc: Box<dyn crate::node::Process>,
+    inserted: u32,
+}
+
+impl SockhashFiller {
+    /// Stops the process (SIGTERM; its sockets close and the kernel drops their entries).
+    fn stop(mut self) -> Result<String, FaultError> {
+        let node_err = |source: crate::node::NodeError| FaultError::Node {
+            fault: NAME,
+            node: self.node.clone(),
+            what: "stopping dp-probe fill-sockhash".into(),
+            source: Box::new(source),
+        };
+        self.proc.kill(libc::SIGTERM).map_err(node_err)?;
+        let exit = self
+            .proc
+            .wait_timeout(Duration::from_secs(10))
+            .map_err(node_err)?;
+        if exit.is_none() {
+            self.proc.kill(libc::SIGKILL).map_err(node_err)?;
+            self.proc
+                .wait_timeout(Duration::from_secs(10))
+                .map_err(node_err)?;
+        }
+        Ok(format!(
+            "dp_sockhash on {}: stopped the filler (pid {}); its {} sockets closed, so the \
+             kernel dropped their entries",
+            self.node,
+            self.proc.pid(),
+            self.inserted
+        ))
+    }
+}
+
+impl Writer {
+    /// Starts `dp-probe fill-sockhash` on the node and waits for its summary: the map full
+    /// (the kernel refused one more) while the process holds the sockets.
+    fn fill_sockhash(
+        &self,
+        cn: &crate::cluster::ClusterNode,
+    ) -> Result<(SockhashFiller, String), FaultError> {
+        let pin = self.pin("dp_sockhash");
+        let max_entries = self.max_entries("dp_sockhash")?;
+        let out = cn.work_dir.join("fill-sockhash.out");
+        let argv = vec![
+            self.dp_probe.display().to_string(),
+            "fill-sockhash".into(),
+            "--map".into(),
+            pin,
+            "--limit".into(),
+            max_entries.saturating_add(1).to_string(),
+        ];
+        let node_err = |what: &str, source: crate::node::NodeError| FaultError::Node {
+            fault: NAME,
+            node: self.node.clone(),
+            what: what.into(),
+            source: Box::new(source),
+        };
+        let mut proc = self
+            .n
+            .spawn(&crate::node::SpawnSpec {
+                argv,
+                stdout: out.clone(),
+                stderr: cn.work_dir.join("fill-sockhash.err"),
+                env: Vec::new(),
+            })
+            .map_err(|e| node_err("starting dp-probe fill-sockhash", e))?;
+        // `holding` follows the summary once the map is full (dp-probe's pressure.rs).
+        crate::node::wait_for_line(self.n.as_ref(), proc.as_mut(), &out, "holding", CMD)
+            .map_err(|e| node_err("waiting for dp-probe fill-sockhash", e))?;
+        let text = self.n.read_file(&out).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let summary = text.lines().next().unwrap_or_default();
+        let parsed = serde_json::from_str::<dp_wire::SockhashFilled>(summary);
+        let mut filler = SockhashFiller {
+            node: self.node.clone(),
+            proc,
+            inserted: 0,
+        };
+        // The summary is read even when the process ended first (a fill that failed).
+        let r = match parsed {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = filler.stop();
+                return Err(self.not(format!(
+                    "dp-probe fill-sockhash printed what does not read ({e}): {}",
+                    text.trim()
+                )));
+            }
+        };
+        filler.inserted = r.inserted;
+        if r.refused_errno != Some(E2BIG) {
+            let _ = filler.stop();
+            return Err(self.not(format!(
+                "dp_sockhash is not full after {} foreign sockets (max_entries {max_entries}): {}",
+                r.inserted,
+                r.error.as_deref().unwrap_or("the kernel refused none")
+            )));
+        }
+        let line = format!(
+            "dp_sockhash on {} (max_entries {max_entries}, bpftool): {} foreign sockets' keys \
+             written by a process holding {} established loopback sockets; the kernel refuses \
+             one more: {}",
+            self.node,
+            r.inserted,
+            r.sockets,
+            r.error.unwrap_or_default()
+        );
+        Ok((filler, line))
+    }
+}
+
+/// The agent's own line about a full dp_sockhash, from its status's `problems`.
+fn sockhash_full_line(status: &serde_json::Value) -> Option<String> {
+    status
+        .get("problems")?
+        .as_array()?
+        .iter()
+        .filter_map(|p| p.as_str())
+        .find(|p| p.contains("dp_sockhash is full"))
+        .map(str::to_owned)
+}
 
 /// The agent's line about the refused service `wanted` ("service ADDR:PORT/tcp"), when its
 /// status's pressure record has it.

@@ -199,6 +199,30 @@ impl Suite {
             }
             let accelerated = matches!(sc.steps.first(), Some(Step::Deploy(d)) if d.accelerate);
             for (j, st) in sc.steps.iter().enumerate() {
+                let Step::Deploy(d) = st else { continue };
+                match d.max_sockhash {
+                    Some(_) if !d.accelerate => {
+                        return bad(
+                            format!("scenarios[{i}].steps[{j}].deploy.max-sockhash"),
+                            "max-sockhash",
+                            "max-sockhash sizes the acceleration's sockhash: it needs \
+                             `accelerate: true`"
+                                .into(),
+                            step::EXPECTED,
+                        )
+                    }
+                    Some(0) => {
+                        return bad(
+                            format!("scenarios[{i}].steps[{j}].deploy.max-sockhash"),
+                            "max-sockhash",
+                            "max-sockhash must be at least 1".into(),
+                            step::EXPECTED,
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            for (j, st) in sc.steps.iter().enumerate() {
                 let bounded_before = sc.steps[..j]
                     .iter()
                     .any(|s| matches!(s, Step::Fault(f) if f.recover_within_s.is_some()));

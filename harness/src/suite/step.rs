@@ -2,7 +2,8 @@
 //! with that one key.
 
 pub const EXPECTED: &str = "a step is one of: {deploy: {accelerate: false (optional; true: sockops/sockmap \
-acceleration of node <-> local pod TCP)}} | {fault: {name: FAULT (`harness list` names them), \
+acceleration of node <-> local pod TCP), \
+max-sockhash: N (optional, with accelerate: the sockhash's capacity)}} | {fault: {name: FAULT (`harness list` names them), \
 node: NAME (optional; default: chosen from the seed), during: [INVARIANT, ...] (optional: judged while the fault is active), \
 recover-within-s: SECONDS (optional: the bound of a later recovers-within)}} | \
 {wait-for: {condition: agents-ready|services-reachable, timeout-s: 30}} | \
@@ -27,6 +28,10 @@ pub struct DeployStep {
     /// `sock_ops` sees both ends. Off by default: other suites run as before.
     #[serde(default)]
     pub accelerate: bool,
+    /// dp_sockhash's capacity (`datapathd run --max-sockhash`; needs `accelerate`): small
+    /// enough for a foreign writer to fill it with real sockets (map-pressure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sockhash: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]

@@ -52,7 +52,10 @@ fn good_minimal_suite() {
     assert_eq!(s.services[0].protocol, Protocol::Tcp);
     assert_eq!(
         s.scenarios[0].steps[0],
-        Step::Deploy(step::DeployStep { accelerate: false })
+        Step::Deploy(step::DeployStep {
+            accelerate: false,
+            max_sockhash: None
+        })
     );
     assert_eq!(
         s.topology.nodes.iter().map(|n| n.pods.len()).sum::<usize>(),
@@ -185,12 +188,46 @@ fn deploy_accelerate_parses_and_defaults_off() {
     .expect("parses");
     assert_eq!(
         s.scenarios[0].steps[0],
-        Step::Deploy(step::DeployStep { accelerate: true })
+        Step::Deploy(step::DeployStep {
+            accelerate: true,
+            max_sockhash: None
+        })
     );
     let e = err(&GOOD.replace("- deploy: {}", "- deploy: {accelerated: true}"));
     assert!(
-        e.contains("at `scenarios[0].steps[0].deploy.accelerated`: unknown field `accelerated`, expected `accelerate`"),
+        e.contains("at `scenarios[0].steps[0].deploy.accelerated`: unknown field `accelerated`, expected `accelerate` or `max-sockhash`"),
         "{e}"
+    );
+}
+
+#[test]
+fn max_sockhash_needs_acceleration_and_is_located() {
+    let e = err(&GOOD.replace("- deploy: {}", "- deploy: {max-sockhash: 64}"));
+    assert!(e.starts_with("t.yaml:"), "{e}");
+    assert!(
+        e.contains("scenarios[0].steps[0].deploy.max-sockhash") && e.contains("accelerate: true"),
+        "{e}"
+    );
+    let e = err(&GOOD.replace(
+        "- deploy: {}",
+        "- deploy: {accelerate: true, max-sockhash: 0}",
+    ));
+    assert!(e.contains("at least 1"), "{e}");
+    let s = Suite::parse(
+        Path::new("t.yaml"),
+        &GOOD.replace(
+            "- deploy: {}",
+            "- deploy: {accelerate: true, max-sockhash: 64}",
+        ),
+        &Registry,
+    )
+    .expect("parses");
+    assert_eq!(
+        s.scenarios[0].steps[0],
+        Step::Deploy(step::DeployStep {
+            accelerate: true,
+            max_sockhash: Some(64)
+        })
     );
 }
 

@@ -314,6 +314,25 @@ pub struct MapFilled {
     pub error: Option<String>,
 }
 
+/// What `fill-sockhash` did: foreign sockets' keys put into a pinned sockhash until the
+/// kernel refused one more. The process keeps the sockets (and so the entries) until it
+/// is stopped; the kernel removes a closed socket's entries itself.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SockhashFilled {
+    pub map: String,
+    /// Established loopback sockets the filler opened (two per connection).
+    pub sockets: u32,
+    /// Their keys inserted (each its own tuple, so the datapath's collector finds them live).
+    pub inserted: u32,
+    /// The errno of the insert the kernel refused (E2BIG: the map is full); null when the
+    /// limit came first.
+    #[serde(deserialize_with = "present")]
+    pub refused_errno: Option<i32>,
+    #[serde(deserialize_with = "present")]
+    pub error: Option<String>,
+}
+
 /// What `clear-map` removed from one pinned map.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -52,7 +52,10 @@ fn events() -> Vec<Event> {
             scenario: "restart".into(),
             iteration: 1,
             index: 0,
-            step: PlannedStep::Deploy { accelerate: false },
+            step: PlannedStep::Deploy {
+                accelerate: false,
+                max_sockhash: None,
+            },
             ms: 1500,
             at_ms: 1500,
             detail: vec!["::warning::from a node's output".into()],
