@@ -9,6 +9,7 @@ use crate::suite::{Catalog, FaultName, FaultStep, InvariantName, Needs, Scenario
 /// Every fault, in the order `harness list` shows them.
 pub static FAULTS: &[&dyn AnyFault] = &[
     &entry::<fault::agent_restart::AgentRestartMidAttach>(),
+    &entry::<fault::agent_upgrade::AgentUpgrade>(),
     &entry::<fault::kube_proxy_order_swap::KubeProxyOrderSwap>(),
     &entry::<fault::node_reboot::NodeReboot>(),
     &entry::<fault::link_degrade::LinkDegrade>(),

@@ -95,6 +95,11 @@ pub struct RunArgs {
     /// Capacity of each masquerade NAT map (LRU).
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_masq: u32,
+    /// The masquerade maps' layout: 1 (the previous release's) or 2 (the next one's, the
+    /// default). NAT maps pinned in the other layout are migrated, entry by entry.
+    #[arg(long, value_name = "N", default_value_t = datapath_common::MASQ_LAYOUT_VERSION,
+          value_parser = clap::value_parser!(u32).range(i64::from(datapath_common::MASQ_LAYOUT_OLDEST)..=i64::from(datapath_common::MASQ_LAYOUT_VERSION)))]
+    pub layout: u32,
     /// How the tc programs attach: tcx (kernel 6.6+), clsact, or auto.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_tc_mode)]
     pub tc_attach: TcMode,
@@ -201,6 +206,8 @@ fn net_options(a: &RunArgs) -> Result<Option<NetSyncOptions>> {
             mode: a.tc_attach,
             max_entries: positive("max-masq", a.max_masq)?,
             mutations: a.mutant.map(Mutant::bpf_mutations).unwrap_or(0),
+            layout: a.layout,
+            recreate_maps: a.mutant == Some(Mutant::UpgradeRecreatesMaps),
         }),
         None => None,
     };

@@ -12,6 +12,7 @@ mod layout;
 mod loader;
 mod maps;
 mod masq;
+mod masq_migrate;
 mod mutant;
 mod netlink;
 mod netsync;

@@ -12,8 +12,9 @@
 //!   kernels (`--tc-attach clsact`), classic clsact filters at a fixed priority and handle
 //!   ([`TC_PRIORITY`], [`TC_HANDLE`]) that a restart replaces in place (netlink without
 //!   NLM_F_EXCL). Either way the attachment outlives the agent, like the cgroup links.
-//! * Maps pinned at `<bpffs>/masq/maps/<name>`, reused across restarts while their shape and
-//!   [`MASQ_LAYOUT_VERSION`] match, so live flows keep their translation.
+//! * Maps pinned at `<bpffs>/masq/maps/<name>`, reused across restarts while their shape
+//!   matches, so live flows keep their translation; the NAT maps of another layout or
+//!   capacity are migrated (masq_migrate.rs), never dropped.
 //! * Pods: the agent scans the node's routes for `/32` routes through interfaces named
 //!   `<prefix>*` (how pods are wired: the pod's address routed to its host-side veth) and
 //!   keeps `dp_masq_pods` (pod address -> ifindex) equal to them.
@@ -37,8 +38,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    MasqConfig, NatEndpoint, NatKey, GLOBAL_MUTATIONS, MAP_MASQ_CFG, MAP_MASQ_FWD, MAP_MASQ_PODS,
-    MAP_MASQ_REV, MASQ_LAYOUT_VERSION, MASQ_MAX_CIDRS, PROG_MASQ_EGRESS, PROG_MASQ_INGRESS,
+    MasqConfig, GLOBAL_MUTATIONS, MAP_MASQ_CFG, MAP_MASQ_FWD, MAP_MASQ_PODS, MAP_MASQ_REV,
+    MASQ_MAX_CIDRS, PROG_MASQ_EGRESS, PROG_MASQ_INGRESS,
 };
 use serde::Serialize;
 use tracing::{info, warn};
@@ -46,6 +47,7 @@ use tracing::{info, warn};
 use crate::{
     layout,
     maps::{BpfMap, MapError},
+    masq_migrate::{self, MigrateError, NAT_MAPS},
     sys::{self, Obj, SysError},
 };
 
@@ -117,6 +119,8 @@ pub enum MasqError {
     },
     #[error(transparent)]
     Map(#[from] MapError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
     #[error("reading {path}")]
     Routes {
         path: &'static str,
@@ -248,6 +252,10 @@ pub struct MasqOptions {
     pub max_entries: u32,
     /// `DP_MUTATIONS` of the object (a mutant's deliberate bugs; 0 for the correct one).
     pub mutations: u32,
+    /// The NAT maps' layout (`run --layout`; see `datapath_common::MASQ_LAYOUT_VERSION`).
+    pub layout: u32,
+    /// The mutant upgrade-recreates-maps: a layout change starts with empty NAT maps.
+    pub recreate_maps: bool,
 }
 
 /// Where the masquerade keeps its pins: `<bpffs>/masq/{maps,links}/`.
@@ -255,7 +263,7 @@ pub fn dir(bpffs: &Path) -> PathBuf {
     bpffs.join("masq")
 }
 
-fn map_pin(bpffs: &Path, map: &str) -> PathBuf {
+pub fn map_pin(bpffs: &Path, map: &str) -> PathBuf {
     dir(bpffs).join("maps").join(map)
 }
 
@@ -268,11 +276,10 @@ const DIRECTIONS: [(TcAttachType, &str, &str); 2] = [
     (TcAttachType::Ingress, "ingress", PROG_MASQ_INGRESS),
 ];
 
-/// The map shapes this agent writes: (name, type, key size, value size, max entries).
-fn map_shapes(max: u32) -> [(&'static str, u32, u32, u32, u32); 4] {
+/// The shapes of the maps that do not depend on the layout: (name, type, key size, value
+/// size, max entries). The NAT maps' are masq_migrate::spec.
+fn map_shapes(max: u32) -> [(&'static str, u32, u32, u32, u32); 2] {
     use aya_obj::generated::bpf_map_type::*;
-    let key = std::mem::size_of::<NatKey>() as u32;
-    let ep = std::mem::size_of::<NatEndpoint>() as u32;
     [
         (
             MAP_MASQ_CFG,
@@ -281,8 +288,6 @@ fn map_shapes(max: u32) -> [(&'static str, u32, u32, u32, u32); 4] {
             std::mem::size_of::<MasqConfig>() as u32,
             1,
         ),
-        (MAP_MASQ_FWD, BPF_MAP_TYPE_LRU_HASH as u32, key, ep, max),
-        (MAP_MASQ_REV, BPF_MAP_TYPE_LRU_HASH as u32, key, ep, max),
         (MAP_MASQ_PODS, BPF_MAP_TYPE_HASH as u32, 4, 4, max),
     ]
 }
@@ -345,6 +350,13 @@ pub fn start(bpffs: &Path, opts: &MasqOptions) -> Result<Masq, MasqError> {
         })?;
     }
     prepare_pins(bpffs, opts.max_entries)?;
+    masq_migrate::preflight(&dir(bpffs).join("maps"), opts.layout, opts.max_entries)?;
+    let pending = masq_migrate::prepare(
+        &dir(bpffs).join("maps"),
+        opts.layout,
+        opts.max_entries,
+        opts.recreate_maps,
+    )?;
     // Which network namespace the uplink is in (see `same_netns`).
     let marker = dir(bpffs).join(format!("netns-{}", crate::netsync::netns_ino()));
     std::fs::create_dir_all(&marker).map_err(|source| MasqError::Dirs {
@@ -353,12 +365,16 @@ pub fn start(bpffs: &Path, opts: &MasqOptions) -> Result<Masq, MasqError> {
     })?;
 
     let mut loader = EbpfLoader::new();
-    let pins: Vec<(&str, PathBuf)> = map_shapes(opts.max_entries)
+    let mut pins: Vec<(&str, PathBuf)> = map_shapes(opts.max_entries)
         .iter()
         .map(|s| (s.0, map_pin(bpffs, s.0)))
         .collect();
     for (name, _, _, _, max) in map_shapes(opts.max_entries) {
         loader.map_max_entries(name, max);
+    }
+    // Pinned by prepare in the layout's shape (the object's own definition is layout 2's).
+    for name in NAT_MAPS {
+        pins.push((name, pending.pin_path(name, map_pin(bpffs, name))));
     }
     for (name, pin) in &pins {
         loader.map_pin_path(name, pin.as_path());
@@ -402,6 +418,9 @@ pub fn start(bpffs: &Path, opts: &MasqOptions) -> Result<Masq, MasqError> {
         }
         info!(program = name, uplink = %opts.uplink, mode = ?mode, "masquerade attached");
     }
+    if !pending.is_empty() {
+        pending.finish()?;
+    }
     let masq = Masq {
         _ebpf: ebpf,
         pods,
@@ -414,7 +433,7 @@ pub fn start(bpffs: &Path, opts: &MasqOptions) -> Result<Masq, MasqError> {
 
 fn config(opts: &MasqOptions, uplink_ifindex: u32) -> MasqConfig {
     let mut c = MasqConfig {
-        layout_version: MASQ_LAYOUT_VERSION,
+        layout_version: opts.layout,
         node_addr: u32::from(opts.node_addr).to_be(),
         uplink_ifindex,
         port_min: opts.ports.min,
@@ -432,7 +451,8 @@ fn config(opts: &MasqOptions, uplink_ifindex: u32) -> MasqConfig {
     c
 }
 
-/// Unpin every masquerade map whose shape or layout version is not this agent's.
+/// Unpin the configuration and pods maps if their shape is not this agent's (they are the
+/// same in every layout and rewritten at start; the NAT maps are masq_migrate's).
 fn prepare_pins(bpffs: &Path, max: u32) -> Result<(), MasqError> {
     let unpin = |p: &Path| {
         layout::unpin(p).map_err(|source| MasqError::Unpin {
@@ -440,26 +460,17 @@ fn prepare_pins(bpffs: &Path, max: u32) -> Result<(), MasqError> {
             source,
         })
     };
-    let cfg_pin = map_pin(bpffs, MAP_MASQ_CFG);
-    let layout_ok = match BpfMap::open_pin(&cfg_pin) {
-        Ok(m) => {
-            m.info.value_size as usize == std::mem::size_of::<MasqConfig>()
-                && matches!(m.get::<u32, MasqConfig>(&0), Ok(Some(c)) if c.layout_version == MASQ_LAYOUT_VERSION || c.layout_version == 0)
-        }
-        Err(_) => false,
-    };
     for (name, ty, key, value, max_entries) in map_shapes(max) {
         let pin = map_pin(bpffs, name);
         if pin.symlink_metadata().is_err() {
             continue;
         }
-        let keep = layout_ok
-            && BpfMap::open_pin(&pin).is_ok_and(|m| {
-                m.info.map_type == ty
-                    && m.info.key_size == key
-                    && m.info.value_size == value
-                    && m.info.max_entries == max_entries
-            });
+        let keep = BpfMap::open_pin(&pin).is_ok_and(|m| {
+            m.info.map_type == ty
+                && m.info.key_size == key
+                && m.info.value_size == value
+                && m.info.max_entries == max_entries
+        });
         if keep {
             info!(map = name, "reusing pinned masquerade map");
         } else {
@@ -760,7 +771,13 @@ pub struct MasqStatus {
     pub ports: String,
     pub pod_cidrs: Vec<String>,
     pub cluster_cidrs: Vec<String>,
+    /// The layout the last agent configured (`run --layout`).
     pub layout_version: u32,
+    /// The layout of the pinned NAT maps, judged by their value size (null: no map or a
+    /// size of no layout), with that value size and their capacity.
+    pub map_layout: Option<u32>,
+    pub nat_value_size: Option<u32>,
+    pub nat_capacity: Option<u32>,
     /// Per direction: what is attached on the uplink.
     pub attachments: Vec<MasqAttachment>,
     /// Entries in `dp_masq_fwd` / `dp_masq_rev` (LRU) and `dp_masq_pods`.
@@ -821,6 +838,9 @@ pub fn status(bpffs: &Path) -> Option<MasqStatus> {
             .and_then(|m| m.count())
             .unwrap_or(0)
     };
+    let fwd_info = BpfMap::open_pin(&map_pin(bpffs, MAP_MASQ_FWD))
+        .ok()
+        .map(|m| m.info);
     let mut attachments = Vec::new();
     for (attach_type, dir_name, name) in DIRECTIONS {
         let pin = link_pin(bpffs, dir_name);
@@ -879,6 +899,11 @@ pub fn status(bpffs: &Path) -> Option<MasqStatus> {
         pod_cidrs: cidrs(&cfg.pod_nets, &cfg.pod_masks, cfg.pod_count),
         cluster_cidrs: cidrs(&cfg.cluster_nets, &cfg.cluster_masks, cfg.cluster_count),
         layout_version: cfg.layout_version,
+        map_layout: fwd_info
+            .as_ref()
+            .and_then(|i| masq_migrate::layout_of(i.value_size)),
+        nat_value_size: fwd_info.as_ref().map(|i| i.value_size),
+        nat_capacity: fwd_info.as_ref().map(|i| i.max_entries),
         attachments,
         nat_entries: count(MAP_MASQ_FWD),
         reverse_entries: count(MAP_MASQ_REV),

@@ -40,10 +40,13 @@ pub enum Mutant {
     /// agent empties dp_services of its services to write everything again next pass;
     /// while the map stays full every pass is refused, so no service answers.
     MapPressureFlush,
+    /// Upgrade: on a masquerade layout change the NAT maps are recreated empty instead of
+    /// migrated (masq_migrate.rs), so every live pod->external flow loses its translation.
+    UpgradeRecreatesMaps,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 14] = [
+    pub const ALL: [Mutant; 15] = [
         Mutant::StaleCgroupProg,
         Mutant::UdpReplyNotReversed,
         Mutant::GetpeernameNotRewritten,
@@ -58,6 +61,7 @@ impl Mutant {
         Mutant::QuarantineNeverRestored,
         Mutant::BpffsLostPinsIgnored,
         Mutant::MapPressureFlush,
+        Mutant::UpgradeRecreatesMaps,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +80,7 @@ impl Mutant {
             Mutant::QuarantineNeverRestored => "quarantine-never-restored",
             Mutant::BpffsLostPinsIgnored => "bpffs-lost-pins-ignored",
             Mutant::MapPressureFlush => "map-pressure-flush",
+            Mutant::UpgradeRecreatesMaps => "upgrade-recreates-maps",
         }
     }
 
@@ -123,6 +128,9 @@ impl Mutant {
             }
             Mutant::MapPressureFlush => {
                 "map pressure: a change a full map cannot take aborts the reconcile and the agent empties dp_services of its services to start over, so while the map stays full no service answers"
+            }
+            Mutant::UpgradeRecreatesMaps => {
+                "upgrade: a masquerade layout change recreates the NAT maps empty instead of migrating them, so every established pod->external connection gets a new port and is reset"
             }
         }
     }
@@ -188,7 +196,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored, map-pressure-flush"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored, map-pressure-flush, upgrade-recreates-maps"
         );
     }
 }

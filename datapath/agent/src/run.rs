@@ -82,6 +82,13 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         .filter(|h| *h != Hook::Getpeername4 || report.uses_getpeername4())
         .collect();
 
+    // A layout change whose entries do not fit is refused before anything is replaced.
+    if let Some(m) = opts.net.as_ref().and_then(|n| n.masq.as_ref()) {
+        let maps = crate::masq::dir(&opts.bpffs).join("maps");
+        crate::masq_migrate::preflight(&maps, m.layout, m.max_entries)
+            .context("checking the masquerade maps before the start")?;
+    }
+
     let cgroup = Cgroup::open(&opts.cgroup)?;
     let layout = Layout::new(&opts.bpffs);
     let failpoints = Failpoints::new(opts.failpoint);

@@ -609,3 +609,216 @@ fn mutant_kube_proxy_first_hangs_established_connections() {
     let reordered = wait_for(Duration::from_secs(5), || chain_first(&w).then_some(()));
     assert!(reordered.is_none(), "{:?}", w.forward());
 }
+
+/// A `dp-probe hold` from the pod to the external server: one long-lived TCP connection
+/// through the masquerade, a request every 100 ms, one JSON line per event in a file.
+struct Hold {
+    /// Killed on drop.
+    _proc: Proc,
+    out: PathBuf,
+}
+
+impl Hold {
+    fn start(w: &World) -> Hold {
+        let out = w.sb.dir.join(format!(
+            "hold-{}.jsonl",
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = Command::new(probe::binary())
+            .args(["hold", "--to", SERVER, "--interval-ms", "100", "--netns"])
+            .arg(&w.pod.path)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("hold output"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start dp-probe hold: {e}"));
+        Hold {
+            _proc: Proc {
+                what: "dp-probe hold".into(),
+                child,
+            },
+            out,
+        }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn count(&self, event: &str) -> usize {
+        self.events().iter().filter(|e| e["event"] == event).count()
+    }
+
+    /// Waits until `n` more answers than `after` came back; panics (with the events) when
+    /// the connection ended or stalled for 10 s instead.
+    fn answers_after(&self, after: usize, n: usize, what: &str) -> usize {
+        let got = wait_for(Duration::from_secs(10), || {
+            if self.count("ended") > 0 {
+                return Some(Err(()));
+            }
+            let a = self.count("answered");
+            (a >= after + n).then_some(Ok(a))
+        });
+        match got {
+            Some(Ok(a)) => a,
+            _ => panic!(
+                "{what}: the held connection did not keep answering: {:#?}",
+                self.events()
+            ),
+        }
+    }
+}
+
+/// Stops the running agent (SIGTERM, as an upgrade does) and starts the next one with `args`.
+fn replace_agent(w: &mut World, args: &[&str]) {
+    let last = w.agents.len() - 1;
+    w.agents[last].proc.signal(libc::SIGTERM);
+    assert!(
+        w.agents[last]
+            .proc
+            .wait_exit(Duration::from_secs(10))
+            .is_some(),
+        "agent did not stop on SIGTERM"
+    );
+    w.start_agent(args);
+}
+
+/// The pinned NAT maps' layout, value size and capacity as `status` reports them.
+fn nat_shape(w: &World) -> (u64, u64, u64) {
+    let m = &w.status()["masquerade"];
+    let n = |k: &str| {
+        m[k].as_u64()
+            .unwrap_or_else(|| panic!("status masquerade.{k}: {m:#}"))
+    };
+    (n("map_layout"), n("nat_value_size"), n("nat_capacity"))
+}
+
+#[test]
+fn masquerade_flows_survive_an_upgrade_and_a_downgrade() {
+    if !common::can_run("masquerade_flows_survive_an_upgrade_and_a_downgrade") {
+        return;
+    }
+    let mut w = World::new("masq-upgrade");
+    w.serve();
+    w.start_agent(&["--layout", "1", "--max-masq", "1000"]);
+    assert_eq!(nat_shape(&w), (1, 8, 1000));
+    let hold = Hold::start(&w);
+    let a = hold.answers_after(0, 3, "at layout 1");
+
+    replace_agent(&mut w, &["--layout", "2", "--max-masq", "1000"]);
+    assert_eq!(nat_shape(&w), (2, 12, 2000), "upgraded maps");
+    assert!(
+        w.logs()
+            .contains("migrating: entries copied into the new map"),
+        "{}",
+        w.logs()
+    );
+    let a = hold.answers_after(a, 5, "after the upgrade 1 -> 2");
+    all_ok("a new flow at layout 2", &w.connect(2, 3000), &w);
+
+    replace_agent(&mut w, &["--layout", "1", "--max-masq", "1000"]);
+    assert_eq!(nat_shape(&w), (1, 8, 1000), "downgraded maps");
+    hold.answers_after(a, 5, "after the downgrade 2 -> 1");
+    all_ok("a new flow at layout 1", &w.connect(2, 3000), &w);
+    // Only the current maps remain pinned: no pending pin, no second copy.
+    let maps: Vec<String> = std::fs::read_dir(w.sb.bpffs.join("masq/maps"))
+        .expect("masq maps dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        !maps.iter().any(|m| m.ends_with("-next")),
+        "pending pins left: {maps:?}"
+    );
+}
+
+#[test]
+fn mutant_upgrade_recreates_maps_resets_held_flows() {
+    if !common::can_run("mutant_upgrade_recreates_maps_resets_held_flows") {
+        return;
+    }
+    let mut w = World::new("masq-upgrade-mutant");
+    w.serve();
+    w.start_agent(&["--layout", "1"]);
+    let hold = Hold::start(&w);
+    hold.answers_after(0, 3, "at layout 1");
+    replace_agent(
+        &mut w,
+        &["--layout", "2", "--mutant", "upgrade-recreates-maps"],
+    );
+    assert_eq!(nat_shape(&w).0, 2);
+    let ended = wait_for(Duration::from_secs(10), || {
+        (hold.count("ended") > 0).then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "the held connection survived empty NAT maps: {:#?}",
+        hold.events()
+    );
+}
+
+#[test]
+fn a_downgrade_whose_flows_do_not_fit_is_refused_and_the_datapath_keeps_running() {
+    if !common::can_run(
+        "a_downgrade_whose_flows_do_not_fit_is_refused_and_the_datapath_keeps_running",
+    ) {
+        return;
+    }
+    let mut w = World::new("masq-shrink");
+    w.serve();
+    // Layout 2 doubles the capacity: 8 entries; layout 1 would hold 4.
+    w.start_agent(&["--layout", "2", "--max-masq", "4"]);
+    all_ok("short flows", &w.connect(6, 3000), &w);
+    let entries = w.status()["masquerade"]["nat_entries"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        entries > 4,
+        "precondition: more flows than layout 1 holds, got {entries}"
+    );
+    let hold = Hold::start(&w);
+    let a = hold.answers_after(0, 2, "at layout 2");
+
+    let last = w.agents.len() - 1;
+    w.agents[last].proc.signal(libc::SIGTERM);
+    assert!(w.agents[last]
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .is_some());
+    let out = sh(&[
+        "nsenter",
+        &format!("--net={}", w.sb.netns.display()),
+        datapathd().to_str().expect("utf-8 path"),
+        "run",
+        "--cgroup",
+        w.sb.cgroup_str(),
+        "--services",
+        w.sb.services.to_str().expect("utf-8 path"),
+        "--bpffs",
+        w.sb.bpffs_str(),
+        "--uplink",
+        "upl0",
+        "--node-addr",
+        NODE_ADDR,
+        "--pod-cidr",
+        "10.244.0.0/24",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+        "--layout",
+        "1",
+        "--max-masq",
+        "4",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refusing to migrate dp_masq_")
+            && err.contains("do not fit the new capacity 4"),
+        "{err}"
+    );
+    assert_eq!(nat_shape(&w), (2, 12, 8), "the maps must be untouched");
+    hold.answers_after(a, 3, "after the refused downgrade");
+}

@@ -147,8 +147,18 @@ pub struct Meta {
 // separate from the socket-LB set: they have their own object (`masq`), their own pins
 // (`maps/dp_masq_*`) and their own layout version, kept in `dp_masq_cfg`.
 
-/// Version of the masquerade maps' layout (stored in [`MasqConfig::layout_version`]).
-pub const MASQ_LAYOUT_VERSION: u32 = 1;
+/// The newest masquerade map layout (stored in [`MasqConfig::layout_version`]). One agent
+/// knows two layouts, standing for the previous and the next release (`datapathd run
+/// --layout N`), so an upgrade and a downgrade need no second build:
+/// * 1: `dp_masq_fwd`/`dp_masq_rev` values are [`NatEndpoint`] (8 bytes), capacity
+///   `--max-masq`;
+/// * 2: values are [`NatEntry`] (12 bytes: a field appended), capacity twice `--max-masq`.
+///
+/// The programs serve both: they write a whole [`NatEntry`] (the kernel copies only the
+/// map's value size) and read only its leading [`NatEndpoint`].
+pub const MASQ_LAYOUT_VERSION: u32 = 2;
+/// The oldest masquerade layout this agent still runs and migrates from.
+pub const MASQ_LAYOUT_OLDEST: u32 = 1;
 
 /// Masquerade map names.
 pub const MAP_MASQ_CFG: &str = "dp_masq_cfg";
@@ -212,6 +222,17 @@ pub struct NatEndpoint {
     pub port: u16,
     /// Explicit padding to 8 bytes; always 0.
     pub pad: u16,
+}
+
+/// Value of `dp_masq_fwd`/`dp_masq_rev` in layout 2: layout 1's [`NatEndpoint`] with a
+/// field appended (appended, so the programs' reads of the endpoint work on both sizes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatEntry {
+    pub ep: NatEndpoint,
+    /// When the program made the translation, in seconds of `bpf_ktime_get_ns` (time
+    /// since boot, wrapping after 136 years); 0 for an entry migrated from layout 1.
+    pub created_s: u32,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -327,6 +348,7 @@ mod user {
     unsafe impl aya::Pod for MasqConfig {}
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatEndpoint {}
+    unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for AccelConfig {}
 }
@@ -343,6 +365,7 @@ const _: () = {
     assert!(core::mem::size_of::<MasqConfig>() == 24 + 16 * MASQ_MAX_CIDRS);
     assert!(core::mem::size_of::<NatKey>() == 16);
     assert!(core::mem::size_of::<NatEndpoint>() == 8);
+    assert!(core::mem::size_of::<NatEntry>() == 12);
     assert!(core::mem::size_of::<SockKey>() == 44);
     assert!(core::mem::size_of::<AccelConfig>() == 8 + 8 * ACCEL_MAX_CIDRS);
 };

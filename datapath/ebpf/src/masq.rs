@@ -20,23 +20,26 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_get_prandom_u32, bpf_redirect_neigh},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap},
     programs::TcContext,
 };
 use datapath_common::{
-    MasqConfig, NatEndpoint, NatKey, MASQ_LAYOUT_VERSION, MASQ_MAX_CIDRS,
-    MUTATE_MASQ_REPLY_PORT_KEPT, PROTO_TCP, PROTO_UDP,
+    MasqConfig, NatEndpoint, NatEntry, NatKey, MASQ_LAYOUT_OLDEST, MASQ_LAYOUT_VERSION,
+    MASQ_MAX_CIDRS, MUTATE_MASQ_REPLY_PORT_KEPT, PROTO_TCP, PROTO_UDP,
 };
 
-// Placeholder sizes: the agent sets max_entries at load time.
+// Placeholder sizes: the agent sets max_entries at load time. The NAT maps are created by
+// the agent in the layout it runs (value 8 or 12 bytes, see MASQ_LAYOUT_VERSION): values
+// are written whole as NatEntry (the kernel copies the map's value size) and read only as
+// the leading NatEndpoint, which every layout has.
 #[map(name = "dp_masq_cfg")]
 static CONFIG: Array<MasqConfig> = Array::with_max_entries(1, 0);
 #[map(name = "dp_masq_fwd")]
-static FWD: LruHashMap<NatKey, NatEndpoint> = LruHashMap::with_max_entries(1, 0);
+static FWD: LruHashMap<NatKey, NatEntry> = LruHashMap::with_max_entries(1, 0);
 #[map(name = "dp_masq_rev")]
-static REV: LruHashMap<NatKey, NatEndpoint> = LruHashMap::with_max_entries(1, 0);
+static REV: LruHashMap<NatKey, NatEntry> = LruHashMap::with_max_entries(1, 0);
 /// Pod address (network byte order) -> ifindex of its host-side interface.
 #[map(name = "dp_masq_pods")]
 static PODS: HashMap<u32, u32> = HashMap::with_max_entries(1, 0);
@@ -177,7 +180,12 @@ fn rewrite(ctx: &TcContext, p: &Packet, end: End, to: &NatEndpoint) -> Result<()
 #[inline(always)]
 fn config() -> Result<MasqConfig, i32> {
     match CONFIG.get(0) {
-        Some(c) if c.layout_version == MASQ_LAYOUT_VERSION => Ok(*c),
+        Some(c)
+            if c.layout_version >= MASQ_LAYOUT_OLDEST
+                && c.layout_version <= MASQ_LAYOUT_VERSION =>
+        {
+            Ok(*c)
+        }
         _ => Err(PASS),
     }
 }
@@ -220,18 +228,36 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
 /// The flow's existing translation, if its reverse entry still points back at it.
 #[inline(always)]
 fn lookup_fwd(key: &NatKey, pod: &NatEndpoint, node_addr: u32) -> Option<NatEndpoint> {
-    // SAFETY: copied out at once.
-    let nat = unsafe { FWD.get(key) }.copied()?;
+    let nat = endpoint(&FWD, key)?;
     if nat.addr != node_addr {
         return None;
     }
     let rev_key = reply_key(key, &nat);
-    // SAFETY: copied out at once.
-    let back = unsafe { REV.get(&rev_key) }.copied()?;
+    let back = endpoint(&REV, &rev_key)?;
     if back.addr == pod.addr && back.port == pod.port {
         Some(nat)
     } else {
         None
+    }
+}
+
+/// The endpoint of a NAT entry: its first 8 bytes, the only part every layout has (a
+/// layout 1 value is 8 bytes; reading 12 would not pass the verifier).
+#[inline(always)]
+fn endpoint(map: &LruHashMap<NatKey, NatEntry>, key: &NatKey) -> Option<NatEndpoint> {
+    let p = map.get_ptr(key)?;
+    // SAFETY: the kernel returned a pointer to a live value of at least 8 bytes; read at once.
+    Some(unsafe { core::ptr::read_unaligned(p.cast::<NatEndpoint>()) })
+}
+
+/// A whole value as written in every layout (the kernel keeps the map's value size of it).
+#[inline(always)]
+fn entry(ep: &NatEndpoint) -> NatEntry {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    NatEntry {
+        ep: *ep,
+        created_s: (now / 1_000_000_000) as u32,
     }
 }
 
@@ -264,8 +290,11 @@ fn allocate(key: &NatKey, pod: &NatEndpoint, cfg: &MasqConfig) -> Result<NatEndp
             pad: 0,
         };
         let rev_key = reply_key(key, &nat);
-        if REV.insert(&rev_key, pod, u64::from(BPF_NOEXIST)).is_ok() {
-            if FWD.insert(key, &nat, 0).is_err() {
+        if REV
+            .insert(&rev_key, &entry(pod), u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            if FWD.insert(key, &entry(&nat), 0).is_err() {
                 let _ = REV.remove(&rev_key);
                 return Err(DROP);
             }
@@ -292,9 +321,8 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, i32> {
         proto: p.proto,
         pad: [0; 3],
     };
-    // SAFETY: copied out at once.
-    let mut pod = match unsafe { REV.get(&key) } {
-        Some(v) => *v,
+    let mut pod = match endpoint(&REV, &key) {
+        Some(v) => v,
         None => return Ok(PASS),
     };
     if mutated(MUTATE_MASQ_REPLY_PORT_KEPT) {

@@ -1,5 +1,7 @@
 //! Held connections for conn-disrupt: one `dp-probe hold` from every pod to every TCP
-//! service and to every TCP pod server on another node, opened at deploy time (after
+//! service, to every TCP pod server on another node and, when the cluster has one, to the
+//! external host (through the masquerade: its NAT entries are the state an agent upgrade
+//! must carry over), opened at deploy time (after
 //! the agents are ready: a service address needs socket-LB) so that they are
 //! established before any fault. Each runs in its pod's netns and cgroup like a probe,
 //! writes its events to a file in its node's work directory, and is kept with the
@@ -65,6 +67,9 @@ pub fn wanted<'c>(
         }
         for (server, addr) in servers.iter().filter(|(p, _)| p.node != client.node) {
             out.push((client, format!("pod {}", server.name), *addr));
+        }
+        if let Some(ext) = &cluster.external {
+            out.push((client, format!("external {}", ext.name), ext.addr));
         }
     }
     out
@@ -172,6 +177,6 @@ pub fn start(
         }
     }
     Ok(format!(
-        "{n} connections held (every pod to every TCP service and to every TCP pod server on another node), a request every {INTERVAL_MS} ms"
+        "{n} connections held (every pod to every TCP service, to every TCP pod server on another node and to the external host if any), a request every {INTERVAL_MS} ms"
     ))
 }

@@ -11,6 +11,7 @@
 //! never leaves a fault in place.
 
 pub mod agent_restart;
+pub mod agent_upgrade;
 pub mod bpffs_remount;
 pub mod kube_proxy_order_swap;
 pub mod link_degrade;

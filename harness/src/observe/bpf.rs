@@ -125,6 +125,27 @@ pub fn parse_max_entries(text: &str) -> Result<u32, serde_json::Error> {
     serde_json::from_str::<Shown>(text.trim()).map(|s| s.max_entries)
 }
 
+/// A pinned map's identity and shape, as `bpftool -j map show pinned PIN` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct MapShape {
+    pub id: u32,
+    pub bytes_value: u32,
+    pub max_entries: u32,
+}
+
+/// The shape of the map pinned at `pin`.
+pub fn map_shape(node: &dyn Node, pin: &str) -> Result<MapShape, ObserveError> {
+    let argv = ["bpftool", "-j", "map", "show", "pinned", pin];
+    let text = super::run_ok(node, &argv, std::time::Duration::from_secs(30))?;
+    parse_map_shape(&text)
+        .map_err(|e| ObserveError::unreadable(node.name(), argv.join(" "), &text, e))
+}
+
+/// `id`, `bytes_value` and `max_entries` of `bpftool -j map show pinned PIN`.
+pub fn parse_map_shape(text: &str) -> Result<MapShape, serde_json::Error> {
+    serde_json::from_str::<MapShape>(text.trim())
+}
+
 /// The kernel's programs, maps and links.
 pub fn kernel(node: &dyn Node) -> Result<Kernel, ObserveError> {
     kernel_of(node, &bpftool_batch(node, &KERNEL_ARGS)?)

@@ -22,6 +22,7 @@ pub const KNOWN_MUTANTS: &[&str] = &[
     "quarantine-never-restored",
     "bpffs-lost-pins-ignored",
     "map-pressure-flush",
+    "upgrade-recreates-maps",
 ];
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]

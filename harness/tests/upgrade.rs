@@ -1,0 +1,74 @@
+//! The agent-upgrade fault interrupted: a SIGINT while the fault replaces a node's agent
+//! (between its stop, its start at the other layout, the dwell and the way back) ends the
+//! run with 130, after it tore the cluster down, leaving nothing of the run on the host.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn harness() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_harness"))
+}
+
+fn suite_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites/upgrade.yaml")
+}
+
+#[test]
+fn interrupted_during_an_agent_upgrade_the_run_cleans_up_and_exits_130() {
+    if common::skip_unless_root("netns clusters (namespaces, cgroups, bpf)") {
+        return;
+    }
+    let _l = common::lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let reports = dir.path().join("r");
+    let mut cmd = Command::new(harness());
+    cmd.args(["suite", suite_file().to_str().expect("utf-8")])
+        .args(["--provider", "netns", "--seed", "5", "--reports-dir"])
+        .arg(&reports)
+        .env("CI", "1");
+    // The step's line comes as the fault starts: the signal lands during the switches.
+    let (code, seen) = common::interrupt_when(cmd, "fault agent-upgrade node=");
+    assert_eq!(code, Some(130), "{}", seen.join("\n"));
+    let run = std::fs::read_dir(&reports)
+        .expect("the reports directory")
+        .flatten()
+        .next()
+        .expect("one run")
+        .path();
+    let text = std::fs::read_to_string(run.join("history.json")).expect("history.json");
+    let h: serde_json::Value = serde_json::from_str(&text).expect("the history parses");
+    let events = h["events"].as_array().expect("events");
+    assert!(
+        events.iter().any(|e| e["event"] == "interrupted"),
+        "{events:#?}"
+    );
+    let marker = events
+        .iter()
+        .find_map(|e| e["marker"].as_str())
+        .expect("the run's marker")
+        .to_owned();
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(!netns.contains(&marker), "namespaces left: {netns}");
+    let short = marker.trim_start_matches("dph-");
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains(short), "interfaces left: {links}");
+    let bpf: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(short))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(bpf.is_empty(), "/sys/fs/bpf: {bpf:?} left");
+}
