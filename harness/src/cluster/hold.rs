@@ -69,7 +69,7 @@ pub fn wanted<'c>(
             out.push((client, format!("pod {}", server.name), *addr));
         }
         if let Some(ext) = &cluster.external {
-            out.push((client, format!("external {}", ext.name), ext.addr));
+            out.push((client, format!("host {}", ext.name), ext.addr));
         }
     }
     out
