@@ -22,6 +22,8 @@ pub struct Topology {
     pub pods: Vec<PodSpec>,
     /// The kernel each node asks for; a node not named boots the provider's default.
     pub kernels: std::collections::BTreeMap<String, crate::kernel::KernelSpec>,
+    /// Who wires the pods: the provider (kernel) or the agent (native, vxlan).
+    pub routing: crate::suite::Routing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
