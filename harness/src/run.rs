@@ -45,6 +45,8 @@ pub enum StepError {
         #[source]
         source: crate::observe::ObserveError,
     },
+    #[error(transparent)]
+    Pod(#[from] crate::cluster::pods::PodError),
     #[error("interrupted")]
     Interrupted,
 }
@@ -503,22 +505,13 @@ impl Runner<'_> {
     fn deploy(&mut self, live: &mut Live, accelerate: bool) -> Result<Vec<String>, StepError> {
         live.accelerate = accelerate;
         live.write_services()?;
-        workload::start_servers(
-            &live.cluster,
-            &live.services,
-            &mut live.servers,
-            live.accelerate,
-        )?;
-        workload::start_external(&live.cluster, &mut live.servers)?;
-        let mut detail = vec![format!(
-            "{} backend servers ready{}",
-            live.servers.len(),
-            if live.accelerate {
-                " (in their pod cgroups)"
-            } else {
-                ""
-            }
-        )];
+        // The agent wires the pods (routing native or vxlan): a server can only bind its
+        // pod's address once the pod is added, after the agents are ready.
+        let agent_wires_pods = !self.plan.routing.is_kernel();
+        let mut detail = Vec::new();
+        if !agent_wires_pods {
+            detail.push(start_workload(live)?);
+        }
         // Every node's agent starts at once; each is kept (for its logs and its
         // teardown) whether or not it became ready.
         let mut started: Vec<(ClusterNode, Agent)> = Vec::new();
@@ -557,6 +550,10 @@ impl Runner<'_> {
             }
             detail.push(format!("datapathd ready on {}", cn.name()));
         }
+        if agent_wires_pods {
+            detail.extend(crate::cluster::pods::add_all(&mut live.cluster)?);
+            detail.push(start_workload(live)?);
+        }
         if live.hold_connections {
             detail.push(crate::cluster::hold::start(
                 &live.cluster,
@@ -567,6 +564,26 @@ impl Runner<'_> {
         live.remember();
         Ok(detail)
     }
+}
+
+/// Starts the pods' backend servers and the external host's.
+fn start_workload(live: &mut Live) -> Result<String, StepError> {
+    workload::start_servers(
+        &live.cluster,
+        &live.services,
+        &mut live.servers,
+        live.accelerate,
+    )?;
+    workload::start_external(&live.cluster, &mut live.servers)?;
+    Ok(format!(
+        "{} backend servers ready{}",
+        live.servers.len(),
+        if live.accelerate {
+            " (in their pod cgroups)"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// Does an invariant the scenario judges (in a check or a fault's `during`) need held

@@ -196,6 +196,7 @@ impl NodeReboot {
                 .cloned()
                 .collect(),
             external: None,
+            pod_net: live.cluster.pod_net.clone(),
         };
         let n = live.servers.len();
         workload::start_servers(&here, &live.services, &mut live.servers, live.accelerate)

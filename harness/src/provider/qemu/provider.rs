@@ -159,6 +159,7 @@ impl Provider for QemuProvider {
                 pod_cidr: vm.pod_cidr.clone(),
                 cluster_cidr: "10.244.0.0/16".into(),
                 pod_iface_prefix: "lxc".into(),
+                pod_routing: None,
             };
             let node: Arc<dyn Node> = Arc::new(SshNode::new(&vm.name, vm.ssh_slot()));
             let services_dir = PathBuf::from(format!("{NODE_STATE}/services"));
@@ -267,6 +268,7 @@ impl Provider for QemuProvider {
             _ => None,
         };
         Ok(Cluster {
+            pod_net: Default::default(),
             nodes,
             pods,
             external,
