@@ -29,6 +29,8 @@ pub static INVARIANTS: &[&dyn Invariant] = &[
     &invariant::rules_exactly_once::RulesExactlyOnce,
     &invariant::no_invalid_drops::NoInvalidDrops,
     &invariant::pod_to_pod::PodToPod,
+    &invariant::pod_wiring::PodWiring,
+    &invariant::pod_delete_cleanup::PodDeleteCleanup,
     &invariant::payload_liveness::PayloadLiveness,
     &invariant::sockhash_keys_live::SockhashKeysLive,
     &invariant::sockhash_bounded::SockhashBounded,

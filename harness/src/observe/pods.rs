@@ -63,6 +63,8 @@ pub struct AddrInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpAddrs {
     pub ifname: String,
+    #[serde(default, deserialize_with = "mac_or_none")]
+    pub address: Option<Mac>,
     #[serde(default)]
     pub addr_info: Vec<AddrInfo>,
 }

@@ -1,0 +1,372 @@
+//! pod-delete-cleanup: a pod deleted during the run (pod-churn) leaves nothing behind on
+//! any node, judged from the kernel: no veth, route, ip rule or neighbour entry, no
+//! `dp_endpoints` or `dp_ipcache` entry, no cgroup. A pod added again (on the same node or
+//! another, with the same address) may have exactly what its new place needs: its veth,
+//! route, neighbour and endpoint entry on its node, an ipcache entry (and a native route)
+//! towards that node on the others.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::{merge, unknown_unless_harness, Context, Invariant, Judgement};
+use crate::cluster::pods::DepartedPod;
+use crate::observe::pods::{self, NodeView};
+use crate::observe::ObserveError;
+use crate::suite::InvariantName;
+
+pub const NAME: InvariantName = InvariantName::new("pod-delete-cleanup");
+pub struct PodDeleteCleanup;
+
+/// A pod that runs now, where the agent wired it.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub node: String,
+    pub host_veth: String,
+    pub cgroup: PathBuf,
+}
+
+/// One node's view and address.
+pub struct Seen<'a> {
+    pub node: &'a str,
+    pub node_addr: Ipv4Addr,
+    pub view: &'a NodeView,
+    /// The departed pods' cgroups that still exist on this node.
+    pub cgroups_left: Vec<PathBuf>,
+}
+
+/// Pure judgement: every departed pod against every node's view.
+pub fn judge(departed: &[DepartedPod], current: &[Current], seen: &[Seen<'_>]) -> Judgement {
+    if departed.is_empty() {
+        return Judgement::skipped("no pod was deleted in this scenario");
+    }
+    let addr_of = |node: &str| seen.iter().find(|s| s.node == node).map(|s| s.node_addr);
+    let mut bad = Vec::new();
+    let mut judged = std::collections::BTreeSet::new();
+    for d in departed {
+        if !judged.insert((d.name.clone(), d.node.clone())) {
+            continue;
+        }
+        let now = current.iter().find(|c| c.addr == d.address);
+        let who = format!("{} ({}, deleted from {})", d.name, d.address, d.node);
+        for s in seen {
+            let here = now.filter(|c| c.node == s.node);
+            let v = s.view;
+            if let Some(veth) = &d.host_veth {
+                let kept_by_new = here.is_some_and(|c| &c.host_veth == veth);
+                if !kept_by_new {
+                    if let Some(l) = v.link(veth) {
+                        bad.push(format!(
+                            "{who}: veth {veth} (ifindex {}) left on {}",
+                            l.ifindex, s.node
+                        ));
+                    }
+                }
+            }
+            for r in v.routes.iter().filter(|r| r.host() == Some(d.address)) {
+                let ok = match now {
+                    Some(c) if c.node == s.node => r.dev.as_deref() == Some(c.host_veth.as_str()),
+                    Some(c) => r.gateway.is_some() && r.gateway == addr_of(&c.node),
+                    None => false,
+                };
+                if !ok {
+                    bad.push(format!(
+                        "{who}: route {} via {} dev {} left on {}",
+                        r.dst,
+                        r.gateway
+                            .map(|g| g.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        r.dev.as_deref().unwrap_or("-"),
+                        s.node
+                    ));
+                }
+            }
+            if now.is_none() {
+                for r in v.rules.iter().filter(|r| r.names(d.address)) {
+                    bad.push(format!(
+                        "{who}: ip rule {} (table {}) left on {}",
+                        r.priority,
+                        r.table.as_deref().unwrap_or("-"),
+                        s.node
+                    ));
+                }
+            }
+            for n in v.neighs.iter().filter(|n| n.addr() == Some(d.address)) {
+                if !here.is_some_and(|c| c.host_veth == n.dev) {
+                    bad.push(format!(
+                        "{who}: neighbour {} dev {} ({}) left on {}",
+                        n.dst,
+                        n.dev,
+                        n.state.join(","),
+                        s.node
+                    ));
+                }
+            }
+            let endpoint = v.endpoints.iter().flatten().find(|e| e.addr == d.address);
+            if let (Some(e), None) = (endpoint, here) {
+                bad.push(format!(
+                    "{who}: {} entry (ifindex {}, pod MAC {}) left on {}",
+                    pods::MAP_ENDPOINTS,
+                    e.ifindex,
+                    e.pod_mac,
+                    s.node
+                ));
+            }
+            let cached = v.ipcache.iter().flatten().find(|e| e.addr == d.address);
+            if let Some(e) = cached {
+                let ok =
+                    now.is_some_and(|c| c.node != s.node && addr_of(&c.node) == Some(e.node_addr));
+                if !ok {
+                    bad.push(format!(
+                        "{who}: {} entry -> {} left on {}{}",
+                        pods::MAP_IPCACHE,
+                        e.node_addr,
+                        s.node,
+                        now.map(|c| format!(" (it runs on {} now)", c.node))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            if s.node == d.node
+                && s.cgroups_left.contains(&d.cgroup)
+                && !here.is_some_and(|c| c.cgroup == d.cgroup)
+            {
+                bad.push(format!(
+                    "{who}: cgroup {} left on {}",
+                    d.cgroup.display(),
+                    s.node
+                ));
+            }
+        }
+    }
+    if bad.is_empty() {
+        Judgement::pass(format!(
+            "{} deleted pods left nothing on {} nodes (re-added ones only where they run now)",
+            judged.len(),
+            seen.len()
+        ))
+    } else {
+        Judgement::fail("a deleted pod left something behind", bad)
+    }
+}
+
+impl Invariant for PodDeleteCleanup {
+    fn name(&self) -> InvariantName {
+        NAME
+    }
+
+    fn about(&self) -> &'static str {
+        "a pod deleted during the run leaves no veth, route, ip rule, neighbour, cgroup, endpoint or ipcache entry on any node"
+    }
+
+    fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
+        let cluster = ctx.cluster;
+        let departed = &cluster.pod_net.departed;
+        if departed.is_empty() {
+            return Ok(judge(departed, &[], &[]));
+        }
+        let current: Vec<Current> = cluster
+            .pods
+            .iter()
+            .filter_map(|p| {
+                let w = cluster.pod_net.wired.get(&p.name)?;
+                Some(Current {
+                    name: p.name.clone(),
+                    addr: p.ip,
+                    node: p.node.clone(),
+                    host_veth: w.host_veth.clone(),
+                    cgroup: p.cgroup.clone(),
+                })
+            })
+            .collect();
+        let observed = crate::cluster::in_parallel(&cluster.nodes, |cn| {
+            let view = pods::node_view(cn)?;
+            let mut left = Vec::new();
+            for d in departed.iter().filter(|d| d.node == cn.name()) {
+                if pods::cgroup_exists(cn, &d.cgroup)? {
+                    left.push(d.cgroup.clone());
+                }
+            }
+            Ok::<_, ObserveError>((view, left))
+        });
+        let mut views = Vec::new();
+        for (cn, o) in cluster.nodes.iter().zip(observed) {
+            match o {
+                Ok(v) => views.push((cn, v)),
+                Err(e) => {
+                    return unknown_unless_harness(format!("{}: cannot observe", cn.name()), e)
+                }
+            }
+        }
+        let seen: Vec<Seen<'_>> = views
+            .iter()
+            .map(|(cn, (view, left))| Seen {
+                node: cn.name(),
+                node_addr: cn
+                    .net
+                    .as_ref()
+                    .map(|n| n.addr)
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED),
+                view,
+                cgroups_left: left.clone(),
+            })
+            .collect();
+        Ok(merge(&[judge(departed, &current, &seen)]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Verdict;
+    use super::*;
+    use crate::observe::bpf::parse_json;
+
+    /// Recorded in a scratch netns (testdata/README.md, "pods/"): client-a (10.244.0.9)
+    /// deleted as endpoint-kept-on-delete does it (`kept`: veth gone, endpoint entry
+    /// left), then cleanly (`deleted`).
+    fn view(kept: bool) -> NodeView {
+        macro_rules! f {
+            ($p:literal, $name:literal) => {
+                include_str!(concat!("testdata/pods/", $p, ".node.", $name, ".json"))
+            };
+        }
+        let (links, addrs, routes, rules, neighs, net, eps, ic) = if kept {
+            (
+                f!("kept", "link"),
+                f!("kept", "addr"),
+                f!("kept", "route"),
+                f!("kept", "rule"),
+                f!("kept", "neigh"),
+                f!("kept", "net"),
+                f!("kept", "endpoints"),
+                f!("kept", "ipcache"),
+            )
+        } else {
+            (
+                f!("deleted", "link"),
+                f!("deleted", "addr"),
+                f!("deleted", "route"),
+                f!("deleted", "rule"),
+                f!("deleted", "neigh"),
+                f!("deleted", "net"),
+                f!("deleted", "endpoints"),
+                f!("deleted", "ipcache"),
+            )
+        };
+        let r = "recorded output reads";
+        NodeView {
+            links: parse_json(links).expect(r),
+            addrs: parse_json(addrs).expect(r),
+            routes: parse_json(routes).expect(r),
+            rules: parse_json(rules).expect(r),
+            neighs: parse_json(neighs).expect(r),
+            tc: pods::parse_net_show(net).expect(r),
+            progs: Vec::new(),
+            bpf_links: Vec::new(),
+            endpoints: Some(pods::parse_endpoints(eps).expect(r)),
+            ipcache: Some(pods::parse_ipcache(ic).expect(r)),
+            links_pin_dir: "/sys/fs/bpf/ph-rec/pods/links".into(),
+        }
+    }
+
+    fn client_a() -> DepartedPod {
+        DepartedPod {
+            name: "client-a".into(),
+            address: Ipv4Addr::new(10, 244, 0, 9),
+            node: "node-a".into(),
+            host_veth: Some("lxcclient-a".into()),
+            cgroup: "/sys/fs/cgroup/x/node-a/client-a".into(),
+            netns: "/run/netns/phrec-client-a".into(),
+        }
+    }
+
+    fn seen(view: &NodeView) -> Vec<Seen<'_>> {
+        vec![Seen {
+            node: "node-a",
+            node_addr: Ipv4Addr::new(172, 31, 0, 1),
+            view,
+            cgroups_left: Vec::new(),
+        }]
+    }
+
+    #[test]
+    fn a_clean_delete_passes_and_a_kept_endpoint_fails_naming_it() {
+        let v = view(false);
+        let j = judge(&[client_a()], &[], &seen(&v));
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        let v = view(true);
+        let j = judge(&[client_a()], &[], &seen(&v));
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(
+            j.evidence,
+            vec!["client-a (10.244.0.9, deleted from node-a): dp_endpoints entry (ifindex 7, pod MAC 62:08:86:2a:65:b6) left on node-a"]
+        );
+    }
+
+    /// Derived from the recording: web-b1 (10.244.0.12, in node-a's ipcache towards
+    /// 172.31.0.2) was deleted; it is fine while it runs on node-b again, stale when it
+    /// moved to node-c or is gone.
+    #[test]
+    fn ipcache_and_routes_may_only_point_where_the_pod_runs_now() {
+        let v = view(false);
+        let web_b1 = DepartedPod {
+            name: "web-b1".into(),
+            address: Ipv4Addr::new(10, 244, 0, 12),
+            node: "node-b".into(),
+            host_veth: Some("lxcweb-b1".into()),
+            cgroup: "/sys/fs/cgroup/x/node-b/web-b1".into(),
+            netns: "/run/netns/x".into(),
+        };
+        let mut s = seen(&v);
+        let other = NodeView::default();
+        for (node, last) in [("node-b", 2), ("node-c", 3)] {
+            s.push(Seen {
+                node,
+                node_addr: Ipv4Addr::new(172, 31, 0, last),
+                view: &other,
+                cgroups_left: Vec::new(),
+            });
+        }
+        let on = |node: &str| Current {
+            name: "web-b1".into(),
+            addr: web_b1.address,
+            node: node.into(),
+            host_veth: "lxcweb-b1".into(),
+            cgroup: "/sys/fs/cgroup/x/web-b1".into(),
+        };
+        let j = judge(std::slice::from_ref(&web_b1), &[on("node-b")], &s);
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        let j = judge(std::slice::from_ref(&web_b1), &[on("node-c")], &s);
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert!(
+            j.evidence.iter().any(|e| e
+                .contains("dp_ipcache entry -> 172.31.0.2 left on node-a (it runs on node-c now)")),
+            "{:?}",
+            j.evidence
+        );
+        assert!(
+            j.evidence
+                .iter()
+                .any(|e| e.contains("route 10.244.0.12 via 172.31.0.2 dev uplink0 left on node-a")),
+            "{:?}",
+            j.evidence
+        );
+        let j = judge(std::slice::from_ref(&web_b1), &[], &s);
+        assert_eq!(j.evidence.len(), 2, "{:?}", j.evidence);
+        assert_eq!(judge(&[], &[], &s).verdict, Verdict::Skipped);
+    }
+
+    #[test]
+    fn a_cgroup_left_on_the_old_node_fails() {
+        let v = view(false);
+        let mut s = seen(&v);
+        s[0].cgroups_left.push(client_a().cgroup);
+        let j = judge(&[client_a()], &[], &s);
+        assert!(
+            j.evidence[0].ends_with("cgroup /sys/fs/cgroup/x/node-a/client-a left on node-a"),
+            "{:?}",
+            j.evidence
+        );
+    }
+}
