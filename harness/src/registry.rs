@@ -16,6 +16,7 @@ pub static FAULTS: &[&dyn AnyFault] = &[
     &entry::<fault::partition::Partition>(),
     &entry::<fault::bpffs_remount::BpffsRemount>(),
     &entry::<fault::map_pressure::MapPressure>(),
+    &entry::<fault::pod_churn::PodChurn>(),
     &entry::<fault::noop::Noop>(),
 ];
 

@@ -129,6 +129,22 @@ impl Runner<'_> {
     /// Why this provider cannot run `sc` at all, if it cannot: a fault that needs nodes
     /// that are machines, on a provider whose nodes are not.
     fn cannot_run(&mut self, sc: &PlannedScenario) -> Option<String> {
+        let agent_pods: Vec<&str> = sc
+            .steps
+            .iter()
+            .filter_map(|st| match st {
+                PlannedStep::Fault { plan, .. } => crate::registry::fault(&plan.fault),
+                _ => None,
+            })
+            .filter(|f| f.needs().pod_routing)
+            .map(|f| f.name())
+            .collect();
+        if let (Some(f), true) = (agent_pods.first(), self.plan.routing.is_kernel()) {
+            return Some(format!(
+                "fault {f} needs pods the agent wires: this suite has topology.routing kernel \
+                 (native or vxlan give the agent the pods)"
+            ));
+        }
         let mut faults: Vec<&str> = sc
             .steps
             .iter()

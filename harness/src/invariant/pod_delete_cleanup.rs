@@ -93,7 +93,7 @@ pub fn judge(departed: &[DepartedPod], current: &[Current], seen: &[Seen<'_>]) -
                 }
             }
             for n in v.neighs.iter().filter(|n| n.addr() == Some(d.address)) {
-                if !here.is_some_and(|c| c.host_veth == n.dev) {
+                if here.is_none_or(|c| c.host_veth != n.dev) {
                     bad.push(format!(
                         "{who}: neighbour {} dev {} ({}) left on {}",
                         n.dst,
@@ -130,7 +130,7 @@ pub fn judge(departed: &[DepartedPod], current: &[Current], seen: &[Seen<'_>]) -
             }
             if s.node == d.node
                 && s.cgroups_left.contains(&d.cgroup)
-                && !here.is_some_and(|c| c.cgroup == d.cgroup)
+                && here.is_none_or(|c| c.cgroup != d.cgroup)
             {
                 bad.push(format!(
                     "{who}: cgroup {} left on {}",

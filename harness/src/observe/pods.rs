@@ -223,7 +223,10 @@ fn bytes(index: usize, field: &str, hex: &[String]) -> Result<Vec<u8>, DumpError
         .collect()
 }
 
-fn raw_entries(json: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DumpError> {
+/// A map entry's key and value bytes.
+type RawBytes = (Vec<u8>, Vec<u8>);
+
+fn raw_entries(json: &str) -> Result<Vec<RawBytes>, DumpError> {
     let raw: Vec<RawEntry> = parse_json(json).map_err(DumpError::Json)?;
     raw.iter()
         .enumerate()
@@ -503,6 +506,14 @@ pub fn cgroup_exists(cn: &ClusterNode, cgroup: &Path) -> Result<bool, ObserveErr
     let p = cgroup.display().to_string();
     let out = cn.node.run(&["test", "-d", &p], Duration::from_secs(10))?;
     Ok(out.success())
+}
+
+/// The node's VXLAN devices (`ip -s -j link show type vxlan`) with their counters: the
+/// proof that pod traffic was encapsulated (vxlan) or could not have been (native: none).
+pub fn vxlan_devices(cn: &ClusterNode) -> Result<Vec<IpLink>, ObserveError> {
+    let argv = ["ip", "-s", "-j", "link", "show", "type", "vxlan"];
+    let text = super::run_ok(cn.node.as_ref(), &argv, Duration::from_secs(30))?;
+    parse_json(&text).map_err(|e| ObserveError::unreadable(cn.name(), argv.join(" "), &text, e))
 }
 
 /// Packet counters of every link, by name (vxlan encapsulation is proven by dp_vxlan's).

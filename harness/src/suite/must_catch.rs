@@ -22,6 +22,9 @@ pub const KNOWN_MUTANTS: &[&str] = &[
     "quarantine-never-restored",
     "bpffs-lost-pins-ignored",
     "map-pressure-flush",
+    "arp-responder-off",
+    "ipcache-stale-on-move",
+    "endpoint-kept-on-delete",
 ];
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
