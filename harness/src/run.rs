@@ -322,6 +322,7 @@ impl Runner<'_> {
             matches!(e, Event::Verdict { scenario, iteration, judgement, .. }
                 if scenario == &name && *iteration == it && judgement.verdict != Verdict::Pass)
         });
+        self.events.scenario_ending(&name, it, &live);
         if failed || outcome != Outcome::Completed {
             self.events.scenario_failed(&name, it, &live);
         }

@@ -85,6 +85,21 @@ impl PodRouting {
     }
 }
 
+/// Every pod address (routing native or vxlan: one cluster-wide range, no per-node CIDR).
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+/// The address of the pod at `index` in topology order (routing native or vxlan): it
+/// keeps it on whatever node it runs, as with ENI or static pod addresses.
+pub fn pod_address(index: usize) -> Ipv4Addr {
+    let i = index + 10;
+    Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 2)
+}
+
+/// The gateway (on `dp_host`) of node `node_index` (1-based), outside every pod address.
+pub fn pod_gateway(node_index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 200, node_index as u8)
+}
+
 /// How the program sits on the host veth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

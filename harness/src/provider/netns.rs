@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Cleaned, Facts, Limitation, NodeFacts, Provider, ProviderError, UpRequest};
-use crate::cluster::pods::PodRouting;
+use crate::cluster::pods::{pod_address, pod_gateway, PodRouting, CLUSTER_CIDR};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, NodeNet, Pod};
 use crate::node::netns::NetnsNode;
 use crate::state::{self, State, StateFile};
@@ -31,21 +31,6 @@ const NAME: &str = "netns";
 /// The external host's address on the underlay, and the port its server listens on.
 const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 250);
 const EXTERNAL_PORT: u16 = 8080;
-/// Every pod address (routing native or vxlan: one cluster-wide range, no per-node CIDR).
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
-
-/// The address of the pod at `index` in topology order (routing native or vxlan): it keeps
-/// it on whatever node it runs, as with ENI or static pod addresses.
-pub fn pod_address(index: usize) -> Ipv4Addr {
-    let i = index + 10;
-    Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 2)
-}
-
-/// Node *i*'s gateway on `dp_host` (routing native or vxlan): outside every pod address.
-pub fn pod_gateway(node_index: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 244, 200, node_index as u8)
-}
-
 pub struct NetnsProvider {
     state: Option<StateFile>,
     /// The nodes of the last `up`, for facts.
