@@ -40,10 +40,18 @@ pub enum Mutant {
     /// agent empties dp_services of its services to write everything again next pass;
     /// while the map stays full every pass is refused, so no service answers.
     MapPressureFlush,
+    /// Pod networking: `dp_from_cont` passes ARP to the kernel, which (arp_ignore=1, no
+    /// address on the host veth) never answers: pods cannot resolve their gateway.
+    ArpResponderOff,
+    /// Pod networking: an ipcache entry whose node changed keeps its old node (and native
+    /// route); entries are only ever added.
+    IpcacheStaleOnMove,
+    /// Pod networking: a deleted pod's veth and route go, its dp_endpoints entry stays.
+    EndpointKeptOnDelete,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 14] = [
+    pub const ALL: [Mutant; 17] = [
         Mutant::StaleCgroupProg,
         Mutant::UdpReplyNotReversed,
         Mutant::GetpeernameNotRewritten,
@@ -58,6 +66,9 @@ impl Mutant {
         Mutant::QuarantineNeverRestored,
         Mutant::BpffsLostPinsIgnored,
         Mutant::MapPressureFlush,
+        Mutant::ArpResponderOff,
+        Mutant::IpcacheStaleOnMove,
+        Mutant::EndpointKeptOnDelete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +87,9 @@ impl Mutant {
             Mutant::QuarantineNeverRestored => "quarantine-never-restored",
             Mutant::BpffsLostPinsIgnored => "bpffs-lost-pins-ignored",
             Mutant::MapPressureFlush => "map-pressure-flush",
+            Mutant::ArpResponderOff => "arp-responder-off",
+            Mutant::IpcacheStaleOnMove => "ipcache-stale-on-move",
+            Mutant::EndpointKeptOnDelete => "endpoint-kept-on-delete",
         }
     }
 
@@ -124,6 +138,15 @@ impl Mutant {
             Mutant::MapPressureFlush => {
                 "map pressure: a change a full map cannot take aborts the reconcile and the agent empties dp_services of its services to start over, so while the map stays full no service answers"
             }
+            Mutant::ArpResponderOff => {
+                "pod networking: dp_from_cont passes ARP to the kernel, which (arp_ignore=1, no address on the host veth) never answers, so pods cannot resolve their gateway"
+            }
+            Mutant::IpcacheStaleOnMove => {
+                "pod networking: an ipcache entry whose node changed keeps its old node (and native route), entries are only ever added, so traffic to a moved pod goes to its old node"
+            }
+            Mutant::EndpointKeptOnDelete => {
+                "pod networking: a deleted pod's veth and route are removed but its dp_endpoints entry stays"
+            }
         }
     }
 
@@ -136,6 +159,7 @@ impl Mutant {
             Mutant::SockmapKeyPortOrder => MUTATE_SOCKKEY_PORT_ORDER,
             Mutant::SockmapActiveOnly => MUTATE_SOCKOPS_ACTIVE_ONLY,
             Mutant::MasqReplyPortKept => MUTATE_MASQ_REPLY_PORT_KEPT,
+            Mutant::ArpResponderOff => MUTATE_ARP_RESPONDER_OFF,
             _ => 0,
         }
     }
@@ -188,7 +212,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored, map-pressure-flush"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored, map-pressure-flush, arp-responder-off, ipcache-stale-on-move, endpoint-kept-on-delete"
         );
     }
 }

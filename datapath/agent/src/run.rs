@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub sockhash_gc: Duration,
     /// Features to treat as missing whatever the kernel says (`--assume-missing`).
     pub assume_missing: Vec<Feature>,
+    /// Pod networking (`--routing`, pods/); its tc mode is resolved with the masquerade's.
+    pub pods: Option<crate::pods::PodsOptions>,
 }
 
 pub fn run(mut opts: RunOptions) -> Result<()> {
@@ -125,6 +127,13 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     // sync by their own thread (which ends with the process).
     let _netsync = match opts.net.take() {
         Some(net) => crate::netsync::start(&opts.bpffs, net)?,
+        None => None,
+    };
+    let _pods = match opts.pods.take() {
+        Some(mut pods) => {
+            pods.mode = report.tc_mode().unwrap_or(TcMode::Clsact);
+            Some(crate::pods::start(&opts.bpffs, pods).context("starting pod networking")?)
+        }
         None => None,
     };
     // Everything is pinned now: hold it, so pins a bpffs remount takes can be made again

@@ -1,0 +1,604 @@
+//! Issue 18: pod networking in the datapath (dp_from_cont, dp_from_ovl, dp_endpoints,
+//! dp_ipcache, `pod add|del`). Needs root; see tests/common/mod.rs.
+//!
+//! World: two *nodes* (network namespaces A and B) joined by a veth underlay `upl0`
+//! (172.31.0.1 and .2), an agent in each (`nsenter --net`), and pods (namespaces) added
+//! with `datapathd pod add` inside the node. Pod addresses come from one cluster CIDR
+//! (10.244.0.0/16), no per-node CIDR: only the datapath routes between nodes. Every name
+//! is `dpt-pods-<pid>-<n>`, so the sandbox sweep of a later run removes what a killed run
+//! left.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::probe;
+use common::sandbox::{bpffs_root, cgroup2_root, datapathd, Proc};
+use common::wait_for;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn unique() -> String {
+    format!(
+        "dpt-pods-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]))
+}
+
+fn sh_ok(args: &[&str]) -> String {
+    let out = sh(args);
+    assert!(
+        out.status.success(),
+        "`{}` failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A network namespace of ours, deleted on drop.
+struct Netns {
+    name: String,
+    path: PathBuf,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = unique();
+        sh_ok(&["ip", "netns", "add", &name]);
+        let ns = Netns {
+            path: PathBuf::from("/run/netns").join(&name),
+            name,
+        };
+        sh_ok(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().expect("utf-8")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// One node: its namespace, cgroup, bpffs directory, scratch directory and agent.
+struct Node {
+    ns: Netns,
+    addr: &'static str,
+    gateway: &'static str,
+    cgroup: PathBuf,
+    bpffs: PathBuf,
+    dir: PathBuf,
+    agent: Option<Proc>,
+    runs: u32,
+}
+
+impl Node {
+    fn new(addr: &'static str, gateway: &'static str) -> Node {
+        let ns = Netns::new();
+        let cgroup = cgroup2_root().join(&ns.name);
+        std::fs::create_dir(&cgroup).expect("mkdir cgroup");
+        let dir = std::env::temp_dir().join(&ns.name);
+        std::fs::create_dir_all(dir.join("services")).expect("mkdir services");
+        Node {
+            bpffs: bpffs_root().join(&ns.name),
+            ns,
+            addr,
+            gateway,
+            cgroup,
+            dir,
+            agent: None,
+            runs: 0,
+        }
+    }
+
+    fn pods(&self) -> PathBuf {
+        self.dir.join("pods")
+    }
+
+    /// `cmd` in the node's namespace.
+    fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["nsenter".to_string(), format!("--net={}", self.ns.path())];
+        full.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        sh(&refs)
+    }
+
+    fn exec_ok(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "`{}` in the node failed: {}{}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn dp(&self, args: &[&str]) -> Output {
+        let bin = datapathd();
+        let mut full = vec![bin.to_str().expect("utf-8")];
+        full.extend_from_slice(args);
+        self.exec(&full)
+    }
+
+    fn start(&mut self, routing: &str, ipcache: &Path, mutant: Option<&str>) {
+        let n = self.runs;
+        self.runs += 1;
+        let out = self.dir.join(format!("agent-{n}.out"));
+        let err = self.dir.join(format!("agent-{n}.err"));
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.ns.path()))
+            .arg(datapathd())
+            .args(["run", "--cgroup"])
+            .arg(&self.cgroup)
+            .arg("--services")
+            .arg(self.dir.join("services"))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(["--uplink", "upl0", "--node-addr", self.addr])
+            .args([
+                "--pod-cidr",
+                "10.244.0.0/16",
+                "--cluster-cidr",
+                "10.244.0.0/16",
+            ])
+            .args(["--routing", routing, "--pods"])
+            .arg(self.pods())
+            .arg("--ipcache")
+            .arg(ipcache)
+            .args(["--gateway", self.gateway]);
+        if let Some(m) = mutant {
+            cmd.args(["--mutant", m]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("agent stdout"))
+            .stderr(std::fs::File::create(&err).expect("agent stderr"))
+            .spawn()
+            .expect("start datapathd");
+        let mut proc = Proc {
+            what: format!("datapathd {}", self.ns.name),
+            child,
+        };
+        let ready = wait_for(Duration::from_secs(60), || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.lines().any(|l| l.trim() == "datapathd: ready") {
+                Some(true)
+            } else if !proc.running() {
+                Some(false)
+            } else {
+                None
+            }
+        });
+        self.agent = Some(proc);
+        assert_eq!(ready, Some(true), "datapathd not ready\n{}", self.log());
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.agent.take() {
+            p.signal(libc::SIGTERM);
+            p.wait_exit(Duration::from_secs(10))
+                .expect("datapathd did not exit on SIGTERM");
+        }
+    }
+
+    fn log(&self) -> String {
+        (0..self.runs)
+            .map(|n| {
+                let err = self.dir.join(format!("agent-{n}.err"));
+                format!(
+                    "--- agent {} run {n} ---\n{}",
+                    self.ns.name,
+                    std::fs::read_to_string(err).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// `pod add`: a fresh pod namespace; the printed JSON.
+    fn add_pod(&self, name: &str, addr: &str) -> (Netns, serde_json::Value) {
+        let ns = Netns::new();
+        let pods = self.pods();
+        let out = self.dp(&[
+            "pod",
+            "add",
+            "--pods",
+            pods.to_str().expect("utf-8"),
+            "--name",
+            name,
+            "--netns",
+            ns.path(),
+            "--addr",
+            addr,
+            "--timeout-s",
+            "20",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "pod add {name}: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+        (ns, json(&stdout))
+    }
+
+    fn del_pod(&self, name: &str) -> String {
+        let pods = self.pods();
+        let out = self.dp(&[
+            "pod",
+            "del",
+            "--pods",
+            pods.to_str().expect("utf-8"),
+            "--name",
+            name,
+            "--timeout-s",
+            "20",
+        ]);
+        assert!(
+            out.status.success(),
+            "pod del {name}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let bpffs = self.bpffs.to_str().expect("utf-8");
+        let out = self.dp(&["status", "--json", "--bpffs", bpffs]);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `bpftool map dump pinned` of one of the pod maps: keys as dotted addresses.
+    fn map_keys(&self, map: &str) -> Vec<String> {
+        let pin = self.bpffs.join("pods/maps").join(map);
+        let out = sh_ok(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            pin.to_str().expect("utf-8"),
+        ]);
+        json(&out)
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| {
+                let k: Vec<u8> = e["key"]
+                    .as_array()
+                    .expect("key bytes")
+                    .iter()
+                    .map(|b| {
+                        let s = b.as_str().expect("hex byte");
+                        u8::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex")
+                    })
+                    .collect();
+                format!("{}.{}.{}.{}", k[0], k[1], k[2], k[3])
+            })
+            .collect()
+    }
+
+    fn link_exists(&self, name: &str) -> bool {
+        self.exec(&["ip", "link", "show", name]).status.success()
+    }
+
+    fn routes(&self) -> String {
+        self.exec_ok(&["ip", "-4", "route", "show"])
+    }
+
+    fn neighbours(&self) -> String {
+        self.exec_ok(&["ip", "-4", "neigh", "show"])
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.agent = None;
+        let bin = datapathd();
+        let bpffs = self.bpffs.to_str().unwrap_or_default().to_string();
+        let _ = self.exec(&[
+            bin.to_str().unwrap_or("datapathd"),
+            "cleanup",
+            "--bpffs",
+            &bpffs,
+        ]);
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        let _ = wait_for(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.cgroup).ok()
+        });
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Two nodes on a veth underlay and the ipcache directory both read.
+struct World {
+    a: Node,
+    b: Node,
+    ipcache: PathBuf,
+    _lock: dp_test_support::AcceptanceLock,
+}
+
+impl World {
+    fn new() -> World {
+        let lock = dp_test_support::acceptance_lock();
+        let a = Node::new("172.31.0.1", "10.244.255.1");
+        let b = Node::new("172.31.0.2", "10.244.255.2");
+        sh_ok(&[
+            "ip",
+            "link",
+            "add",
+            "upl0",
+            "netns",
+            a.ns.path(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "upl0",
+            "netns",
+            b.ns.path(),
+        ]);
+        for n in [&a, &b] {
+            n.exec_ok(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", n.addr),
+                "dev",
+                "upl0",
+            ]);
+            n.exec_ok(&["ip", "link", "set", "upl0", "up"]);
+        }
+        let ipcache = a.dir.join("ipcache");
+        std::fs::create_dir_all(&ipcache).expect("mkdir ipcache");
+        World {
+            a,
+            b,
+            ipcache,
+            _lock: lock,
+        }
+    }
+
+    fn start(&mut self, routing: &str, mutant_a: Option<&str>) {
+        let ipc = self.ipcache.clone();
+        self.a.start(routing, &ipc, mutant_a);
+        self.b.start(routing, &ipc, None);
+    }
+
+    /// What the harness does on every pod change: one file per node.
+    fn write_ipcache(&self, node: &Node, pods: &[(&str, &str)]) {
+        let pods: Vec<serde_json::Value> = pods
+            .iter()
+            .map(|(n, a)| serde_json::json!({"name": n, "address": a}))
+            .collect();
+        let v = serde_json::json!({"node": node.ns.name, "node_addr": node.addr, "pods": pods});
+        let file = self.ipcache.join(format!("{}.json", node.addr));
+        let tmp = self.ipcache.join(format!(".{}.tmp", node.addr));
+        std::fs::write(&tmp, v.to_string()).expect("write ipcache");
+        std::fs::rename(&tmp, file).expect("rename ipcache");
+    }
+
+    fn logs(&self) -> String {
+        format!("{}{}", self.a.log(), self.b.log())
+    }
+}
+
+fn serve(pod: &Netns, addr: &str) -> Proc {
+    probe::serve(addr, &pod.path, &[addr], &[])
+}
+
+fn tcp_ok(from: &Netns, to: &str, w: &World) {
+    let attempts = probe::connect_from(&from.path, None, to, "tcp", 3, 3000);
+    let failed: Vec<_> = attempts.iter().filter(|a| !a.ok).collect();
+    assert!(
+        !attempts.is_empty() && failed.is_empty(),
+        "TCP with payload {} -> {to}: {failed:#?}\n{}",
+        from.name,
+        w.logs()
+    );
+}
+
+fn pod_neighbour(pod: &Netns, gateway: &str) -> Option<String> {
+    let out = sh(&["ip", "-n", &pod.name, "-j", "neigh", "show", gateway]);
+    json(&String::from_utf8_lossy(&out.stdout))
+        .as_array()?
+        .iter()
+        .find(|n| n["dst"] == gateway && n["lladdr"].is_string())
+        .map(|n| n["lladdr"].as_str().unwrap_or_default().to_string())
+}
+
+fn vxlan_packets(node: &Node) -> (u64, u64) {
+    let out = node.exec_ok(&["ip", "-s", "-j", "link", "show", "dp_vxlan"]);
+    let v = json(&out);
+    let s = &v[0]["stats64"];
+    (
+        s["tx"]["packets"].as_u64().expect("tx"),
+        s["rx"]["packets"].as_u64().expect("rx"),
+    )
+}
+
+/// (1) wiring, (2) TCP local and across nodes, (3) delete and restart cleanup, in `routing`.
+fn pod_to_pod(routing: &str) {
+    let mut w = World::new();
+    w.start(routing, None);
+    let (a1, j1) = w.a.add_pod("web-a1", "10.244.0.11");
+    let (a2, _j2) = w.a.add_pod("web-a2", "10.244.0.12");
+    let (b1, _) = w.b.add_pod("web-b1", "10.244.1.21");
+    w.write_ipcache(
+        &w.a,
+        &[("web-a1", "10.244.0.11"), ("web-a2", "10.244.0.12")],
+    );
+    w.write_ipcache(&w.b, &[("web-b1", "10.244.1.21")]);
+
+    // (1) The pod's gateway resolves to its host veth's MAC; the host veth has no address.
+    let veth = j1["host_veth"].as_str().expect("host_veth").to_string();
+    assert!(veth.starts_with("lxc") && veth.len() <= 15, "{j1}");
+    assert_eq!(j1["attach"], "tcx", "{j1}");
+    assert!(j1["program_id"].as_u64().unwrap_or(0) > 0, "{j1}");
+    let addrs =
+        w.a.exec_ok(&["ip", "-4", "-j", "addr", "show", "dev", &veth]);
+    assert!(
+        json(&addrs)[0]["addr_info"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "the host veth has an address: {addrs}"
+    );
+    let ping = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a1.name,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        w.a.gateway,
+    ]);
+    assert!(
+        ping.status.success(),
+        "pod -> gateway ping failed\n{}",
+        w.logs()
+    );
+    assert_eq!(
+        pod_neighbour(&a1, w.a.gateway).as_deref(),
+        j1["host_mac"].as_str(),
+        "the gateway's MAC in the pod is the host veth's"
+    );
+    let st = w.a.status();
+    assert_eq!(st["routing"], routing, "{st:#}");
+    let pods = st["pods"].as_array().expect("pods");
+    assert_eq!(pods.len(), 2, "{st:#}");
+    assert!(pods.iter().all(|p| p["wired"] == true), "{st:#}");
+
+    // (2) TCP with payload: local pod -> pod, and across nodes both ways.
+    let _s2 = serve(&a2, "10.244.0.12:8080");
+    let _sb = serve(&b1, "10.244.1.21:8080");
+    let _s1 = serve(&a1, "10.244.0.11:8080");
+    tcp_ok(&a1, "10.244.0.12:8080", &w);
+    let vx_before = (routing == "vxlan").then(|| vxlan_packets(&w.a));
+    wait_for(Duration::from_secs(5), || {
+        (w.a.map_keys("dp_ipcache")
+            .contains(&"10.244.1.21".to_string())
+            && w.b
+                .map_keys("dp_ipcache")
+                .contains(&"10.244.0.11".to_string()))
+        .then_some(())
+    })
+    .unwrap_or_else(|| panic!("ipcache never filled\n{}", w.logs()));
+    tcp_ok(&a1, "10.244.1.21:8080", &w);
+    tcp_ok(&b1, "10.244.0.11:8080", &w);
+    if let Some((tx0, rx0)) = vx_before {
+        let (tx1, rx1) = vxlan_packets(&w.a);
+        assert!(
+            tx1 > tx0 && rx1 > rx0,
+            "dp_vxlan counters did not grow: tx {tx0}->{tx1}, rx {rx0}->{rx1}"
+        );
+        assert!(
+            !w.a.routes().contains("10.244.1.21"),
+            "vxlan mode installs no per-pod route to remote pods"
+        );
+    } else {
+        assert!(
+            w.a.routes().contains("10.244.1.21 via 172.31.0.2 dev upl0"),
+            "native route missing:\n{}",
+            w.a.routes()
+        );
+    }
+
+    // (3) pod del leaves nothing of the pod.
+    let veth2 = _j2["host_veth"].as_str().expect("veth").to_string();
+    w.a.del_pod("web-a2");
+    assert!(!w.a.link_exists(&veth2), "veth {veth2} left");
+    assert!(
+        !w.a.routes().contains("10.244.0.12"),
+        "route left:\n{}",
+        w.a.routes()
+    );
+    assert!(!w.a.neighbours().contains("10.244.0.12"), "neighbour left");
+    assert!(
+        !w.a.map_keys("dp_endpoints")
+            .contains(&"10.244.0.12".to_string()),
+        "endpoint left"
+    );
+    w.write_ipcache(&w.a, &[("web-a1", "10.244.0.11")]);
+    wait_for(Duration::from_secs(5), || {
+        (!w.b
+            .map_keys("dp_ipcache")
+            .contains(&"10.244.0.12".to_string()))
+        .then_some(())
+    })
+    .unwrap_or_else(|| panic!("ipcache entry of the deleted pod left on node B"));
+    assert!(
+        w.a.del_pod("web-a2").contains("unknown"),
+        "a second del is a no-op"
+    );
+
+    // A pod file removed while the agent is down: the next agent cleans the pod.
+    w.a.stop();
+    std::fs::remove_file(w.a.pods().join("web-a1.json")).expect("remove pod file");
+    let ipc = w.ipcache.clone();
+    w.a.start(routing, &ipc, None);
+    assert!(
+        !w.a.link_exists(&veth),
+        "veth {veth} left after restart\n{}",
+        w.logs()
+    );
+    assert!(!w.a.routes().contains("10.244.0.11"), "route left");
+    assert!(!w
+        .a
+        .map_keys("dp_endpoints")
+        .contains(&"10.244.0.11".to_string()));
+    drop((a1, a2, b1));
+}
+
+#[test]
+fn native_pod_networking() {
+    if !common::can_run("native_pod_networking") {
+        return;
+    }
+    pod_to_pod("native");
+}
+
+#[test]
+fn vxlan_pod_networking() {
+    if !common::can_run("vxlan_pod_networking") {
+        return;
+    }
+    pod_to_pod("vxlan");
+}
