@@ -225,11 +225,11 @@ fn nerr(node: &str, what: &str) -> impl FnOnce(crate::node::NodeError) -> FaultE
 /// sandbox made at run time was recorded before it was made).
 fn churn(p: &PodChurnPlan, live: &mut Live, rec: &mut FaultRecord) -> Result<(), FaultError> {
     let cancel = live.cancel.clone();
-    if cancel.sleep(Duration::from_millis(p.start_after_ms)) {
+    if !cancel.sleep(Duration::from_millis(p.start_after_ms)) {
         return Err(FaultError::Interrupted);
     }
     for (i, op) in p.ops.iter().enumerate() {
-        if i > 0 && cancel.sleep(Duration::from_millis(p.interval_ms)) {
+        if i > 0 && !cancel.sleep(Duration::from_millis(p.interval_ms)) {
             return Err(FaultError::Interrupted);
         }
         if cancel.is_cancelled() {

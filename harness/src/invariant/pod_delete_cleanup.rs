@@ -222,151 +222,119 @@ mod tests {
     use super::*;
     use crate::observe::bpf::parse_json;
 
-    /// Recorded in a scratch netns (testdata/README.md, "pods/"): client-a (10.244.0.9)
-    /// deleted as endpoint-kept-on-delete does it (`kept`: veth gone, endpoint entry
-    /// left), then cleanly (`deleted`).
+    /// node-a of two kept pod-native runs (testdata/README.md, "pods/"), after pod-churn
+    /// moved client-a (10.244.0.12) from node-a to node-b: the correct agent (`wired`)
+    /// and endpoint-kept-on-delete (`kept`: its endpoint entry left on node-a).
     fn view(kept: bool) -> NodeView {
         macro_rules! f {
-            ($p:literal, $name:literal) => {
-                include_str!(concat!("testdata/pods/", $p, ".node.", $name, ".json"))
+            ($name:literal) => {
+                if kept {
+                    include_str!(concat!("testdata/pods/kept.node.", $name, ".json"))
+                } else {
+                    include_str!(concat!("testdata/pods/wired.node.", $name, ".json"))
+                }
             };
         }
-        let (links, addrs, routes, rules, neighs, net, eps, ic) = if kept {
-            (
-                f!("kept", "link"),
-                f!("kept", "addr"),
-                f!("kept", "route"),
-                f!("kept", "rule"),
-                f!("kept", "neigh"),
-                f!("kept", "net"),
-                f!("kept", "endpoints"),
-                f!("kept", "ipcache"),
-            )
-        } else {
-            (
-                f!("deleted", "link"),
-                f!("deleted", "addr"),
-                f!("deleted", "route"),
-                f!("deleted", "rule"),
-                f!("deleted", "neigh"),
-                f!("deleted", "net"),
-                f!("deleted", "endpoints"),
-                f!("deleted", "ipcache"),
-            )
-        };
         let r = "recorded output reads";
         NodeView {
-            links: parse_json(links).expect(r),
-            addrs: parse_json(addrs).expect(r),
-            routes: parse_json(routes).expect(r),
-            rules: parse_json(rules).expect(r),
-            neighs: parse_json(neighs).expect(r),
-            tc: pods::parse_net_show(net).expect(r),
+            links: parse_json(include_str!("testdata/pods/wired.node.link.json")).expect(r),
+            addrs: parse_json(f!("addr")).expect(r),
+            routes: parse_json(f!("route")).expect(r),
+            rules: parse_json(include_str!("testdata/pods/wired.node.rule.json")).expect(r),
+            neighs: parse_json(f!("neigh")).expect(r),
+            tc: Vec::new(),
             progs: Vec::new(),
             bpf_links: Vec::new(),
-            endpoints: Some(pods::parse_endpoints(eps).expect(r)),
-            ipcache: Some(pods::parse_ipcache(ic).expect(r)),
-            links_pin_dir: "/sys/fs/bpf/ph-rec/pods/links".into(),
+            endpoints: Some(pods::parse_endpoints(f!("endpoints")).expect(r)),
+            ipcache: Some(pods::parse_ipcache(f!("ipcache")).expect(r)),
+            links_pin_dir: "/sys/fs/bpf/x/pods/links".into(),
         }
     }
 
     fn client_a() -> DepartedPod {
         DepartedPod {
             name: "client-a".into(),
-            address: Ipv4Addr::new(10, 244, 0, 9),
+            address: Ipv4Addr::new(10, 244, 0, 12),
             node: "node-a".into(),
-            host_veth: Some("lxcclient-a".into()),
+            host_veth: Some("lxc92d208d2e618".into()),
             cgroup: "/sys/fs/cgroup/x/node-a/client-a".into(),
-            netns: "/run/netns/phrec-client-a".into(),
+            netns: "/run/netns/x-node-a-client-a".into(),
         }
     }
 
-    fn seen(view: &NodeView) -> Vec<Seen<'_>> {
-        vec![Seen {
-            node: "node-a",
-            node_addr: Ipv4Addr::new(172, 31, 0, 1),
+    fn on(node: &str) -> Current {
+        Current {
+            name: "client-a".into(),
+            addr: Ipv4Addr::new(10, 244, 0, 12),
+            node: node.into(),
+            host_veth: "lxc92d208d2e618".into(),
+            cgroup: format!("/sys/fs/cgroup/x/{node}/client-a").into(),
+        }
+    }
+
+    /// node-a as recorded, node-b and node-c with nothing of client-a.
+    fn seen<'a>(view: &'a NodeView, empty: &'a NodeView) -> Vec<Seen<'a>> {
+        [
+            ("node-a", 1, view),
+            ("node-b", 2, empty),
+            ("node-c", 3, empty),
+        ]
+        .into_iter()
+        .map(|(node, last, view)| Seen {
+            node,
+            node_addr: Ipv4Addr::new(172, 31, 0, last),
             view,
             cgroups_left: Vec::new(),
-        }]
+        })
+        .collect()
     }
 
     #[test]
-    fn a_clean_delete_passes_and_a_kept_endpoint_fails_naming_it() {
+    fn a_move_cleaned_up_passes_and_a_kept_endpoint_fails_naming_it() {
+        let empty = NodeView::default();
         let v = view(false);
-        let j = judge(&[client_a()], &[], &seen(&v));
+        let j = judge(&[client_a()], &[on("node-b")], &seen(&v, &empty));
         assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
         let v = view(true);
-        let j = judge(&[client_a()], &[], &seen(&v));
+        let j = judge(&[client_a()], &[on("node-b")], &seen(&v, &empty));
         assert_eq!(j.verdict, Verdict::Fail);
         assert_eq!(
             j.evidence,
-            vec!["client-a (10.244.0.9, deleted from node-a): dp_endpoints entry (ifindex 7, pod MAC 62:08:86:2a:65:b6) left on node-a"]
+            vec!["client-a (10.244.0.12, deleted from node-a): dp_endpoints entry (ifindex 8, pod MAC f6:5c:cf:74:bf:1b) left on node-a"]
         );
     }
 
-    /// Derived from the recording: web-b1 (10.244.0.12, in node-a's ipcache towards
-    /// 172.31.0.2) was deleted; it is fine while it runs on node-b again, stale when it
-    /// moved to node-c or is gone.
+    /// Derived from the recording: node-a's ipcache entry and native route towards node-b
+    /// are right while client-a runs there, stale when it runs on node-c or nowhere.
     #[test]
     fn ipcache_and_routes_may_only_point_where_the_pod_runs_now() {
+        let empty = NodeView::default();
         let v = view(false);
-        let web_b1 = DepartedPod {
-            name: "web-b1".into(),
-            address: Ipv4Addr::new(10, 244, 0, 12),
-            node: "node-b".into(),
-            host_veth: Some("lxcweb-b1".into()),
-            cgroup: "/sys/fs/cgroup/x/node-b/web-b1".into(),
-            netns: "/run/netns/x".into(),
-        };
-        let mut s = seen(&v);
-        let other = NodeView::default();
-        for (node, last) in [("node-b", 2), ("node-c", 3)] {
-            s.push(Seen {
-                node,
-                node_addr: Ipv4Addr::new(172, 31, 0, last),
-                view: &other,
-                cgroups_left: Vec::new(),
-            });
-        }
-        let on = |node: &str| Current {
-            name: "web-b1".into(),
-            addr: web_b1.address,
-            node: node.into(),
-            host_veth: "lxcweb-b1".into(),
-            cgroup: "/sys/fs/cgroup/x/web-b1".into(),
-        };
-        let j = judge(std::slice::from_ref(&web_b1), &[on("node-b")], &s);
-        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
-        let j = judge(std::slice::from_ref(&web_b1), &[on("node-c")], &s);
+        let s = seen(&v, &empty);
+        let j = judge(&[client_a()], &[on("node-c")], &s);
         assert_eq!(j.verdict, Verdict::Fail);
-        assert!(
-            j.evidence.iter().any(|e| e
-                .contains("dp_ipcache entry -> 172.31.0.2 left on node-a (it runs on node-c now)")),
-            "{:?}",
-            j.evidence
+        assert_eq!(
+            j.evidence,
+            vec![
+                "client-a (10.244.0.12, deleted from node-a): route 10.244.0.12 via 172.31.0.2 dev eth0 left on node-a",
+                "client-a (10.244.0.12, deleted from node-a): dp_ipcache entry -> 172.31.0.2 left on node-a (it runs on node-c now)",
+            ]
         );
-        assert!(
-            j.evidence
-                .iter()
-                .any(|e| e.contains("route 10.244.0.12 via 172.31.0.2 dev uplink0 left on node-a")),
-            "{:?}",
-            j.evidence
-        );
-        let j = judge(std::slice::from_ref(&web_b1), &[], &s);
+        let j = judge(&[client_a()], &[], &s);
         assert_eq!(j.evidence.len(), 2, "{:?}", j.evidence);
         assert_eq!(judge(&[], &[], &s).verdict, Verdict::Skipped);
     }
 
     #[test]
     fn a_cgroup_left_on_the_old_node_fails() {
+        let empty = NodeView::default();
         let v = view(false);
-        let mut s = seen(&v);
+        let mut s = seen(&v, &empty);
         s[0].cgroups_left.push(client_a().cgroup);
-        let j = judge(&[client_a()], &[], &s);
-        assert!(
-            j.evidence[0].ends_with("cgroup /sys/fs/cgroup/x/node-a/client-a left on node-a"),
-            "{:?}",
-            j.evidence
+        let j = judge(&[client_a()], &[on("node-b")], &s);
+        assert_eq!(
+            j.evidence,
+            vec!["client-a (10.244.0.12, deleted from node-a): cgroup /sys/fs/cgroup/x/node-a/client-a left on node-a"]
         );
     }
 }

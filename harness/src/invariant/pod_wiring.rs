@@ -264,7 +264,7 @@ mod tests {
     use super::*;
     use crate::observe::bpf::parse_json;
 
-    /// Recorded in a scratch netns that mimics the spec (testdata/README.md, "pods/").
+    /// Recorded on node-a of a kept pod-native run (testdata/README.md, "pods/").
     fn node() -> NodeView {
         macro_rules! f {
             ($name:literal) => {
@@ -294,7 +294,7 @@ mod tests {
                 pods::parse_ipcache(include_str!("testdata/pods/wired.node.ipcache.json"))
                     .expect("reads"),
             ),
-            links_pin_dir: "/sys/fs/bpf/ph-rec/pods/links".into(),
+            links_pin_dir: "/sys/fs/bpf/dp-harness-9331e1/node-a/datapathd/pods/links".into(),
         }
     }
 
@@ -313,9 +313,9 @@ mod tests {
     fn want() -> Expected<'static> {
         Expected {
             pod: "web-a1",
-            addr: Ipv4Addr::new(10, 244, 0, 7),
-            gateway: Ipv4Addr::new(10, 244, 1, 1),
-            host_veth: "lxcweb-a1",
+            addr: Ipv4Addr::new(10, 244, 0, 13),
+            gateway: Ipv4Addr::new(10, 244, 200, 1),
+            host_veth: "lxc2239e703b2da",
         }
     }
 
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
         assert!(
             j.summary
-                .contains("dp_from_cont id 188395 on lxcweb-a1 ifindex 6"),
+                .contains("dp_from_cont id 199475 on lxc2239e703b2da ifindex 6"),
             "{}",
             j.summary
         );
@@ -338,18 +338,19 @@ mod tests {
         assert!(
             j.evidence
                 .iter()
-                .any(|e| e.contains("the gateway 10.244.1.1 is INCOMPLETE in the pod")),
+                .any(|e| e.contains("the gateway 10.244.200.1 is FAILED in the pod")),
             "{:?}",
             j.evidence
         );
     }
 
-    /// Derived from the recording: the entry's MAC, a second program and an address on
-    /// the veth, each alone.
+    /// Derived from the recording: the entry's MAC, a second program (a clsact filter
+    /// beside the tcx link) and an address on the veth, each alone.
     #[test]
     fn each_mismatch_is_named() {
+        let veth = "lxc2239e703b2da";
         let mut n = node();
-        n.endpoints.as_mut().expect("pinned")[1].host_mac = "02:00:00:00:00:01".parse().unwrap();
+        n.endpoints.as_mut().expect("pinned")[0].host_mac = "02:00:00:00:00:01".parse().unwrap();
         let j = judge(&want(), &n, &web(WIRED_NEIGH));
         assert_eq!(j.verdict, Verdict::Fail);
         assert!(
@@ -361,14 +362,21 @@ mod tests {
         );
 
         let mut n = node();
-        let mut second = n.tc[0].clone();
-        second.id = 188399;
-        n.tc.push(second);
+        n.tc.push(pods::TcProg {
+            devname: veth.into(),
+            ifindex: 6,
+            kind: "clsact/ingress".into(),
+            id: 199475,
+        });
+        let mut other = n.progs[0].clone();
+        other.id = 199999;
+        n.progs.push(other);
+        n.tc[0].id = 199999;
         let j = judge(&want(), &n, &web(WIRED_NEIGH));
         assert!(
-            j.evidence
-                .iter()
-                .any(|e| e.contains("2 dp_from_cont on lxcweb-a1 ingress, want 1")),
+            j.evidence.iter().any(|e| e.contains(
+                "2 dp_from_cont on lxc2239e703b2da ingress, want 1 (ingress: dp_from_cont id 199999 (clsact), dp_from_cont id 199475 (tcx))"
+            )),
             "{:?}",
             j.evidence
         );
@@ -377,18 +385,18 @@ mod tests {
         let a = n
             .addrs
             .iter_mut()
-            .find(|a| a.ifname == "lxcweb-a1")
+            .find(|a| a.ifname == veth)
             .expect("recorded");
         a.addr_info.push(pods::AddrInfo {
             family: "inet".into(),
-            local: "10.244.1.1".into(),
+            local: "10.244.200.1".into(),
             prefixlen: 32,
         });
         let j = judge(&want(), &n, &web(WIRED_NEIGH));
         assert!(
             j.evidence
                 .iter()
-                .any(|e| e.contains("host veth lxcweb-a1 has 10.244.1.1/32")),
+                .any(|e| e.contains("host veth lxc2239e703b2da has 10.244.200.1/32")),
             "{:?}",
             j.evidence
         );
