@@ -326,20 +326,51 @@ fn moved(cluster: &Cluster, old: &Pod, to: &str) -> Option<Pod> {
     })
 }
 
-/// What each node's `dp_ipcache` holds for the pod's address (observed, for the proof).
+/// How long the proof waits for every node's `dp_ipcache` to follow (the agents poll
+/// their ipcache directory every 200 ms).
+const IPCACHE_WAIT: Duration = Duration::from_secs(3);
+
+/// What each node's `dp_ipcache` holds for the pod's address, once it points at the
+/// pod's node everywhere else (and nowhere on its own node) or after [`IPCACHE_WAIT`]:
+/// observed for the proof, not required (a stale entry is pod-to-pod's to catch).
 fn ipcache_now(cluster: &Cluster, pod: &Pod) -> String {
-    crate::cluster::in_parallel(&cluster.nodes, |cn| {
-        let what = match seen::node_view(cn) {
-            Ok(v) => match v.ipcache.iter().flatten().find(|e| e.addr == pod.ip) {
-                Some(e) => format!("-> {}", e.node_addr),
-                None if cn.name() == pod.node => "none (local)".into(),
-                None => "none".into(),
-            },
-            Err(e) => format!("unreadable: {}", e.report()),
-        };
-        format!("{} {what}", cn.name())
-    })
-    .join(", ")
+    let want = cluster
+        .node(&pod.node)
+        .and_then(|cn| cn.net.as_ref())
+        .map(|n| n.addr);
+    let t = Instant::now();
+    loop {
+        let per_node = crate::cluster::in_parallel(&cluster.nodes, |cn| {
+            let local = cn.name() == pod.node;
+            match seen::node_view(cn) {
+                Ok(v) => match v.ipcache.iter().flatten().find(|e| e.addr == pod.ip) {
+                    Some(e) => (
+                        !local && Some(e.node_addr) == want,
+                        format!("-> {}", e.node_addr),
+                    ),
+                    None if local => (true, "none (local)".into()),
+                    None => (false, "none".into()),
+                },
+                Err(e) => (false, format!("unreadable: {}", e.report())),
+            }
+        });
+        let followed = per_node.iter().all(|(ok, _)| *ok);
+        if followed || t.elapsed() >= IPCACHE_WAIT {
+            let lines: Vec<String> = cluster
+                .nodes
+                .iter()
+                .zip(per_node)
+                .map(|(cn, (_, what))| format!("{} {what}", cn.name()))
+                .collect();
+            return format!(
+                "{} ({} after {:.1} s)",
+                lines.join(", "),
+                if followed { "followed" } else { "not followed" },
+                t.elapsed().as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[cfg(test)]
