@@ -514,7 +514,18 @@ pub fn cgroup_exists(cn: &ClusterNode, cgroup: &Path) -> Result<bool, ObserveErr
 pub fn vxlan_devices(cn: &ClusterNode) -> Result<Vec<IpLink>, ObserveError> {
     let argv = ["ip", "-s", "-j", "link", "show", "type", "vxlan"];
     let text = super::run_ok(cn.node.as_ref(), &argv, Duration::from_secs(30))?;
-    parse_json(&text).map_err(|e| ObserveError::unreadable(cn.name(), argv.join(" "), &text, e))
+    parse_links_of_type(&text)
+        .map_err(|e| ObserveError::unreadable(cn.name(), argv.join(" "), &text, e))
+}
+
+/// `ip -j link show type T`. iproute2 6.1 prints an empty object for every link the
+/// type filter drops (`[{},{},{}]` on a node without VXLAN devices): those are skipped.
+pub fn parse_links_of_type(text: &str) -> Result<Vec<IpLink>, serde_json::Error> {
+    let all: Vec<serde_json::Value> = parse_json(text)?;
+    all.into_iter()
+        .filter(|v| v.as_object().is_none_or(|o| !o.is_empty()))
+        .map(serde_json::from_value)
+        .collect()
 }
 
 /// Packet counters of every link, by name (vxlan encapsulation is proven by dp_vxlan's).
@@ -556,6 +567,20 @@ mod tests {
         assert!(parse_net_show(NET)
             .expect("recorded net show reads")
             .is_empty());
+    }
+
+    /// Printed by a qemu node (Debian 12, iproute2 6.1) without VXLAN devices.
+    #[test]
+    fn filtered_links_printed_as_empty_objects_are_skipped() {
+        assert!(parse_links_of_type("[{},{},{},{},{},{},{}]")
+            .expect("reads")
+            .is_empty());
+        let after = include_str!("../invariant/testdata/pods/vxlan.after.json");
+        assert_eq!(
+            parse_links_of_type(after).expect("reads")[0].ifname,
+            "dp_vxlan"
+        );
+        assert!(parse_links_of_type("[{\"ifname\":\"x\"}]").is_err());
     }
 
     #[test]
