@@ -282,6 +282,50 @@ impl Node {
         json(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// `bpftool map dump pinned` of one of the pod maps: (key as a dotted address, value
+    /// bytes).
+    fn map_entries(&self, map: &str) -> Vec<(String, Vec<u8>)> {
+        let pin = self.bpffs.join("pods/maps").join(map);
+        let out = sh_ok(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            pin.to_str().expect("utf-8"),
+        ]);
+        let bytes = |v: &serde_json::Value| -> Vec<u8> {
+            v.as_array()
+                .expect("bytes")
+                .iter()
+                .map(|b| {
+                    let s = b.as_str().expect("hex byte");
+                    u8::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex")
+                })
+                .collect()
+        };
+        json(&out)
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| {
+                let k = bytes(&e["key"]);
+                (
+                    format!("{}.{}.{}.{}", k[0], k[1], k[2], k[3]),
+                    bytes(&e["value"]),
+                )
+            })
+            .collect()
+    }
+
+    /// The node address `dp_ipcache` holds for `pod`.
+    fn ipcache_node(&self, pod: &str) -> Option<String> {
+        self.map_entries("dp_ipcache")
+            .into_iter()
+            .find(|(k, _)| k == pod)
+            .map(|(_, v)| format!("{}.{}.{}.{}", v[0], v[1], v[2], v[3]))
+    }
+
     /// `bpftool map dump pinned` of one of the pod maps: keys as dotted addresses.
     fn map_keys(&self, map: &str) -> Vec<String> {
         let pin = self.bpffs.join("pods/maps").join(map);
@@ -402,13 +446,17 @@ impl World {
 
     /// What the harness does on every pod change: one file per node.
     fn write_ipcache(&self, node: &Node, pods: &[(&str, &str)]) {
+        self.write_ipcache_for(&node.ns.name, node.addr, pods);
+    }
+
+    fn write_ipcache_for(&self, node: &str, node_addr: &str, pods: &[(&str, &str)]) {
         let pods: Vec<serde_json::Value> = pods
             .iter()
             .map(|(n, a)| serde_json::json!({"name": n, "address": a}))
             .collect();
-        let v = serde_json::json!({"node": node.ns.name, "node_addr": node.addr, "pods": pods});
-        let file = self.ipcache.join(format!("{}.json", node.addr));
-        let tmp = self.ipcache.join(format!(".{}.tmp", node.addr));
+        let v = serde_json::json!({"node": node, "node_addr": node_addr, "pods": pods});
+        let file = self.ipcache.join(format!("{node_addr}.json"));
+        let tmp = self.ipcache.join(format!(".{node_addr}.tmp"));
         std::fs::write(&tmp, v.to_string()).expect("write ipcache");
         std::fs::rename(&tmp, file).expect("rename ipcache");
     }
@@ -601,4 +649,127 @@ fn vxlan_pod_networking() {
         return;
     }
     pod_to_pod("vxlan");
+}
+
+#[test]
+fn mutant_arp_responder_off_leaves_the_gateway_unresolved() {
+    if !common::can_run("mutant_arp_responder_off_leaves_the_gateway_unresolved") {
+        return;
+    }
+    let mut w = World::new();
+    w.start("native", Some("arp-responder-off"));
+    let (a1, _) = w.a.add_pod("web-a1", "10.244.0.11");
+    let ping = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a1.name,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        w.a.gateway,
+    ]);
+    assert!(
+        !ping.status.success(),
+        "the gateway answered without the ARP responder"
+    );
+    assert_eq!(
+        pod_neighbour(&a1, w.a.gateway),
+        None,
+        "the pod resolved its gateway although nothing should answer its ARP"
+    );
+    let neigh = sh_ok(&["ip", "-n", &a1.name, "neigh", "show", w.a.gateway]);
+    assert!(
+        neigh.contains("FAILED") || neigh.contains("INCOMPLETE"),
+        "the pod's neighbour entry for the gateway: {neigh:?}"
+    );
+}
+
+#[test]
+fn mutant_ipcache_stale_on_move_keeps_the_old_node() {
+    if !common::can_run("mutant_ipcache_stale_on_move_keeps_the_old_node") {
+        return;
+    }
+    let mut w = World::new();
+    // A runs the mutant, B the correct agent; both see one pod of the other's move to a
+    // third node (172.31.0.3, only in the ipcache files).
+    w.start("native", Some("ipcache-stale-on-move"));
+    w.write_ipcache(&w.a, &[("x-a", "10.244.0.50")]);
+    w.write_ipcache(&w.b, &[("x-b", "10.244.1.50")]);
+    let filled = wait_for(Duration::from_secs(5), || {
+        (w.a.ipcache_node("10.244.1.50").as_deref() == Some("172.31.0.2")
+            && w.b.ipcache_node("10.244.0.50").as_deref() == Some("172.31.0.1"))
+        .then_some(())
+    });
+    assert!(filled.is_some(), "ipcache never filled\n{}", w.logs());
+    w.write_ipcache(&w.a, &[]);
+    w.write_ipcache(&w.b, &[]);
+    w.write_ipcache_for(
+        "node-c",
+        "172.31.0.3",
+        &[
+            ("x-a", "10.244.0.50"),
+            ("x-b", "10.244.1.50"),
+            ("x-new", "10.244.2.60"),
+        ],
+    );
+    let moved = wait_for(Duration::from_secs(5), || {
+        (w.b.ipcache_node("10.244.0.50").as_deref() == Some("172.31.0.3")).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "the correct agent did not follow the move\n{}",
+        w.logs()
+    );
+    assert!(
+        w.b.routes().contains("10.244.0.50 via 172.31.0.3 dev upl0"),
+        "{}",
+        w.b.routes()
+    );
+    // The mutant read the new files once it has the pod that only they list.
+    let read = wait_for(Duration::from_secs(5), || {
+        w.a.ipcache_node("10.244.2.60").map(|_| ())
+    });
+    assert!(
+        read.is_some(),
+        "the mutant never read the new files\n{}",
+        w.logs()
+    );
+    assert_eq!(
+        w.a.ipcache_node("10.244.1.50").as_deref(),
+        Some("172.31.0.2"),
+        "the mutant should keep the old node"
+    );
+    assert!(
+        w.a.routes().contains("10.244.1.50 via 172.31.0.2 dev upl0"),
+        "{}",
+        w.a.routes()
+    );
+}
+
+#[test]
+fn mutant_endpoint_kept_on_delete_leaves_the_entry() {
+    if !common::can_run("mutant_endpoint_kept_on_delete_leaves_the_entry") {
+        return;
+    }
+    let mut w = World::new();
+    w.start("native", Some("endpoint-kept-on-delete"));
+    let (_a1, j1) = w.a.add_pod("web-a1", "10.244.0.11");
+    let veth = j1["host_veth"].as_str().expect("veth").to_string();
+    w.a.del_pod("web-a1");
+    assert!(
+        !w.a.link_exists(&veth),
+        "the veth goes even under the mutant"
+    );
+    assert!(
+        !w.a.routes().contains("10.244.0.11"),
+        "the route goes even under the mutant"
+    );
+    assert!(
+        w.a.map_keys("dp_endpoints")
+            .contains(&"10.244.0.11".to_string()),
+        "the mutant should leave the dp_endpoints entry"
+    );
 }
