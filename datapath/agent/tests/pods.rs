@@ -92,6 +92,8 @@ struct Node {
     dir: PathBuf,
     agent: Option<Proc>,
     runs: u32,
+    /// More `run` arguments (`--tc-attach clsact`).
+    extra: Vec<&'static str>,
 }
 
 impl Node {
@@ -110,6 +112,7 @@ impl Node {
             dir,
             agent: None,
             runs: 0,
+            extra: Vec::new(),
         }
     }
 
@@ -174,6 +177,7 @@ impl Node {
         if let Some(m) = mutant {
             cmd.args(["--mutant", m]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -501,8 +505,10 @@ fn vxlan_packets(node: &Node) -> (u64, u64) {
 }
 
 /// (1) wiring, (2) TCP local and across nodes, (3) delete and restart cleanup, in `routing`.
-fn pod_to_pod(routing: &str) {
+fn pod_to_pod(routing: &str, attach: &'static str) {
     let mut w = World::new();
+    w.a.extra = vec!["--tc-attach", attach];
+    w.b.extra = vec!["--tc-attach", attach];
     w.start(routing, None);
     let (a1, j1) = w.a.add_pod("web-a1", "10.244.0.11");
     let (a2, _j2) = w.a.add_pod("web-a2", "10.244.0.12");
@@ -516,7 +522,7 @@ fn pod_to_pod(routing: &str) {
     // (1) The pod's gateway resolves to its host veth's MAC; the host veth has no address.
     let veth = j1["host_veth"].as_str().expect("host_veth").to_string();
     assert!(veth.starts_with("lxc") && veth.len() <= 15, "{j1}");
-    assert_eq!(j1["attach"], "tcx", "{j1}");
+    assert_eq!(j1["attach"], attach, "{j1}");
     assert!(j1["program_id"].as_u64().unwrap_or(0) > 0, "{j1}");
     let addrs =
         w.a.exec_ok(&["ip", "-4", "-j", "addr", "show", "dev", &veth]);
@@ -589,6 +595,21 @@ fn pod_to_pod(routing: &str) {
         );
     }
 
+    // An agent restart takes the pod over: one program on its veth (the new one), still
+    // wired, traffic still flows.
+    let before = w.b.status();
+    w.b.stop();
+    let ipc = w.ipcache.clone();
+    w.b.start(routing, &ipc, None);
+    let after = w.b.status();
+    let (p0, p1) = (&before["pods"][0], &after["pods"][0]);
+    assert_eq!(p1["wired"], true, "{after:#}");
+    assert_ne!(
+        p0["program_id"], p1["program_id"],
+        "a new program after the restart"
+    );
+    tcp_ok(&a1, "10.244.1.21:8080", &w);
+
     // (3) pod del leaves nothing of the pod.
     let veth2 = _j2["host_veth"].as_str().expect("veth").to_string();
     w.a.del_pod("web-a2");
@@ -640,7 +661,15 @@ fn native_pod_networking() {
     if !common::can_run("native_pod_networking") {
         return;
     }
-    pod_to_pod("native");
+    pod_to_pod("native", "tcx");
+}
+
+#[test]
+fn native_pod_networking_with_clsact() {
+    if !common::can_run("native_pod_networking_with_clsact") {
+        return;
+    }
+    pod_to_pod("native", "clsact");
 }
 
 #[test]
@@ -648,7 +677,7 @@ fn vxlan_pod_networking() {
     if !common::can_run("vxlan_pod_networking") {
         return;
     }
-    pod_to_pod("vxlan");
+    pod_to_pod("vxlan", "tcx");
 }
 
 #[test]
@@ -771,5 +800,65 @@ fn mutant_endpoint_kept_on_delete_leaves_the_entry() {
         w.a.map_keys("dp_endpoints")
             .contains(&"10.244.0.11".to_string()),
         "the mutant should leave the dp_endpoints entry"
+    );
+}
+
+#[test]
+fn pod_add_without_a_confirming_agent_fails_and_leaves_nothing() {
+    if !common::can_run("pod_add_without_a_confirming_agent_fails_and_leaves_nothing") {
+        return;
+    }
+    let mut w = World::new();
+    let pods = w.a.pods();
+    let pods = pods.to_str().expect("utf-8").to_string();
+    let pod = Netns::new();
+    let add = |w: &World, addr: &str| {
+        w.a.dp(&[
+            "pod",
+            "add",
+            "--pods",
+            &pods,
+            "--name",
+            "lonely",
+            "--netns",
+            pod.path(),
+            "--addr",
+            addr,
+            "--timeout-s",
+            "1",
+        ])
+    };
+    // Bad flags: exit 2.
+    assert_eq!(add(&w, "not-an-address").status.code(), Some(2));
+    // No agent ever ran here: no dp_host, exit 1 at once.
+    let out = add(&w, "10.244.0.99");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dp_host"));
+    // An agent that set the node up and then stopped: no confirmation, exit 1, and the
+    // half-made veth and the pod file are removed.
+    w.start("native", None);
+    w.a.stop();
+    let out = add(&w, "10.244.0.99");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let veth_gone = !w.a.exec_ok(&["ip", "link", "show"]).contains("lxc");
+    assert!(veth_gone, "the half-made veth is left");
+    assert!(
+        !w.a.pods().join("lonely.json").exists(),
+        "the pod file is left"
+    );
+    let ns_links = sh_ok(&["ip", "-n", &pod.name, "link", "show"]);
+    assert!(
+        !ns_links.contains("eth0"),
+        "the pod's eth0 is left: {ns_links}"
     );
 }
