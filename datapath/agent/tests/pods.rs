@@ -862,3 +862,68 @@ fn pod_add_without_a_confirming_agent_fails_and_leaves_nothing() {
         "the pod's eth0 is left: {ns_links}"
     );
 }
+
+#[test]
+fn a_pod_that_moves_keeps_its_address_and_is_local_on_its_new_node() {
+    if !common::can_run("a_pod_that_moves_keeps_its_address_and_is_local_on_its_new_node") {
+        return;
+    }
+    let mut w = World::new();
+    w.start("native", None);
+    let (a1, _) = w.a.add_pod("web-a1", "10.244.0.11");
+    let (b1, _) = w.b.add_pod("web-b1", "10.244.1.21");
+    w.write_ipcache(&w.a, &[("web-a1", "10.244.0.11")]);
+    w.write_ipcache(&w.b, &[("web-b1", "10.244.1.21")]);
+    let filled = wait_for(Duration::from_secs(5), || {
+        (w.a.ipcache_node("10.244.1.21").as_deref() == Some("172.31.0.2")).then_some(())
+    });
+    assert!(filled.is_some(), "ipcache never filled\n{}", w.logs());
+    {
+        let _s = serve(&b1, "10.244.1.21:8080");
+        tcp_ok(&a1, "10.244.1.21:8080", &w);
+    }
+    // web-b1 moves to A with its address; the ipcache files still say B.
+    w.b.del_pod("web-b1");
+    drop(b1);
+    let (moved, j) = w.a.add_pod("web-b1", "10.244.1.21");
+    let veth = j["host_veth"].as_str().expect("veth").to_string();
+    let local = wait_for(Duration::from_secs(5), || {
+        w.a.ipcache_node("10.244.1.21").is_none().then_some(())
+    });
+    assert!(
+        local.is_some(),
+        "a local pod left in dp_ipcache\n{}",
+        w.logs()
+    );
+    let routes = w.a.routes();
+    assert!(
+        routes.contains(&format!("10.244.1.21 dev {veth} scope link"))
+            && !routes.contains("10.244.1.21 via"),
+        "the moved pod's route on its new node:\n{routes}"
+    );
+    let _s = serve(&moved, "10.244.1.21:8080");
+    tcp_ok(&a1, "10.244.1.21:8080", &w);
+    // The files catch up: B now sends to A.
+    w.write_ipcache(
+        &w.a,
+        &[("web-a1", "10.244.0.11"), ("web-b1", "10.244.1.21")],
+    );
+    w.write_ipcache(&w.b, &[]);
+    let followed = wait_for(Duration::from_secs(5), || {
+        (w.b.ipcache_node("10.244.1.21").as_deref() == Some("172.31.0.1")).then_some(())
+    });
+    assert!(
+        followed.is_some(),
+        "node B did not follow the move\n{}",
+        w.logs()
+    );
+    let status = w.a.status();
+    assert!(
+        status["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .all(|p| p["wired"] == true),
+        "{status:#}"
+    );
+}

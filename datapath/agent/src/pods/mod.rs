@@ -281,7 +281,13 @@ impl PodSync {
             stale_on_move: self.opts.ipcache_stale_on_move,
         };
         match files::read_ipcache(&self.opts.ipcache_dir, self.opts.node_addr) {
-            Ok((want, problems)) => {
+            Ok((mut want, problems)) => {
+                // A pod of this node is never remote here, whatever the files say (a pod
+                // that moved here before the harness rewrote its old node's file): its
+                // /32 route through its veth must not be replaced by one to another node.
+                for p in self.wired.values() {
+                    want.remove(&p.address);
+                }
                 if full {
                     for p in problems {
                         warn!("ipcache file problem: {p}");
