@@ -927,3 +927,91 @@ fn a_pod_that_moves_keeps_its_address_and_is_local_on_its_new_node() {
         "{status:#}"
     );
 }
+
+/// A bpffs of the test's own (the node's pins live there), unmounted on drop.
+struct OwnBpffs {
+    mount: PathBuf,
+}
+
+impl OwnBpffs {
+    fn new() -> OwnBpffs {
+        let mount = std::env::temp_dir().join(format!("{}-bpf", unique()));
+        std::fs::create_dir_all(&mount).expect("mkdir mount point");
+        let b = OwnBpffs { mount };
+        b.mount();
+        b
+    }
+    fn mount(&self) {
+        sh_ok(&[
+            "mount",
+            "-t",
+            "bpf",
+            "bpf",
+            self.mount.to_str().expect("utf-8"),
+        ]);
+    }
+    fn umount(&self) {
+        sh_ok(&["umount", self.mount.to_str().expect("utf-8")]);
+    }
+}
+
+impl Drop for OwnBpffs {
+    fn drop(&mut self) {
+        let _ = sh(&["umount", self.mount.to_str().unwrap_or_default()]);
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+#[test]
+fn pod_links_come_back_after_a_bpffs_remount_and_deleted_pods_stay_gone() {
+    if !common::can_run("pod_links_come_back_after_a_bpffs_remount_and_deleted_pods_stay_gone") {
+        return;
+    }
+    let fs = OwnBpffs::new();
+    let mut w = World::new();
+    w.a.bpffs = fs.mount.join("inst");
+    w.start("native", None);
+    let (a1, j1) = w.a.add_pod("web-a1", "10.244.0.11");
+    let (a2, j2) = w.a.add_pod("web-a2", "10.244.0.12");
+    let pin = |j: &serde_json::Value| {
+        w.a.bpffs
+            .join("pods/links")
+            .join(j["host_veth"].as_str().expect("veth"))
+    };
+    let (pin1, pin2) = (pin(&j1), pin(&j2));
+    assert!(pin1.exists() && pin2.exists(), "tcx link pins of both pods");
+    // Pods that exist when an agent starts are among the pins it finds then.
+    w.a.stop();
+    let ipc = w.ipcache.clone();
+    w.a.start("native", &ipc, None);
+
+    fs.umount();
+    assert!(!pin1.exists());
+    fs.mount();
+    let back = wait_for(Duration::from_secs(5), || {
+        (pin1.exists() && pin2.exists()).then_some(())
+    });
+    assert!(back.is_some(), "pod link pins not made again\n{}", w.logs());
+    let status = w.a.status();
+    assert!(
+        status["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .all(|p| p["wired"] == true),
+        "{status:#}"
+    );
+    {
+        let _s = serve(&a2, "10.244.0.12:8080");
+        tcp_ok(&a1, "10.244.0.12:8080", &w);
+    }
+
+    // A deleted pod's pin is not made again: after another pod was added (the agent ran
+    // passes since), it is still gone.
+    w.a.del_pod("web-a2");
+    assert!(!pin2.exists(), "the deleted pod's link pin is left");
+    let (_a3, _) = w.a.add_pod("web-a3", "10.244.0.13");
+    assert!(!pin2.exists(), "the deleted pod's link pin came back");
+    drop((a1, a2));
+    w.a.stop();
+}

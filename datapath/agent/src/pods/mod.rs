@@ -271,6 +271,7 @@ struct PodSync {
 impl PodSync {
     /// One reconcile of pods and ipcache; `full` rewires every pod and rewrites every route.
     fn pass(&mut self, full: bool) {
+        self.dp.repin();
         if let Err(e) = self.pods(full) {
             error!("pod reconcile failed: {e:#}");
         }
