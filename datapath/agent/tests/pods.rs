@@ -577,6 +577,12 @@ fn pod_to_pod(routing: &str, attach: &'static str) {
     .unwrap_or_else(|| panic!("ipcache never filled\n{}", w.logs()));
     tcp_ok(&a1, "10.244.1.21:8080", &w);
     tcp_ok(&b1, "10.244.0.11:8080", &w);
+    let mtu = |ns: &Netns| {
+        let out = sh_ok(&["ip", "-n", &ns.name, "-j", "link", "show", "eth0"]);
+        json(&out)[0]["mtu"].as_u64().expect("mtu")
+    };
+    let want_mtu = if routing == "vxlan" { 1450 } else { 1500 };
+    assert_eq!(mtu(&a1), want_mtu, "the pod's MTU (uplink 1500, {routing})");
     if let Some((tx0, rx0)) = vx_before {
         let (tx1, rx1) = vxlan_packets(&w.a);
         assert!(

@@ -221,6 +221,8 @@ pub fn start(bpffs: &Path, opts: PodsOptions) -> Result<thread::JoinHandle<()>, 
     )?;
     if opts.routing == Routing::Vxlan {
         dp.attach(devices::VXLAN_DEV, PROG_FROM_OVL)?;
+        // Routes an earlier run in native mode installed for these entries.
+        ipcache::remove_routes(&dp.ipcache);
     } else {
         wiring::drop_tcx_pin(&wiring::link_pin(bpffs, devices::VXLAN_DEV));
     }
