@@ -141,7 +141,9 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     let held = if opts.mutant == Some(Mutant::StaleCgroupProg) {
         None
     } else {
-        let held = HeldPins::hold(&opts.bpffs)
+        // Pod links come and go with pods: pods/ holds and pins them again itself.
+        let own = [crate::pods::wiring::links_dir(&opts.bpffs)];
+        let held = HeldPins::hold_except(&opts.bpffs, &own)
             .with_context(|| format!("holding the pins under {}", opts.bpffs.display()))?;
         info!(objects = held.objects(), "holding every pinned object");
         Some(held)

@@ -92,6 +92,8 @@ struct Node {
     dir: PathBuf,
     agent: Option<Proc>,
     runs: u32,
+    /// More `run` arguments (`--tc-attach clsact`).
+    extra: Vec<&'static str>,
 }
 
 impl Node {
@@ -110,6 +112,7 @@ impl Node {
             dir,
             agent: None,
             runs: 0,
+            extra: Vec::new(),
         }
     }
 
@@ -174,6 +177,7 @@ impl Node {
         if let Some(m) = mutant {
             cmd.args(["--mutant", m]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -280,6 +284,50 @@ impl Node {
             String::from_utf8_lossy(&out.stderr)
         );
         json(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// `bpftool map dump pinned` of one of the pod maps: (key as a dotted address, value
+    /// bytes).
+    fn map_entries(&self, map: &str) -> Vec<(String, Vec<u8>)> {
+        let pin = self.bpffs.join("pods/maps").join(map);
+        let out = sh_ok(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            pin.to_str().expect("utf-8"),
+        ]);
+        let bytes = |v: &serde_json::Value| -> Vec<u8> {
+            v.as_array()
+                .expect("bytes")
+                .iter()
+                .map(|b| {
+                    let s = b.as_str().expect("hex byte");
+                    u8::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex")
+                })
+                .collect()
+        };
+        json(&out)
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|e| {
+                let k = bytes(&e["key"]);
+                (
+                    format!("{}.{}.{}.{}", k[0], k[1], k[2], k[3]),
+                    bytes(&e["value"]),
+                )
+            })
+            .collect()
+    }
+
+    /// The node address `dp_ipcache` holds for `pod`.
+    fn ipcache_node(&self, pod: &str) -> Option<String> {
+        self.map_entries("dp_ipcache")
+            .into_iter()
+            .find(|(k, _)| k == pod)
+            .map(|(_, v)| format!("{}.{}.{}.{}", v[0], v[1], v[2], v[3]))
     }
 
     /// `bpftool map dump pinned` of one of the pod maps: keys as dotted addresses.
@@ -402,13 +450,17 @@ impl World {
 
     /// What the harness does on every pod change: one file per node.
     fn write_ipcache(&self, node: &Node, pods: &[(&str, &str)]) {
+        self.write_ipcache_for(&node.ns.name, node.addr, pods);
+    }
+
+    fn write_ipcache_for(&self, node: &str, node_addr: &str, pods: &[(&str, &str)]) {
         let pods: Vec<serde_json::Value> = pods
             .iter()
             .map(|(n, a)| serde_json::json!({"name": n, "address": a}))
             .collect();
-        let v = serde_json::json!({"node": node.ns.name, "node_addr": node.addr, "pods": pods});
-        let file = self.ipcache.join(format!("{}.json", node.addr));
-        let tmp = self.ipcache.join(format!(".{}.tmp", node.addr));
+        let v = serde_json::json!({"node": node, "node_addr": node_addr, "pods": pods});
+        let file = self.ipcache.join(format!("{node_addr}.json"));
+        let tmp = self.ipcache.join(format!(".{node_addr}.tmp"));
         std::fs::write(&tmp, v.to_string()).expect("write ipcache");
         std::fs::rename(&tmp, file).expect("rename ipcache");
     }
@@ -453,8 +505,10 @@ fn vxlan_packets(node: &Node) -> (u64, u64) {
 }
 
 /// (1) wiring, (2) TCP local and across nodes, (3) delete and restart cleanup, in `routing`.
-fn pod_to_pod(routing: &str) {
+fn pod_to_pod(routing: &str, attach: &'static str) {
     let mut w = World::new();
+    w.a.extra = vec!["--tc-attach", attach];
+    w.b.extra = vec!["--tc-attach", attach];
     w.start(routing, None);
     let (a1, j1) = w.a.add_pod("web-a1", "10.244.0.11");
     let (a2, _j2) = w.a.add_pod("web-a2", "10.244.0.12");
@@ -468,7 +522,7 @@ fn pod_to_pod(routing: &str) {
     // (1) The pod's gateway resolves to its host veth's MAC; the host veth has no address.
     let veth = j1["host_veth"].as_str().expect("host_veth").to_string();
     assert!(veth.starts_with("lxc") && veth.len() <= 15, "{j1}");
-    assert_eq!(j1["attach"], "tcx", "{j1}");
+    assert_eq!(j1["attach"], attach, "{j1}");
     assert!(j1["program_id"].as_u64().unwrap_or(0) > 0, "{j1}");
     let addrs =
         w.a.exec_ok(&["ip", "-4", "-j", "addr", "show", "dev", &veth]);
@@ -523,6 +577,12 @@ fn pod_to_pod(routing: &str) {
     .unwrap_or_else(|| panic!("ipcache never filled\n{}", w.logs()));
     tcp_ok(&a1, "10.244.1.21:8080", &w);
     tcp_ok(&b1, "10.244.0.11:8080", &w);
+    let mtu = |ns: &Netns| {
+        let out = sh_ok(&["ip", "-n", &ns.name, "-j", "link", "show", "eth0"]);
+        json(&out)[0]["mtu"].as_u64().expect("mtu")
+    };
+    let want_mtu = if routing == "vxlan" { 1450 } else { 1500 };
+    assert_eq!(mtu(&a1), want_mtu, "the pod's MTU (uplink 1500, {routing})");
     if let Some((tx0, rx0)) = vx_before {
         let (tx1, rx1) = vxlan_packets(&w.a);
         assert!(
@@ -540,6 +600,21 @@ fn pod_to_pod(routing: &str) {
             w.a.routes()
         );
     }
+
+    // An agent restart takes the pod over: one program on its veth (the new one), still
+    // wired, traffic still flows.
+    let before = w.b.status();
+    w.b.stop();
+    let ipc = w.ipcache.clone();
+    w.b.start(routing, &ipc, None);
+    let after = w.b.status();
+    let (p0, p1) = (&before["pods"][0], &after["pods"][0]);
+    assert_eq!(p1["wired"], true, "{after:#}");
+    assert_ne!(
+        p0["program_id"], p1["program_id"],
+        "a new program after the restart"
+    );
+    tcp_ok(&a1, "10.244.1.21:8080", &w);
 
     // (3) pod del leaves nothing of the pod.
     let veth2 = _j2["host_veth"].as_str().expect("veth").to_string();
@@ -592,7 +667,15 @@ fn native_pod_networking() {
     if !common::can_run("native_pod_networking") {
         return;
     }
-    pod_to_pod("native");
+    pod_to_pod("native", "tcx");
+}
+
+#[test]
+fn native_pod_networking_with_clsact() {
+    if !common::can_run("native_pod_networking_with_clsact") {
+        return;
+    }
+    pod_to_pod("native", "clsact");
 }
 
 #[test]
@@ -600,5 +683,341 @@ fn vxlan_pod_networking() {
     if !common::can_run("vxlan_pod_networking") {
         return;
     }
-    pod_to_pod("vxlan");
+    pod_to_pod("vxlan", "tcx");
+}
+
+#[test]
+fn mutant_arp_responder_off_leaves_the_gateway_unresolved() {
+    if !common::can_run("mutant_arp_responder_off_leaves_the_gateway_unresolved") {
+        return;
+    }
+    let mut w = World::new();
+    w.start("native", Some("arp-responder-off"));
+    let (a1, _) = w.a.add_pod("web-a1", "10.244.0.11");
+    let ping = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &a1.name,
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        w.a.gateway,
+    ]);
+    assert!(
+        !ping.status.success(),
+        "the gateway answered without the ARP responder"
+    );
+    assert_eq!(
+        pod_neighbour(&a1, w.a.gateway),
+        None,
+        "the pod resolved its gateway although nothing should answer its ARP"
+    );
+    let neigh = sh_ok(&["ip", "-n", &a1.name, "neigh", "show", w.a.gateway]);
+    assert!(
+        neigh.contains("FAILED") || neigh.contains("INCOMPLETE"),
+        "the pod's neighbour entry for the gateway: {neigh:?}"
+    );
+}
+
+#[test]
+fn mutant_ipcache_stale_on_move_keeps_the_old_node() {
+    if !common::can_run("mutant_ipcache_stale_on_move_keeps_the_old_node") {
+        return;
+    }
+    let mut w = World::new();
+    // A runs the mutant, B the correct agent; both see one pod of the other's move to a
+    // third node (172.31.0.3, only in the ipcache files).
+    w.start("native", Some("ipcache-stale-on-move"));
+    w.write_ipcache(&w.a, &[("x-a", "10.244.0.50")]);
+    w.write_ipcache(&w.b, &[("x-b", "10.244.1.50")]);
+    let filled = wait_for(Duration::from_secs(5), || {
+        (w.a.ipcache_node("10.244.1.50").as_deref() == Some("172.31.0.2")
+            && w.b.ipcache_node("10.244.0.50").as_deref() == Some("172.31.0.1"))
+        .then_some(())
+    });
+    assert!(filled.is_some(), "ipcache never filled\n{}", w.logs());
+    w.write_ipcache(&w.a, &[]);
+    w.write_ipcache(&w.b, &[]);
+    w.write_ipcache_for(
+        "node-c",
+        "172.31.0.3",
+        &[
+            ("x-a", "10.244.0.50"),
+            ("x-b", "10.244.1.50"),
+            ("x-new", "10.244.2.60"),
+        ],
+    );
+    let moved = wait_for(Duration::from_secs(5), || {
+        (w.b.ipcache_node("10.244.0.50").as_deref() == Some("172.31.0.3")).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "the correct agent did not follow the move\n{}",
+        w.logs()
+    );
+    assert!(
+        w.b.routes().contains("10.244.0.50 via 172.31.0.3 dev upl0"),
+        "{}",
+        w.b.routes()
+    );
+    // The mutant read the new files once it has the pod that only they list.
+    let read = wait_for(Duration::from_secs(5), || {
+        w.a.ipcache_node("10.244.2.60").map(|_| ())
+    });
+    assert!(
+        read.is_some(),
+        "the mutant never read the new files\n{}",
+        w.logs()
+    );
+    assert_eq!(
+        w.a.ipcache_node("10.244.1.50").as_deref(),
+        Some("172.31.0.2"),
+        "the mutant should keep the old node"
+    );
+    assert!(
+        w.a.routes().contains("10.244.1.50 via 172.31.0.2 dev upl0"),
+        "{}",
+        w.a.routes()
+    );
+}
+
+#[test]
+fn mutant_endpoint_kept_on_delete_leaves_the_entry() {
+    if !common::can_run("mutant_endpoint_kept_on_delete_leaves_the_entry") {
+        return;
+    }
+    let mut w = World::new();
+    w.start("native", Some("endpoint-kept-on-delete"));
+    let (_a1, j1) = w.a.add_pod("web-a1", "10.244.0.11");
+    let veth = j1["host_veth"].as_str().expect("veth").to_string();
+    w.a.del_pod("web-a1");
+    assert!(
+        !w.a.link_exists(&veth),
+        "the veth goes even under the mutant"
+    );
+    assert!(
+        !w.a.routes().contains("10.244.0.11"),
+        "the route goes even under the mutant"
+    );
+    assert!(
+        w.a.map_keys("dp_endpoints")
+            .contains(&"10.244.0.11".to_string()),
+        "the mutant should leave the dp_endpoints entry"
+    );
+}
+
+#[test]
+fn pod_add_without_a_confirming_agent_fails_and_leaves_nothing() {
+    if !common::can_run("pod_add_without_a_confirming_agent_fails_and_leaves_nothing") {
+        return;
+    }
+    let mut w = World::new();
+    let pods = w.a.pods();
+    let pods = pods.to_str().expect("utf-8").to_string();
+    let pod = Netns::new();
+    let add = |w: &World, addr: &str| {
+        w.a.dp(&[
+            "pod",
+            "add",
+            "--pods",
+            &pods,
+            "--name",
+            "lonely",
+            "--netns",
+            pod.path(),
+            "--addr",
+            addr,
+            "--timeout-s",
+            "1",
+        ])
+    };
+    // Bad flags: exit 2.
+    assert_eq!(add(&w, "not-an-address").status.code(), Some(2));
+    // No agent ever ran here: no dp_host, exit 1 at once.
+    let out = add(&w, "10.244.0.99");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dp_host"));
+    // An agent that set the node up and then stopped: no confirmation, exit 1, and the
+    // half-made veth and the pod file are removed.
+    w.start("native", None);
+    w.a.stop();
+    let out = add(&w, "10.244.0.99");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let veth_gone = !w.a.exec_ok(&["ip", "link", "show"]).contains("lxc");
+    assert!(veth_gone, "the half-made veth is left");
+    assert!(
+        !w.a.pods().join("lonely.json").exists(),
+        "the pod file is left"
+    );
+    let ns_links = sh_ok(&["ip", "-n", &pod.name, "link", "show"]);
+    assert!(
+        !ns_links.contains("eth0"),
+        "the pod's eth0 is left: {ns_links}"
+    );
+}
+
+#[test]
+fn a_pod_that_moves_keeps_its_address_and_is_local_on_its_new_node() {
+    if !common::can_run("a_pod_that_moves_keeps_its_address_and_is_local_on_its_new_node") {
+        return;
+    }
+    let mut w = World::new();
+    w.start("native", None);
+    let (a1, _) = w.a.add_pod("web-a1", "10.244.0.11");
+    let (b1, _) = w.b.add_pod("web-b1", "10.244.1.21");
+    w.write_ipcache(&w.a, &[("web-a1", "10.244.0.11")]);
+    w.write_ipcache(&w.b, &[("web-b1", "10.244.1.21")]);
+    let filled = wait_for(Duration::from_secs(5), || {
+        (w.a.ipcache_node("10.244.1.21").as_deref() == Some("172.31.0.2")).then_some(())
+    });
+    assert!(filled.is_some(), "ipcache never filled\n{}", w.logs());
+    {
+        let _s = serve(&b1, "10.244.1.21:8080");
+        tcp_ok(&a1, "10.244.1.21:8080", &w);
+    }
+    // web-b1 moves to A with its address; the ipcache files still say B.
+    w.b.del_pod("web-b1");
+    drop(b1);
+    let (moved, j) = w.a.add_pod("web-b1", "10.244.1.21");
+    let veth = j["host_veth"].as_str().expect("veth").to_string();
+    let local = wait_for(Duration::from_secs(5), || {
+        w.a.ipcache_node("10.244.1.21").is_none().then_some(())
+    });
+    assert!(
+        local.is_some(),
+        "a local pod left in dp_ipcache\n{}",
+        w.logs()
+    );
+    let routes = w.a.routes();
+    assert!(
+        routes.contains(&format!("10.244.1.21 dev {veth} scope link"))
+            && !routes.contains("10.244.1.21 via"),
+        "the moved pod's route on its new node:\n{routes}"
+    );
+    let _s = serve(&moved, "10.244.1.21:8080");
+    tcp_ok(&a1, "10.244.1.21:8080", &w);
+    // The files catch up: B now sends to A.
+    w.write_ipcache(
+        &w.a,
+        &[("web-a1", "10.244.0.11"), ("web-b1", "10.244.1.21")],
+    );
+    w.write_ipcache(&w.b, &[]);
+    let followed = wait_for(Duration::from_secs(5), || {
+        (w.b.ipcache_node("10.244.1.21").as_deref() == Some("172.31.0.1")).then_some(())
+    });
+    assert!(
+        followed.is_some(),
+        "node B did not follow the move\n{}",
+        w.logs()
+    );
+    let status = w.a.status();
+    assert!(
+        status["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .all(|p| p["wired"] == true),
+        "{status:#}"
+    );
+}
+
+/// A bpffs of the test's own (the node's pins live there), unmounted on drop.
+struct OwnBpffs {
+    mount: PathBuf,
+}
+
+impl OwnBpffs {
+    fn new() -> OwnBpffs {
+        let mount = std::env::temp_dir().join(format!("{}-bpf", unique()));
+        std::fs::create_dir_all(&mount).expect("mkdir mount point");
+        let b = OwnBpffs { mount };
+        b.mount();
+        b
+    }
+    fn mount(&self) {
+        sh_ok(&[
+            "mount",
+            "-t",
+            "bpf",
+            "bpf",
+            self.mount.to_str().expect("utf-8"),
+        ]);
+    }
+    fn umount(&self) {
+        sh_ok(&["umount", self.mount.to_str().expect("utf-8")]);
+    }
+}
+
+impl Drop for OwnBpffs {
+    fn drop(&mut self) {
+        let _ = sh(&["umount", self.mount.to_str().unwrap_or_default()]);
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+#[test]
+fn pod_links_come_back_after_a_bpffs_remount_and_deleted_pods_stay_gone() {
+    if !common::can_run("pod_links_come_back_after_a_bpffs_remount_and_deleted_pods_stay_gone") {
+        return;
+    }
+    let fs = OwnBpffs::new();
+    let mut w = World::new();
+    w.a.bpffs = fs.mount.join("inst");
+    w.start("native", None);
+    let (a1, j1) = w.a.add_pod("web-a1", "10.244.0.11");
+    let (a2, j2) = w.a.add_pod("web-a2", "10.244.0.12");
+    let pin = |j: &serde_json::Value| {
+        w.a.bpffs
+            .join("pods/links")
+            .join(j["host_veth"].as_str().expect("veth"))
+    };
+    let (pin1, pin2) = (pin(&j1), pin(&j2));
+    assert!(pin1.exists() && pin2.exists(), "tcx link pins of both pods");
+    // Pods that exist when an agent starts are among the pins it finds then.
+    w.a.stop();
+    let ipc = w.ipcache.clone();
+    w.a.start("native", &ipc, None);
+
+    fs.umount();
+    assert!(!pin1.exists());
+    fs.mount();
+    let back = wait_for(Duration::from_secs(5), || {
+        (pin1.exists() && pin2.exists()).then_some(())
+    });
+    assert!(back.is_some(), "pod link pins not made again\n{}", w.logs());
+    let status = w.a.status();
+    assert!(
+        status["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .all(|p| p["wired"] == true),
+        "{status:#}"
+    );
+    {
+        let _s = serve(&a2, "10.244.0.12:8080");
+        tcp_ok(&a1, "10.244.0.12:8080", &w);
+    }
+
+    // A deleted pod's pin is not made again: after another pod was added (the agent ran
+    // passes since), it is still gone.
+    w.a.del_pod("web-a2");
+    assert!(!pin2.exists(), "the deleted pod's link pin is left");
+    let (_a3, _) = w.a.add_pod("web-a3", "10.244.0.13");
+    assert!(!pin2.exists(), "the deleted pod's link pin came back");
+    drop((a1, a2));
+    w.a.stop();
 }

@@ -221,6 +221,8 @@ pub fn start(bpffs: &Path, opts: PodsOptions) -> Result<thread::JoinHandle<()>, 
     )?;
     if opts.routing == Routing::Vxlan {
         dp.attach(devices::VXLAN_DEV, PROG_FROM_OVL)?;
+        // Routes an earlier run in native mode installed for these entries.
+        ipcache::remove_routes(&dp.ipcache);
     } else {
         wiring::drop_tcx_pin(&wiring::link_pin(bpffs, devices::VXLAN_DEV));
     }
@@ -271,6 +273,7 @@ struct PodSync {
 impl PodSync {
     /// One reconcile of pods and ipcache; `full` rewires every pod and rewrites every route.
     fn pass(&mut self, full: bool) {
+        self.dp.repin();
         if let Err(e) = self.pods(full) {
             error!("pod reconcile failed: {e:#}");
         }
@@ -281,7 +284,13 @@ impl PodSync {
             stale_on_move: self.opts.ipcache_stale_on_move,
         };
         match files::read_ipcache(&self.opts.ipcache_dir, self.opts.node_addr) {
-            Ok((want, problems)) => {
+            Ok((mut want, problems)) => {
+                // A pod of this node is never remote here, whatever the files say (a pod
+                // that moved here before the harness rewrote its old node's file): its
+                // /32 route through its veth must not be replaced by one to another node.
+                for p in self.wired.values() {
+                    want.remove(&p.address);
+                }
                 if full {
                     for p in problems {
                         warn!("ipcache file problem: {p}");

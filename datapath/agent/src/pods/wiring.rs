@@ -4,8 +4,9 @@
 //! permanent neighbour, `arp_ignore=1`.
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -49,8 +50,12 @@ pub fn map_pin(bpffs: &Path, map: &str) -> PathBuf {
     dir(bpffs).join("maps").join(map)
 }
 
+pub fn links_dir(bpffs: &Path) -> PathBuf {
+    dir(bpffs).join("links")
+}
+
 pub fn link_pin(bpffs: &Path, device: &str) -> PathBuf {
-    dir(bpffs).join("links").join(device)
+    links_dir(bpffs).join(device)
 }
 
 /// (name, key size, value size) of the pinned maps this agent writes.
@@ -74,6 +79,10 @@ pub fn addr(key: u32) -> Ipv4Addr {
 pub struct Datapath {
     ebpf: Ebpf,
     bpffs: PathBuf,
+    /// An fd of every tcx link of ours, by device: a link outlives a bpffs remount that
+    /// takes its pin, and [`Datapath::repin`] pins it again (run.rs's held pins leave
+    /// `links/` to us, since pod links come and go).
+    links: BTreeMap<String, OwnedFd>,
     pub mode: TcMode,
     pub endpoints: BpfMap,
     pub ipcache: BpfMap,
@@ -140,6 +149,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             bpffs: bpffs.to_path_buf(),
+            links: BTreeMap::new(),
             mode,
             endpoints: BpfMap::open_pin(&map_pin(bpffs, MAP_ENDPOINTS))?,
             ipcache: BpfMap::open_pin(&map_pin(bpffs, MAP_IPCACHE))?,
@@ -182,9 +192,44 @@ impl Datapath {
                 attach_clsact(prog, device, name)?;
                 drop_tcx_pin(&pin);
             }
-            _ => attach_tcx(prog, &pin, device, name, id)?,
+            _ => {
+                attach_tcx(prog, &pin, device, name, id)?;
+                match sys::obj_get(&pin) {
+                    Ok(fd) => {
+                        self.links.insert(device.to_string(), fd);
+                    }
+                    Err(e) => warn!(device, "cannot hold the pinned tcx link: {e}"),
+                }
+            }
         }
         Ok(id)
+    }
+
+    /// Pins again the links whose pins a bpffs remount took (once the bpffs is back).
+    pub fn repin(&self) {
+        if self
+            .links
+            .keys()
+            .all(|d| link_pin(&self.bpffs, d).symlink_metadata().is_ok())
+            || crate::prereq::check_bpffs(&self.bpffs).is_err()
+        {
+            return;
+        }
+        if std::fs::create_dir_all(links_dir(&self.bpffs)).is_err() {
+            return;
+        }
+        for (device, fd) in &self.links {
+            let pin = link_pin(&self.bpffs, device);
+            if pin.symlink_metadata().is_ok() {
+                continue;
+            }
+            match sys::obj_pin(fd.as_fd(), &pin) {
+                Ok(()) => {
+                    warn!(device, pin = %pin.display(), "pinned the tcx link again (bpffs remounted?)")
+                }
+                Err(e) => warn!(device, "cannot pin the tcx link again: {e}"),
+            }
+        }
     }
 
     /// Wires one pod whose veth `pod add` made; the record `pod add` waits for.
@@ -255,8 +300,9 @@ impl Datapath {
 
     /// Removes everything of a pod: program, endpoint entry (unless `keep_endpoint`, the
     /// mutant), route, neighbour and the veth (the pod's `eth0` goes with it).
-    pub fn unwire(&self, host_veth: &str, address: Ipv4Addr, keep_endpoint: bool) {
+    pub fn unwire(&mut self, host_veth: &str, address: Ipv4Addr, keep_endpoint: bool) {
         unwire_kernel(&self.bpffs, host_veth, address);
+        self.links.remove(host_veth);
         if keep_endpoint {
             warn!(pod = %address, "mutant endpoint-kept-on-delete: dp_endpoints entry left");
         } else if let Err(e) = self.endpoints.delete(&key(address)) {
