@@ -3,7 +3,9 @@
 //! `dp_endpoints` or `dp_ipcache` entry, no cgroup. A pod added again (on the same node or
 //! another, with the same address) may have exactly what its new place needs: its veth,
 //! route, neighbour and endpoint entry on its node, an ipcache entry (and a native route)
-//! towards that node on the others.
+//! towards that node on the others. A pod that backed a service leaves the
+//! EndpointSlices the harness writes when it is deleted: no `dp_backends` entry may
+//! point at its address unless it was added again.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -128,6 +130,14 @@ pub fn judge(departed: &[DepartedPod], current: &[Current], seen: &[Seen<'_>]) -
                     ));
                 }
             }
+            if now.is_none() {
+                for b in v.backends.iter().flatten().filter(|b| b.addr == d.address) {
+                    bad.push(format!(
+                        "{who}: dp_backends entry {} -> {}:{} left on {} (it backs no service now)",
+                        b.id, b.addr, b.port, s.node
+                    ));
+                }
+            }
             if s.node == d.node
                 && s.cgroups_left.contains(&d.cgroup)
                 && here.is_none_or(|c| c.cgroup != d.cgroup)
@@ -247,6 +257,7 @@ mod tests {
             bpf_links: Vec::new(),
             endpoints: Some(pods::parse_endpoints(f!("endpoints")).expect(r)),
             ipcache: Some(pods::parse_ipcache(f!("ipcache")).expect(r)),
+            backends: None,
             links_pin_dir: "/sys/fs/bpf/x/pods/links".into(),
         }
     }
@@ -335,6 +346,35 @@ mod tests {
         assert_eq!(
             j.evidence,
             vec!["client-a (10.244.0.12, deleted from node-a): cgroup /sys/fs/cgroup/x/node-a/client-a left on node-a"]
+        );
+    }
+
+    /// Recorded: node-a's `dp_backends` in the same kind of run (testdata/README.md):
+    /// web-a1 (10.244.0.13:8080) backs `web`. Were it deleted and not added again, its
+    /// backend entry would be left behind.
+    #[test]
+    fn a_backend_of_a_deleted_pod_fails() {
+        let empty = NodeView::default();
+        let mut v = view(false);
+        v.backends = Some(
+            pods::parse_backends(include_str!("testdata/pods/backends.node-a.json"))
+                .expect("recorded output reads"),
+        );
+        let web_a1 = DepartedPod {
+            name: "web-a1".into(),
+            address: Ipv4Addr::new(10, 244, 0, 13),
+            node: "node-b".into(),
+            host_veth: None,
+            cgroup: "/sys/fs/cgroup/x/node-b/web-a1".into(),
+            netns: "/run/netns/x".into(),
+        };
+        let j = judge(&[web_a1], &[], &seen(&v, &empty));
+        assert!(
+            j.evidence.contains(
+                &"web-a1 (10.244.0.13, deleted from node-b): dp_backends entry 1 -> 10.244.0.13:8080 left on node-a (it backs no service now)".to_string()
+            ),
+            "{:?}",
+            j.evidence
         );
     }
 }

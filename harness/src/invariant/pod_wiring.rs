@@ -294,6 +294,7 @@ mod tests {
                 pods::parse_ipcache(include_str!("testdata/pods/wired.node.ipcache.json"))
                     .expect("reads"),
             ),
+            backends: None,
             links_pin_dir: "/sys/fs/bpf/dp-harness-9331e1/node-a/datapathd/pods/links".into(),
         }
     }

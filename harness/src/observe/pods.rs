@@ -292,6 +292,41 @@ pub fn parse_ipcache(json: &str) -> Result<Vec<IpcacheEntry>, DumpError> {
         .collect()
 }
 
+/// A `dp_backends` entry (the socket LB's backends; datapath/README.md): backend id ->
+/// address (network order), port (network order), protocol, one byte of padding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendEntry {
+    pub id: u32,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+/// `bpftool -j map dump` of `dp_backends`.
+pub fn parse_backends(json: &str) -> Result<Vec<BackendEntry>, DumpError> {
+    let raw: Vec<RawEntry> = parse_json(json).map_err(DumpError::Json)?;
+    raw.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (k, v) = (bytes(i, "key", &e.key)?, bytes(i, "value", &e.value)?);
+            if k.len() != 4 || v.len() != 8 {
+                return Err(DumpError::Entry {
+                    index: i,
+                    what: format!(
+                        "key of {} and value of {} bytes, want 4 and 8",
+                        k.len(),
+                        v.len()
+                    ),
+                });
+            }
+            Ok(BackendEntry {
+                id: u32::from_ne_bytes(k[..4].try_into().expect("4 bytes")),
+                addr: ipv4(&v),
+                port: u16::from_be_bytes([v[4], v[5]]),
+            })
+        })
+        .collect()
+}
+
 /// `bpftool -j net show`: the tc programs.
 pub fn parse_net_show(json: &str) -> Result<Vec<TcProg>, serde_json::Error> {
     let shows: Vec<NetShow> = parse_json(json)?;
@@ -313,6 +348,9 @@ pub struct NodeView {
     /// `None`: the map is not pinned (no pod datapath on this node, or it was removed).
     pub endpoints: Option<Vec<Endpoint>>,
     pub ipcache: Option<Vec<IpcacheEntry>>,
+    /// The socket LB's backends (`None`: not pinned).
+    #[serde(default)]
+    pub backends: Option<Vec<BackendEntry>>,
     /// Where the node's pod links are pinned (`<bpffs>/pods/links`).
     pub links_pin_dir: PathBuf,
 }
@@ -437,6 +475,8 @@ pub fn node_view(cn: &ClusterNode) -> Result<NodeView, ObserveError> {
     let dir = pods_dir(cn);
     let ep_pin = dir.join("maps").join(MAP_ENDPOINTS);
     let ic_pin = dir.join("maps").join(MAP_IPCACHE);
+    let be_pin = cn.bpffs.join("maps").join("dp_backends");
+    let be = be_pin.display().to_string();
     let ep = ep_pin.display().to_string();
     let ic = ic_pin.display().to_string();
     let calls = [
@@ -451,6 +491,7 @@ pub fn node_view(cn: &ClusterNode) -> Result<NodeView, ObserveError> {
         argv(&["bpftool", "-j", "-f", "link", "show"]),
         argv(&["bpftool", "-j", "map", "dump", "pinned", &ep]),
         argv(&["bpftool", "-j", "map", "dump", "pinned", &ic]),
+        argv(&["bpftool", "-j", "map", "dump", "pinned", &be]),
     ];
     let outs = cn.node.run_batch(&calls, Duration::from_secs(30))?;
     let n = cn.name();
@@ -471,6 +512,7 @@ pub fn node_view(cn: &ClusterNode) -> Result<NodeView, ObserveError> {
         bpf_links: parse_out(n, &calls[7], &outs[7])?,
         endpoints: map_out(cn, &calls[8], &outs[8], &ep_pin, parse_endpoints)?,
         ipcache: map_out(cn, &calls[9], &outs[9], &ic_pin, parse_ipcache)?,
+        backends: map_out(cn, &calls[10], &outs[10], &be_pin, parse_backends)?,
         links_pin_dir: dir.join("links"),
     })
 }
