@@ -339,3 +339,19 @@ fn routing_defaults_to_kernel_and_a_wrong_one_is_located() {
     );
     assert!(e.contains("routing optional: kernel"), "{e}");
 }
+
+#[test]
+fn node_reboot_is_refused_where_the_agent_wires_pods() {
+    let text = GOOD
+        .replace("topology:\n", "topology:\n  routing: native\n")
+        .replace(
+            "      - check:\n",
+            "      - fault:\n          name: node-reboot\n      - check:\n",
+        );
+    let e = err(&text);
+    assert!(
+        e.contains("at `scenarios[0].steps[1].fault.name`")
+            && e.contains("fault node-reboot: it re-creates pods with kernel routes; not with topology.routing native"),
+        "{e}"
+    );
+}
