@@ -197,11 +197,6 @@ fn run(cn: &ClusterNode, pod: &str, argv: &[&str], timeout: Duration) -> Result<
     Ok(out.stdout_str())
 }
 
-/// The pod's sandbox name: its network namespace is `/run/netns/<name>` on its node.
-pub fn sandbox_name(prefix: &str, node: &str, pod: &str) -> String {
-    format!("{prefix}-{node}-{pod}")
-}
-
 /// The runtime's part: the pod's network namespace (`lo` up) and cgroup on its node,
 /// recorded first where the node's provider keeps a state (the netns provider's host).
 pub fn create_sandbox(cn: &ClusterNode, pod: &Pod) -> Result<(), PodError> {

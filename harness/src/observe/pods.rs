@@ -4,7 +4,6 @@
 //! maps, decoded here from their byte layout (never through datapathd or
 //! datapath-common); per pod its `ip -j` addresses, routes and neighbours.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -567,14 +566,6 @@ pub fn parse_links_of_type(text: &str) -> Result<Vec<IpLink>, serde_json::Error>
     all.into_iter()
         .filter(|v| v.as_object().is_none_or(|o| !o.is_empty()))
         .map(serde_json::from_value)
-        .collect()
-}
-
-/// Packet counters of every link, by name (vxlan encapsulation is proven by dp_vxlan's).
-pub fn counters(view: &NodeView) -> BTreeMap<String, Stats64> {
-    view.links
-        .iter()
-        .filter_map(|l| Some((l.ifname.clone(), l.stats64.clone()?)))
         .collect()
 }
 
