@@ -5,16 +5,19 @@
 //! route, neighbour and endpoint entry on its node, an ipcache entry (and a native route)
 //! towards that node on the others. A pod that backed a service leaves the
 //! EndpointSlices the harness writes when it is deleted: no `dp_backends` entry may
-//! point at its address unless it was added again.
+//! point at its address unless it was added again. A deleted pod that served TCP and was
+//! not added again must not answer at its address any more (a probe from a live pod).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 
 use super::{merge, unknown_unless_harness, Context, Invariant, Judgement};
 use crate::cluster::pods::DepartedPod;
 use crate::observe::pods::{self, NodeView};
+use crate::observe::probe::{self, PodServer};
 use crate::observe::ObserveError;
 use crate::suite::InvariantName;
+use crate::suite::Protocol;
 
 pub const NAME: InvariantName = InvariantName::new("pod-delete-cleanup");
 pub struct PodDeleteCleanup;
@@ -38,8 +41,14 @@ pub struct Seen<'a> {
     pub cgroups_left: Vec<PathBuf>,
 }
 
-/// Pure judgement: every departed pod against every node's view.
-pub fn judge(departed: &[DepartedPod], current: &[Current], seen: &[Seen<'_>]) -> Judgement {
+/// Pure judgement: every departed pod against every node's view; `answered`: the
+/// addresses of departed pods not added again that a probe still reached.
+pub fn judge(
+    departed: &[DepartedPod],
+    current: &[Current],
+    seen: &[Seen<'_>],
+    answered: &[SocketAddrV4],
+) -> Judgement {
     if departed.is_empty() {
         return Judgement::skipped("no pod was deleted in this scenario");
     }
@@ -52,6 +61,11 @@ pub fn judge(departed: &[DepartedPod], current: &[Current], seen: &[Seen<'_>]) -
         }
         let now = current.iter().find(|c| c.addr == d.address);
         let who = format!("{} ({}, deleted from {})", d.name, d.address, d.node);
+        if now.is_none() {
+            for a in answered.iter().filter(|a| *a.ip() == d.address) {
+                bad.push(format!("{who}: {a} still answers"));
+            }
+        }
         for s in seen {
             let here = now.filter(|c| c.node == s.node);
             let v = s.view;
@@ -174,7 +188,7 @@ impl Invariant for PodDeleteCleanup {
         let cluster = ctx.cluster;
         let departed = &cluster.pod_net.departed;
         if departed.is_empty() {
-            return Ok(judge(departed, &[], &[]));
+            return Ok(judge(departed, &[], &[], &[]));
         }
         let current: Vec<Current> = cluster
             .pods
@@ -190,6 +204,45 @@ impl Invariant for PodDeleteCleanup {
                 })
             })
             .collect();
+        // Departed pods not added again that served TCP: does anything answer there?
+        let mut answered = Vec::new();
+        if let Some(from) = cluster
+            .pods
+            .iter()
+            .find(|p| cluster.pod_net.wired.contains_key(&p.name))
+        {
+            let gone: Vec<PodServer> = departed
+                .iter()
+                .filter(|d| !current.iter().any(|c| c.addr == d.address))
+                .filter_map(|d| {
+                    let s = ctx
+                        .services
+                        .iter()
+                        .find(|s| s.protocol == Protocol::Tcp && s.backends.contains(&d.name))?;
+                    Some(PodServer {
+                        pod: d.name.clone(),
+                        node: d.node.clone(),
+                        addr: SocketAddrV4::new(d.address, s.target_port),
+                        proto: Protocol::Tcp,
+                    })
+                })
+                .collect();
+            if !gone.is_empty() {
+                match probe::connect_each(cluster, from, &gone) {
+                    Ok(r) => answered.extend(
+                        r.iter()
+                            .filter(|(_, a)| a.first().is_some_and(|a| a.ok))
+                            .map(|(t, _)| t.addr),
+                    ),
+                    Err(e) => {
+                        return unknown_unless_harness(
+                            format!("{}: cannot probe the deleted pods' addresses", from.name),
+                            e,
+                        )
+                    }
+                }
+            }
+        }
         let observed = crate::cluster::in_parallel(&cluster.nodes, |cn| {
             let view = pods::node_view(cn)?;
             let mut left = Vec::new();
@@ -222,7 +275,7 @@ impl Invariant for PodDeleteCleanup {
                 cgroups_left: left.clone(),
             })
             .collect();
-        Ok(merge(&[judge(departed, &current, &seen)]))
+        Ok(merge(&[judge(departed, &current, &seen, &answered)]))
     }
 }
 
@@ -304,10 +357,10 @@ mod tests {
     fn a_move_cleaned_up_passes_and_a_kept_endpoint_fails_naming_it() {
         let empty = NodeView::default();
         let v = view(false);
-        let j = judge(&[client_a()], &[on("node-b")], &seen(&v, &empty));
+        let j = judge(&[client_a()], &[on("node-b")], &seen(&v, &empty), &[]);
         assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
         let v = view(true);
-        let j = judge(&[client_a()], &[on("node-b")], &seen(&v, &empty));
+        let j = judge(&[client_a()], &[on("node-b")], &seen(&v, &empty), &[]);
         assert_eq!(j.verdict, Verdict::Fail);
         assert_eq!(
             j.evidence,
@@ -322,7 +375,7 @@ mod tests {
         let empty = NodeView::default();
         let v = view(false);
         let s = seen(&v, &empty);
-        let j = judge(&[client_a()], &[on("node-c")], &s);
+        let j = judge(&[client_a()], &[on("node-c")], &s, &[]);
         assert_eq!(j.verdict, Verdict::Fail);
         assert_eq!(
             j.evidence,
@@ -331,9 +384,9 @@ mod tests {
                 "client-a (10.244.0.12, deleted from node-a): dp_ipcache entry -> 172.31.0.2 left on node-a (it runs on node-c now)",
             ]
         );
-        let j = judge(&[client_a()], &[], &s);
+        let j = judge(&[client_a()], &[], &s, &[]);
         assert_eq!(j.evidence.len(), 2, "{:?}", j.evidence);
-        assert_eq!(judge(&[], &[], &s).verdict, Verdict::Skipped);
+        assert_eq!(judge(&[], &[], &s, &[]).verdict, Verdict::Skipped);
     }
 
     #[test]
@@ -342,7 +395,7 @@ mod tests {
         let v = view(false);
         let mut s = seen(&v, &empty);
         s[0].cgroups_left.push(client_a().cgroup);
-        let j = judge(&[client_a()], &[on("node-b")], &s);
+        let j = judge(&[client_a()], &[on("node-b")], &s, &[]);
         assert_eq!(
             j.evidence,
             vec!["client-a (10.244.0.12, deleted from node-a): cgroup /sys/fs/cgroup/x/node-a/client-a left on node-a"]
@@ -368,7 +421,7 @@ mod tests {
             cgroup: "/sys/fs/cgroup/x/node-b/web-a1".into(),
             netns: "/run/netns/x".into(),
         };
-        let j = judge(&[web_a1], &[], &seen(&v, &empty));
+        let j = judge(&[web_a1], &[], &seen(&v, &empty), &[]);
         assert!(
             j.evidence.contains(
                 &"web-a1 (10.244.0.13, deleted from node-b): dp_backends entry 1 -> 10.244.0.13:8080 left on node-a (it backs no service now)".to_string()
@@ -376,5 +429,26 @@ mod tests {
             "{:?}",
             j.evidence
         );
+    }
+
+    /// Derived from the recording: client-a deleted and not added again, yet something
+    /// answers at its address.
+    #[test]
+    fn a_deleted_address_that_still_answers_fails() {
+        let empty = NodeView::default();
+        let v = view(false);
+        let s = seen(&v, &empty);
+        let addr = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 12), 8080);
+        let j = judge(&[client_a()], &[], &s, &[addr]);
+        assert!(
+            j.evidence.contains(
+                &"client-a (10.244.0.12, deleted from node-a): 10.244.0.12:8080 still answers"
+                    .to_string()
+            ),
+            "{:?}",
+            j.evidence
+        );
+        let j = judge(&[client_a()], &[on("node-b")], &s, &[addr]);
+        assert_eq!(j.verdict, Verdict::Pass, "re-added: it may answer: {j:?}");
     }
 }
