@@ -24,6 +24,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 const EBPF_BIN: &str = "datapath";
 /// The masquerade object (the eBPF crate's second `[[bin]]`), embedded by src/masq.rs.
 const MASQ_BIN: &str = "masq";
+/// The pod networking object (the eBPF crate's third `[[bin]]`), embedded by src/pods/.
+const PODS_BIN: &str = "pods";
 
 fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
@@ -49,6 +51,8 @@ fn main() -> Result<()> {
         fs::write(&object, b"").with_context(|| format!("writing {}", object.display()))?;
         let masq = out_dir.join(MASQ_BIN);
         fs::write(&masq, b"").with_context(|| format!("writing {}", masq.display()))?;
+        let pods = out_dir.join(PODS_BIN);
+        fs::write(&pods, b"").with_context(|| format!("writing {}", pods.display()))?;
         return Ok(());
     }
 

@@ -226,6 +226,16 @@ pub trait Consumer {
     ) -> Option<PathBuf> {
         None
     }
+    /// Every scenario, pass or fail, while its cluster is still up: take what the report
+    /// always holds (every pod's wiring). Returns the directory written, if any.
+    fn scenario_ending(
+        &mut self,
+        _scenario: &str,
+        _iteration: u32,
+        _live: &Live,
+    ) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The events so far, and the consumers each new one goes to.
@@ -251,6 +261,21 @@ impl Events {
     }
 
     /// Lets every consumer take what it needs from a failed scenario's cluster.
+    pub fn scenario_ending(&mut self, scenario: &str, iteration: u32, live: &Live) {
+        let dirs: Vec<PathBuf> = self
+            .consumers
+            .iter_mut()
+            .filter_map(|c| c.scenario_ending(scenario, iteration, live))
+            .collect();
+        for dir in dirs {
+            self.emit(Event::Artifacts {
+                scenario: scenario.to_owned(),
+                iteration,
+                dir,
+            });
+        }
+    }
+
     pub fn scenario_failed(&mut self, scenario: &str, iteration: u32, live: &Live) {
         let dirs: Vec<PathBuf> = self
             .consumers

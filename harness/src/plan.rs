@@ -22,6 +22,9 @@ pub struct Plan {
     pub provider: String,
     pub mutant: Option<String>,
     pub repeat: Option<u32>,
+    /// The suite's `topology.routing` (who wires pods, how pod traffic crosses nodes).
+    #[serde(default)]
+    pub routing: crate::suite::Routing,
     /// The kernel of each node that asks for one: the suite's, overridden by `--kernel`.
     #[serde(default)]
     pub kernels: BTreeMap<String, KernelSpec>,
@@ -145,6 +148,7 @@ pub fn plan(
         provider: provider.to_string(),
         mutant: mutant.map(str::to_string),
         repeat,
+        routing: suite.topology.routing,
         kernels: suite
             .topology
             .nodes
@@ -231,6 +235,7 @@ impl Plan {
                 })
                 .collect(),
             kernels: self.kernels.clone(),
+            routing: self.routing,
         }
     }
 

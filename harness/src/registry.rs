@@ -17,6 +17,7 @@ pub static FAULTS: &[&dyn AnyFault] = &[
     &entry::<fault::partition::Partition>(),
     &entry::<fault::bpffs_remount::BpffsRemount>(),
     &entry::<fault::map_pressure::MapPressure>(),
+    &entry::<fault::pod_churn::PodChurn>(),
     &entry::<fault::noop::Noop>(),
 ];
 
@@ -30,6 +31,8 @@ pub static INVARIANTS: &[&dyn Invariant] = &[
     &invariant::rules_exactly_once::RulesExactlyOnce,
     &invariant::no_invalid_drops::NoInvalidDrops,
     &invariant::pod_to_pod::PodToPod,
+    &invariant::pod_wiring::PodWiring,
+    &invariant::pod_delete_cleanup::PodDeleteCleanup,
     &invariant::payload_liveness::PayloadLiveness,
     &invariant::sockhash_keys_live::SockhashKeysLive,
     &invariant::sockhash_bounded::SockhashBounded,

@@ -45,6 +45,8 @@ pub enum StepError {
         #[source]
         source: crate::observe::ObserveError,
     },
+    #[error(transparent)]
+    Pod(#[from] crate::cluster::pods::PodError),
     #[error("interrupted")]
     Interrupted,
 }
@@ -127,6 +129,22 @@ impl Runner<'_> {
     /// Why this provider cannot run `sc` at all, if it cannot: a fault that needs nodes
     /// that are machines, on a provider whose nodes are not.
     fn cannot_run(&mut self, sc: &PlannedScenario) -> Option<String> {
+        let agent_pods: Vec<&str> = sc
+            .steps
+            .iter()
+            .filter_map(|st| match st {
+                PlannedStep::Fault { plan, .. } => crate::registry::fault(&plan.fault),
+                _ => None,
+            })
+            .filter(|f| f.needs().pod_routing)
+            .map(|f| f.name())
+            .collect();
+        if let (Some(f), true) = (agent_pods.first(), self.plan.routing.is_kernel()) {
+            return Some(format!(
+                "fault {f} needs pods the agent wires: this suite has topology.routing kernel \
+                 (native or vxlan give the agent the pods)"
+            ));
+        }
         let mut faults: Vec<&str> = sc
             .steps
             .iter()
@@ -304,6 +322,7 @@ impl Runner<'_> {
             matches!(e, Event::Verdict { scenario, iteration, judgement, .. }
                 if scenario == &name && *iteration == it && judgement.verdict != Verdict::Pass)
         });
+        self.events.scenario_ending(&name, it, &live);
         if failed || outcome != Outcome::Completed {
             self.events.scenario_failed(&name, it, &live);
         }
@@ -511,22 +530,13 @@ impl Runner<'_> {
     ) -> Result<Vec<String>, StepError> {
         live.accelerate = accelerate;
         live.write_services()?;
-        workload::start_servers(
-            &live.cluster,
-            &live.services,
-            &mut live.servers,
-            live.accelerate,
-        )?;
-        workload::start_external(&live.cluster, &mut live.servers)?;
-        let mut detail = vec![format!(
-            "{} backend servers ready{}",
-            live.servers.len(),
-            if live.accelerate {
-                " (in their pod cgroups)"
-            } else {
-                ""
-            }
-        )];
+        // The agent wires the pods (routing native or vxlan): a server can only bind its
+        // pod's address once the pod is added, after the agents are ready.
+        let agent_wires_pods = !self.plan.routing.is_kernel();
+        let mut detail = Vec::new();
+        if !agent_wires_pods {
+            detail.push(start_workload(live)?);
+        }
         // Every node's agent starts at once; each is kept (for its logs and its
         // teardown) whether or not it became ready.
         let mut started: Vec<(ClusterNode, Agent)> = Vec::new();
@@ -570,6 +580,10 @@ impl Runner<'_> {
             }
             detail.push(format!("datapathd ready on {}", cn.name()));
         }
+        if agent_wires_pods {
+            detail.extend(crate::cluster::pods::add_all(&mut live.cluster)?);
+            detail.push(start_workload(live)?);
+        }
         if live.hold_connections {
             detail.push(crate::cluster::hold::start(
                 &live.cluster,
@@ -580,6 +594,26 @@ impl Runner<'_> {
         live.remember();
         Ok(detail)
     }
+}
+
+/// Starts the pods' backend servers and the external host's.
+fn start_workload(live: &mut Live) -> Result<String, StepError> {
+    workload::start_servers(
+        &live.cluster,
+        &live.services,
+        &mut live.servers,
+        live.accelerate,
+    )?;
+    workload::start_external(&live.cluster, &mut live.servers)?;
+    Ok(format!(
+        "{} backend servers ready{}",
+        live.servers.len(),
+        if live.accelerate {
+            " (in their pod cgroups)"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// Does an invariant the scenario judges (in a check or a fault's `during`) need held

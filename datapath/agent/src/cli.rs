@@ -45,6 +45,10 @@ pub enum Command {
     /// List the mutants accepted by `run --mutant`, one per line: the name, then what it
     /// breaks.
     Mutants,
+    /// Add or delete a pod the way a CNI plugin would (needs `run --routing` in this
+    /// network namespace).
+    #[command(subcommand)]
+    Pod(crate::pods::cli::PodCommand),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +132,8 @@ pub struct RunArgs {
     /// everything.
     #[arg(long = "assume-missing", value_name = "FEATURE", value_parser = features::parse_feature)]
     pub assume_missing: Vec<Feature>,
+    #[command(flatten)]
+    pub pods: crate::pods::cli::PodsRunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +291,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 a.accelerate.len()
             );
             let net = net_options(&a)?;
+            let pods = a.pods.options(
+                net.as_ref().and_then(|n| n.masq.as_ref()),
+                a.mutant,
+                a.max_masq,
+            )?;
             run::run(RunOptions {
                 cgroup: a.cgroup,
                 services: a.services,
@@ -296,6 +307,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
                 accelerate: a.accelerate,
                 sockhash_gc: std::time::Duration::from_millis(a.sockhash_gc_ms),
                 assume_missing: a.assume_missing,
+                pods,
             })
         }
         Command::Features(a) => {
@@ -322,6 +334,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             s.problems.extend(problem);
             s.features = Some(report);
             s.masquerade = crate::masq::status(&a.bpffs);
+            s.pod_networking = crate::pods::status::collect(&a.bpffs);
             if let Some(prefix) = a
                 .forward_chain
                 .clone()
@@ -340,13 +353,21 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             // The masquerade's tc attachments and our iptables chain first: the instance
             // directory that records them goes in cleanup::cleanup.
             let (tcx_links, filters) = crate::masq::cleanup(&a.bpffs);
+            let (pod_links, pod_devices) = crate::pods::cleanup(&a.bpffs);
+            if pod_links + pod_devices > 0 {
+                tracing::info!(
+                    links = pod_links,
+                    devices = pod_devices,
+                    "removed pod networking"
+                );
+            }
             if a.forward_chain || netsync::managed_prefix(&a.bpffs).is_some() {
                 let ipt = Iptables::detect().context("removing DP_FORWARD")?;
                 let n = iptables::remove(&ipt).context("removing DP_FORWARD")?;
                 tracing::info!(rules = n, "removed DP_FORWARD and its jump");
             }
             let mut r = cleanup::cleanup(&a.bpffs, a.cgroup.as_deref()).context("cleaning up")?;
-            r.links += tcx_links;
+            r.links += tcx_links + pod_links;
             r.detached += filters;
             println!(
                 "datapathd: cleanup removed {} link(s), {} other attachment(s), {} pin(s)",
@@ -360,6 +381,7 @@ pub fn dispatch(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Pod(p) => crate::pods::cli::dispatch(p),
         Command::Mutants => {
             // NAME, then what it breaks: the harness reads the first word.
             for m in Mutant::ALL {

@@ -19,6 +19,7 @@ mod netsync;
 mod nftgen;
 mod pinned_record;
 mod pins;
+mod pods;
 mod prereq;
 mod pressure;
 mod programming;

@@ -43,10 +43,18 @@ pub enum Mutant {
     /// Upgrade: on a masquerade layout change the NAT maps are recreated empty instead of
     /// migrated (masq_migrate.rs), so every live pod->external flow loses its translation.
     UpgradeRecreatesMaps,
+    /// Pod networking: `dp_from_cont` passes ARP to the kernel, which (arp_ignore=1, no
+    /// address on the host veth) never answers: pods cannot resolve their gateway.
+    ArpResponderOff,
+    /// Pod networking: an ipcache entry whose node changed keeps its old node (and native
+    /// route); entries are only ever added.
+    IpcacheStaleOnMove,
+    /// Pod networking: a deleted pod's veth and route go, its dp_endpoints entry stays.
+    EndpointKeptOnDelete,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 15] = [
+    pub const ALL: [Mutant; 18] = [
         Mutant::StaleCgroupProg,
         Mutant::UdpReplyNotReversed,
         Mutant::GetpeernameNotRewritten,
@@ -62,6 +70,9 @@ impl Mutant {
         Mutant::BpffsLostPinsIgnored,
         Mutant::MapPressureFlush,
         Mutant::UpgradeRecreatesMaps,
+        Mutant::ArpResponderOff,
+        Mutant::IpcacheStaleOnMove,
+        Mutant::EndpointKeptOnDelete,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +92,9 @@ impl Mutant {
             Mutant::BpffsLostPinsIgnored => "bpffs-lost-pins-ignored",
             Mutant::MapPressureFlush => "map-pressure-flush",
             Mutant::UpgradeRecreatesMaps => "upgrade-recreates-maps",
+            Mutant::ArpResponderOff => "arp-responder-off",
+            Mutant::IpcacheStaleOnMove => "ipcache-stale-on-move",
+            Mutant::EndpointKeptOnDelete => "endpoint-kept-on-delete",
         }
     }
 
@@ -132,6 +146,15 @@ impl Mutant {
             Mutant::UpgradeRecreatesMaps => {
                 "upgrade: a masquerade layout change recreates the NAT maps empty instead of migrating them, so every established pod->external connection gets a new port and is reset"
             }
+            Mutant::ArpResponderOff => {
+                "pod networking: dp_from_cont passes ARP to the kernel, which (arp_ignore=1, no address on the host veth) never answers, so pods cannot resolve their gateway"
+            }
+            Mutant::IpcacheStaleOnMove => {
+                "pod networking: an ipcache entry whose node changed keeps its old node (and native route), entries are only ever added, so traffic to a moved pod goes to its old node"
+            }
+            Mutant::EndpointKeptOnDelete => {
+                "pod networking: a deleted pod's veth and route are removed but its dp_endpoints entry stays"
+            }
         }
     }
 
@@ -144,6 +167,7 @@ impl Mutant {
             Mutant::SockmapKeyPortOrder => MUTATE_SOCKKEY_PORT_ORDER,
             Mutant::SockmapActiveOnly => MUTATE_SOCKOPS_ACTIVE_ONLY,
             Mutant::MasqReplyPortKept => MUTATE_MASQ_REPLY_PORT_KEPT,
+            Mutant::ArpResponderOff => MUTATE_ARP_RESPONDER_OFF,
             _ => 0,
         }
     }
@@ -196,7 +220,7 @@ mod tests {
             .expect_err("unknown mutant must fail");
         assert_eq!(
             err.to_string(),
-            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored, map-pressure-flush, upgrade-recreates-maps"
+            "unknown mutant `stale`; valid mutants: stale-cgroup-prog, udp-reply-not-reversed, getpeername-not-rewritten, kube-proxy-first, forward-jump-appended, forward-jump-duplicated, masq-reply-port-kept, sockmap-noexist, sockmap-no-gc, sockmap-key-port-order, sockmap-active-only, quarantine-never-restored, bpffs-lost-pins-ignored, map-pressure-flush, upgrade-recreates-maps, arp-responder-off, ipcache-stale-on-move, endpoint-kept-on-delete"
         );
     }
 }

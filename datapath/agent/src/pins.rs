@@ -62,10 +62,14 @@ pub struct HeldPins {
 }
 
 impl HeldPins {
-    /// Opens every pin under `root` (and notes every directory).
-    pub fn hold(root: &Path) -> Result<HeldPins, PinsError> {
+    /// Opens every pin under `root` (and notes every directory), except that the
+    /// directories in `own` are held as directories only:
+    /// the objects pinned in them come and go while the agent runs and the part that
+    /// pins them holds and pins them again itself (a deleted pod's tc link must not come
+    /// back).
+    pub fn hold_except(root: &Path, own: &[PathBuf]) -> Result<HeldPins, PinsError> {
         let mut entries = Vec::new();
-        walk(root, &mut entries)?;
+        walk(root, own, &mut entries)?;
         Ok(HeldPins {
             root: root.to_path_buf(),
             entries,
@@ -126,7 +130,7 @@ impl HeldPins {
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<(PathBuf, Held)>) -> Result<(), PinsError> {
+fn walk(dir: &Path, own: &[PathBuf], out: &mut Vec<(PathBuf, Held)>) -> Result<(), PinsError> {
     let list_err = |source| PinsError::List {
         path: dir.display().to_string(),
         source,
@@ -144,7 +148,9 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, Held)>) -> Result<(), PinsError> {
         })?;
         if meta.is_dir() {
             out.push((path.clone(), Held::Dir));
-            walk(&path, out)?;
+            if !own.contains(&path) {
+                walk(&path, own, out)?;
+            }
         } else {
             let fd = sys::obj_get(&path).map_err(|source| PinsError::Open {
                 path: path.display().to_string(),
@@ -216,7 +222,7 @@ mod tests {
         sys::obj_pin(map.as_fd(), &pin).expect("BPF_OBJ_PIN");
         drop(map);
 
-        let held = HeldPins::hold(&root).expect("hold");
+        let held = HeldPins::hold_except(&root, &[]).expect("hold");
         assert_eq!(held.objects(), 1);
         assert!(held.missing().is_empty());
 

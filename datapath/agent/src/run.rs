@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub sockhash_gc: Duration,
     /// Features to treat as missing whatever the kernel says (`--assume-missing`).
     pub assume_missing: Vec<Feature>,
+    /// Pod networking (`--routing`, pods/); its tc mode is resolved with the masquerade's.
+    pub pods: Option<crate::pods::PodsOptions>,
 }
 
 pub fn run(mut opts: RunOptions) -> Result<()> {
@@ -134,12 +136,21 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         Some(net) => crate::netsync::start(&opts.bpffs, net)?,
         None => None,
     };
+    let _pods = match opts.pods.take() {
+        Some(mut pods) => {
+            pods.mode = report.tc_mode().unwrap_or(TcMode::Clsact);
+            Some(crate::pods::start(&opts.bpffs, pods).context("starting pod networking")?)
+        }
+        None => None,
+    };
     // Everything is pinned now: hold it, so pins a bpffs remount takes can be made again
     // (pins.rs). The mutant that pins nothing holds nothing.
     let held = if opts.mutant == Some(Mutant::StaleCgroupProg) {
         None
     } else {
-        let held = HeldPins::hold(&opts.bpffs)
+        // Pod links come and go with pods: pods/ holds and pins them again itself.
+        let own = [crate::pods::wiring::links_dir(&opts.bpffs)];
+        let held = HeldPins::hold_except(&opts.bpffs, &own)
             .with_context(|| format!("holding the pins under {}", opts.bpffs.display()))?;
         info!(objects = held.objects(), "holding every pinned object");
         Some(held)

@@ -55,6 +55,10 @@ pub struct Status {
     pub masquerade: Option<crate::masq::MasqStatus>,
     /// The DP_FORWARD chain (iptables.rs); null when not managed here. Filled by the CLI.
     pub forward_chain: Option<crate::iptables::ChainStatus>,
+    /// Pod networking: `routing`, `gateway`, `pods`, `ipcache`, `devices` at the top
+    /// level (pods/status.rs). Filled by the CLI.
+    #[serde(flatten)]
+    pub pod_networking: crate::pods::status::PodsStatus,
     /// Socket acceleration: dp_sockhash's keys judged against the live sockets; null when
     /// dp_sockhash is not pinned.
     pub sockhash: Option<SockhashStatus>,
@@ -461,6 +465,7 @@ pub fn collect(
         problems,
         masquerade: None,
         forward_chain: None,
+        pod_networking: Default::default(),
         sockhash,
         features: None,
         pressure,

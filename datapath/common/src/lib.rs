@@ -49,6 +49,8 @@ pub const MUTATE_SOCKKEY_PORT_ORDER: u32 = 1 << 2;
 pub const MUTATE_SOCKOPS_ACTIVE_ONLY: u32 = 1 << 3;
 /// The masquerade's reply path restores the pod's address but keeps the masquerade port.
 pub const MUTATE_MASQ_REPLY_PORT_KEPT: u32 = 1 << 4;
+/// `dp_from_cont` passes ARP to the kernel instead of answering it (pods object).
+pub const MUTATE_ARP_RESPONDER_OFF: u32 = 1 << 5;
 pub const PROG_SENDMSG4: &str = "dp_sendmsg4";
 pub const PROG_RECVMSG4: &str = "dp_recvmsg4";
 pub const PROG_GETPEERNAME4: &str = "dp_getpeername4";
@@ -332,6 +334,67 @@ pub const STAT_ESTABLISHED: u32 = 6;
 /// Number of counters (`max_entries` of `dp_accel_stats`).
 pub const STAT_COUNT: u32 = 8;
 
+// ---------------------------------------------------------------------------------------
+// Pod networking (issue 18): `dp_from_cont` on every pod's host veth, `dp_from_ovl` on the
+// VXLAN device. Own object (`pods`), own pins (`<bpffs>/pods/maps/`), own layout version
+// (in `dp_pods_cfg`). Byte layouts are documented in datapath/README.md ("Pod networking").
+
+/// Version of the pod maps' layout (stored in [`PodsConfig::layout_version`]).
+pub const PODS_LAYOUT_VERSION: u32 = 1;
+
+pub const MAP_ENDPOINTS: &str = "dp_endpoints";
+pub const MAP_IPCACHE: &str = "dp_ipcache";
+pub const MAP_PODS_CFG: &str = "dp_pods_cfg";
+
+pub const PROG_FROM_CONT: &str = "dp_from_cont";
+pub const PROG_FROM_OVL: &str = "dp_from_ovl";
+
+/// [`PodsConfig::routing`] values.
+pub const ROUTING_NATIVE: u32 = 1;
+pub const ROUTING_VXLAN: u32 = 2;
+/// The VXLAN network identifier of pod traffic.
+pub const POD_VNI: u32 = 2;
+
+/// Value of `dp_endpoints` (key: the pod's IPv4 address as a `u32` in network byte order).
+/// 20 bytes, no padding: ifindex at 0, flags at 4, pod MAC at 8, host MAC at 14.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointInfo {
+    /// ifindex of the pod's host veth (`lxc...`).
+    pub ifindex: u32,
+    /// Reserved; always 0.
+    pub flags: u32,
+    /// MAC of the pod's `eth0`.
+    pub pod_mac: [u8; 6],
+    /// MAC of the host veth: what the pod resolves its gateway to.
+    pub host_mac: [u8; 6],
+}
+
+/// Value of `dp_ipcache` (key: a remote pod's IPv4 address, `u32`, network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheEntry {
+    /// The node that holds the pod (its underlay address, the tunnel endpoint), network
+    /// byte order.
+    pub node_addr: u32,
+    /// Reserved; always 0 (explicit padding to 8 bytes).
+    pub flags: u32,
+}
+
+/// Value of `dp_pods_cfg[0]`, written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodsConfig {
+    /// [`PODS_LAYOUT_VERSION`]; 0 = not configured (the programs pass everything).
+    pub layout_version: u32,
+    /// [`ROUTING_NATIVE`] or [`ROUTING_VXLAN`].
+    pub routing: u32,
+    /// ifindex of `dp_vxlan` (0 in native mode).
+    pub vxlan_ifindex: u32,
+    /// VNI of encapsulated pod traffic ([`POD_VNI`]).
+    pub vni: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -351,6 +414,9 @@ mod user {
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for AccelConfig {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for IpcacheEntry {}
+    unsafe impl aya::Pod for PodsConfig {}
 }
 
 // Compile-time checks that the sizes are what the comments say (no implicit padding).
@@ -368,4 +434,7 @@ const _: () = {
     assert!(core::mem::size_of::<NatEntry>() == 12);
     assert!(core::mem::size_of::<SockKey>() == 44);
     assert!(core::mem::size_of::<AccelConfig>() == 8 + 8 * ACCEL_MAX_CIDRS);
+    assert!(core::mem::size_of::<EndpointInfo>() == 20);
+    assert!(core::mem::size_of::<IpcacheEntry>() == 8);
+    assert!(core::mem::size_of::<PodsConfig>() == 16);
 };

@@ -6,6 +6,7 @@
 pub mod datapath;
 pub mod hold;
 pub mod kube_proxy;
+pub mod pods;
 pub mod service;
 pub mod workload;
 
@@ -22,6 +23,8 @@ pub struct Topology {
     pub pods: Vec<PodSpec>,
     /// The kernel each node asks for; a node not named boots the provider's default.
     pub kernels: std::collections::BTreeMap<String, crate::kernel::KernelSpec>,
+    /// Who wires the pods: the provider (kernel) or the agent (native, vxlan).
+    pub routing: crate::suite::Routing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -74,6 +77,8 @@ pub struct NodeNet {
     pub cluster_cidr: String,
     /// Pod host-side interfaces are named PREFIX* (`lxc`).
     pub pod_iface_prefix: String,
+    /// The agent wires the pods (routing native or vxlan); `None`: the provider did.
+    pub pod_routing: Option<pods::PodRouting>,
 }
 
 impl NodeNet {
@@ -94,6 +99,11 @@ impl NodeNet {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(
+            self.pod_routing
+                .iter()
+                .flat_map(pods::PodRouting::agent_args),
+        )
         .collect()
     }
 
@@ -175,6 +185,18 @@ pub struct Cluster {
     /// The external host, when the provider brought one up (pod-to-external,
     /// no-invalid-drops need it).
     pub external: Option<ExternalHost>,
+    /// The agent's pods (routing native or vxlan): as wired, and those deleted.
+    pub pod_net: PodNet,
+}
+
+/// Pods as the agent wired them (routing native or vxlan), and those deleted during the
+/// run; empty with kernel routing.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PodNet {
+    /// What `datapathd pod add` printed for each pod now wired, by pod name.
+    pub wired: std::collections::BTreeMap<String, pods::PodWired>,
+    /// Every pod deleted during the run, in order (a pod deleted twice is listed twice).
+    pub departed: Vec<pods::DepartedPod>,
 }
 
 impl Cluster {

@@ -19,6 +19,7 @@ pub mod map_pressure;
 pub mod node_reboot;
 pub mod noop;
 pub mod partition;
+pub mod pod_churn;
 pub mod sockmap_leak;
 
 use std::collections::BTreeMap;

@@ -40,6 +40,23 @@ impl Fault for NodeReboot {
         }
     }
 
+    /// The reboot re-creates the node's pods the provider's way (a veth and kernel routes):
+    /// with the agent wiring pods that would be a second, different wiring.
+    fn validate(
+        suite: &crate::suite::Suite,
+        _scenario: &crate::suite::Scenario,
+        _step: &FaultStep,
+    ) -> Result<(), String> {
+        if suite.topology.routing.is_kernel() {
+            Ok(())
+        } else {
+            Err(format!(
+                "it re-creates pods with kernel routes; not with topology.routing {}",
+                suite.topology.routing
+            ))
+        }
+    }
+
     fn plan(cx: &mut PlanContext<'_>, step: &FaultStep) -> Self {
         NodeReboot(NodeRebootPlan {
             node: cx.node(step),
@@ -196,6 +213,7 @@ impl NodeReboot {
                 .cloned()
                 .collect(),
             external: None,
+            pod_net: live.cluster.pod_net.clone(),
         };
         let n = live.servers.len();
         workload::start_servers(&here, &live.services, &mut live.servers, live.accelerate)

@@ -2,17 +2,86 @@
 //! with payload, and the answer names that pod: across nodes this is the cluster network
 //! and the pod CIDR routes; on one node, the node's own forwarding. One remote command
 //! per pod probes all its targets (`dp-probe connect` once per target, from the pod's
-//! netns and cgroup).
+//! netns and cgroup). With the agent's pod datapath in VXLAN mode, the probes must also be
+//! seen encapsulated: every node's `dp_vxlan` sent and received packets while they ran
+//! (`ip -s -j link` before and after); in native mode no node has a VXLAN device at all,
+//! so no pod packet left a node in UDP 8472.
 
 use dp_wire::Attempt;
 
 use super::{all_judged, merge, unknown_unless_harness, Context, Invariant, Judgement};
+use crate::observe::pods::{vxlan_devices, IpLink};
 use crate::observe::probe::{self, PodServer};
 use crate::observe::ObserveError;
 use crate::suite::InvariantName;
+use crate::suite::Routing;
 
 pub const NAME: InvariantName = InvariantName::new("pod-to-pod");
 pub struct PodToPod;
+
+/// The VXLAN devices of one node before and after the probes.
+pub struct Encap<'a> {
+    pub node: &'a str,
+    pub before: &'a [IpLink],
+    pub after: &'a [IpLink],
+}
+
+/// Pure judgement of encapsulation: `vxlan` (every node's dp_vxlan counted tx and rx
+/// packets during the probes) or native (no VXLAN device anywhere). `None` for kernel
+/// routing (nothing to prove).
+pub fn judge_encap(mode: Routing, nodes: &[Encap<'_>]) -> Option<Judgement> {
+    let mut bad = Vec::new();
+    let mut seen = Vec::new();
+    match mode {
+        Routing::Kernel => return None,
+        Routing::Native => {
+            for n in nodes {
+                for l in n.after {
+                    bad.push(format!(
+                        "{}: VXLAN device {} in native mode",
+                        n.node, l.ifname
+                    ));
+                }
+            }
+        }
+        Routing::Vxlan => {
+            for n in nodes {
+                let count = |ls: &[IpLink]| {
+                    ls.iter()
+                        .find(|l| l.ifname == "dp_vxlan")
+                        .and_then(|l| l.stats64.clone())
+                };
+                match (count(n.before), count(n.after)) {
+                    (Some(b), Some(a)) => {
+                        let (tx, rx) = (
+                            a.tx.packets.saturating_sub(b.tx.packets),
+                            a.rx.packets.saturating_sub(b.rx.packets),
+                        );
+                        if tx == 0 || rx == 0 {
+                            bad.push(format!(
+                                "{}: dp_vxlan sent {tx} and received {rx} packets during the probes",
+                                n.node
+                            ));
+                        }
+                        seen.push(format!("{} dp_vxlan +{tx} tx +{rx} rx", n.node));
+                    }
+                    _ => bad.push(format!("{}: no dp_vxlan with counters", n.node)),
+                }
+            }
+        }
+    }
+    Some(if bad.is_empty() {
+        Judgement::pass(match mode {
+            Routing::Vxlan => format!("encapsulated: {}", seen.join(", ")),
+            _ => format!(
+                "no VXLAN device on {} nodes: nothing sent in UDP 8472",
+                nodes.len()
+            ),
+        })
+    } else {
+        Judgement::fail("pod traffic not carried as the routing mode says", bad)
+    })
+}
 
 /// Pure judgement of one pod's probes.
 pub fn judge(from: &str, results: &[(PodServer, Vec<Attempt>)], expected: usize) -> Judgement {
@@ -59,6 +128,18 @@ impl Invariant for PodToPod {
 
     fn check(&self, ctx: &Context<'_>) -> Result<Judgement, ObserveError> {
         let all = probe::pod_servers(ctx.cluster, ctx.services);
+        let mode = ctx
+            .cluster
+            .nodes
+            .iter()
+            .find_map(|cn| cn.net.as_ref()?.pod_routing.as_ref().map(|r| r.mode))
+            .unwrap_or(Routing::Kernel);
+        let vxlan = || crate::cluster::in_parallel(&ctx.cluster.nodes, vxlan_devices);
+        let before = if mode.is_kernel() {
+            Vec::new()
+        } else {
+            vxlan()
+        };
         let nodes: std::collections::BTreeSet<&str> =
             ctx.cluster.pods.iter().map(|p| p.node.as_str()).collect();
         let js = std::thread::scope(|s| {
@@ -83,10 +164,39 @@ impl Invariant for PodToPod {
                 })
                 .collect::<Vec<_>>()
         });
-        let mut j = merge(&all_judged(js)?);
+        let mut js = all_judged(js)?;
+        let mut encap_line = String::new();
+        if !mode.is_kernel() {
+            let after = vxlan();
+            let mut views = Vec::new();
+            for ((cn, b), a) in ctx.cluster.nodes.iter().zip(before).zip(after) {
+                match (b, a) {
+                    (Ok(b), Ok(a)) => views.push((cn.name(), b, a)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        js.push(unknown_unless_harness(
+                            format!("{}: cannot read its VXLAN devices", cn.name()),
+                            e,
+                        )?);
+                    }
+                }
+            }
+            let encaps: Vec<Encap<'_>> = views
+                .iter()
+                .map(|(n, b, a)| Encap {
+                    node: n,
+                    before: b,
+                    after: a,
+                })
+                .collect();
+            if let Some(j) = judge_encap(mode, &encaps) {
+                encap_line = format!("; {}", j.summary);
+                js.push(j);
+            }
+        }
+        let mut j = merge(&js);
         if j.verdict == super::Verdict::Pass {
             j.summary = format!(
-                "{} pods reach {} pod servers on {} nodes with payload",
+                "{} pods reach {} pod servers on {} nodes with payload{encap_line}",
                 ctx.cluster.pods.len(),
                 all.len(),
                 nodes.len()
@@ -150,5 +260,50 @@ mod tests {
         let j = judge("c", &r, 1);
         assert_eq!(j.verdict, Verdict::Fail);
         assert!(j.evidence[0].contains("answered by web-b2 instead"));
+    }
+
+    /// Recorded: dp_vxlan's counters around three pings through it (testdata/README.md).
+    #[test]
+    fn vxlan_counters_prove_encapsulation_and_native_has_no_vxlan_device() {
+        let before: Vec<IpLink> =
+            crate::observe::bpf::parse_json(include_str!("testdata/pods/vxlan.before.json"))
+                .expect("recorded output reads");
+        let after: Vec<IpLink> =
+            crate::observe::bpf::parse_json(include_str!("testdata/pods/vxlan.after.json"))
+                .expect("recorded output reads");
+        let grew = [Encap {
+            node: "node-a",
+            before: &before,
+            after: &after,
+        }];
+        let j = judge_encap(Routing::Vxlan, &grew).expect("judged");
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert!(j.summary.contains("node-a dp_vxlan +"), "{}", j.summary);
+        let idle = [Encap {
+            node: "node-a",
+            before: &after,
+            after: &after,
+        }];
+        let j = judge_encap(Routing::Vxlan, &idle).expect("judged");
+        assert_eq!(j.verdict, Verdict::Fail);
+        assert_eq!(
+            j.evidence,
+            vec!["node-a: dp_vxlan sent 0 and received 0 packets during the probes"]
+        );
+        let j = judge_encap(Routing::Native, &grew).expect("judged");
+        assert_eq!(
+            j.evidence,
+            vec!["node-a: VXLAN device dp_vxlan in native mode"]
+        );
+        let none = [Encap {
+            node: "node-a",
+            before: &[],
+            after: &[],
+        }];
+        assert_eq!(
+            judge_encap(Routing::Native, &none).expect("judged").verdict,
+            Verdict::Pass
+        );
+        assert!(judge_encap(Routing::Kernel, &none).is_none());
     }
 }

@@ -182,6 +182,14 @@ pub trait Node: Send + Sync {
         self.write_file(remote, &data, mode)
     }
 
+    /// Records a pod sandbox (network namespace `/run/netns/<netns>`, cgroup) about to be
+    /// made on the node at run time, where the run's state must list it before it exists
+    /// (a node that shares the host: `harness clean` removes it after a killed run). A
+    /// VM's sandboxes go with the VM: nothing to record.
+    fn record_sandbox(&self, _netns: &str, _cgroup: &Path) -> Result<(), NodeError> {
+        Ok(())
+    }
+
     /// Reads a file on the node.
     fn read_file(&self, path: &Path) -> Result<Vec<u8>, NodeError>;
 

@@ -119,6 +119,27 @@ impl Node for NetnsNode {
         &self.name
     }
 
+    fn record_sandbox(&self, netns: &str, cgroup: &Path) -> Result<(), NodeError> {
+        let Some(st) = &self.state else {
+            return Ok(());
+        };
+        st.update(|s| {
+            if !s.netns.iter().any(|n| n == netns) {
+                s.netns.push(netns.to_string());
+            }
+            if !s.cgroups.iter().any(|c| c == cgroup) {
+                s.cgroups.push(cgroup.to_path_buf());
+            }
+        })
+        .map_err(|source| {
+            self.file_err(
+                "cannot record a pod sandbox in the run's state",
+                Path::new(netns),
+                source,
+            )
+        })
+    }
+
     fn run(&self, argv: &[&str], timeout: Duration) -> Result<Output, NodeError> {
         let start = Instant::now();
         let mut cmd = self.command(argv);

@@ -11,6 +11,7 @@ pub mod features;
 pub mod hold;
 pub mod host;
 pub mod iptables;
+pub mod pods;
 pub mod probe;
 pub mod reach;
 pub mod sockhash;

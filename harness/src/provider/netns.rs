@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Cleaned, Facts, Limitation, NodeFacts, Provider, ProviderError, UpRequest};
+use crate::cluster::pods::{pod_address, pod_gateway, PodRouting, CLUSTER_CIDR};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, NodeNet, Pod};
 use crate::node::netns::NetnsNode;
 use crate::state::{self, State, StateFile};
@@ -30,7 +31,6 @@ const NAME: &str = "netns";
 /// The external host's address on the underlay, and the port its server listens on.
 const EXTERNAL_ADDR: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 250);
 const EXTERNAL_PORT: u16 = 8080;
-
 pub struct NetnsProvider {
     state: Option<StateFile>,
     /// The nodes of the last `up`, for facts.
@@ -178,6 +178,7 @@ impl NetnsProvider {
         let mut nodes = Vec::new();
         let mut pods = Vec::new();
         let topo = req.topology;
+        let routed_by_kernel = topo.routing.is_kernel();
         for (i, name) in topo.nodes.iter().enumerate() {
             check()?;
             let ni = i + 1;
@@ -218,8 +219,10 @@ impl NetnsProvider {
                 ])
             };
             sysctl("net.ipv4.ip_forward")?;
+            // With the agent's pod datapath, the agent routes pods (per-pod /32 routes or
+            // VXLAN); there is no per-node pod CIDR to route.
             for (k, _) in topo.nodes.iter().enumerate() {
-                if k != i {
+                if k != i && routed_by_kernel {
                     let other = k + 1;
                     sh(&[
                         "ip",
@@ -249,6 +252,17 @@ impl NetnsProvider {
             sh(&["mount", "-t", "bpf", "bpf", &node_mount.to_string_lossy()])?;
             std::fs::create_dir_all(node_work.join("services"))
                 .map_err(io("cannot create", &node_work))?;
+            let pod_routing = (!routed_by_kernel).then(|| PodRouting {
+                mode: topo.routing,
+                gateway: pod_gateway(ni),
+                pods_dir: node_work.join("pods"),
+                ipcache_dir: node_work.join("ipcache"),
+            });
+            if let Some(r) = &pod_routing {
+                for d in [&r.pods_dir, &r.ipcache_dir] {
+                    std::fs::create_dir_all(d).map_err(io("cannot create", d))?;
+                }
+            }
             let node = NetnsNode::new(name, &netns_path).with_state(sf.clone());
             nodes.push(ClusterNode {
                 node: Arc::new(node),
@@ -261,13 +275,41 @@ impl NetnsProvider {
                 net: Some(NodeNet {
                     uplink: "eth0".into(),
                     addr: Ipv4Addr::new(172, 31, 0, ni as u8),
-                    pod_cidr: format!("10.244.{ni}.0/24"),
-                    cluster_cidr: "10.244.0.0/16".into(),
-                    pod_iface_prefix: "p".into(),
+                    pod_cidr: if routed_by_kernel {
+                        format!("10.244.{ni}.0/24")
+                    } else {
+                        CLUSTER_CIDR.into()
+                    },
+                    cluster_cidr: CLUSTER_CIDR.into(),
+                    pod_iface_prefix: if routed_by_kernel { "p" } else { "lxc" }.into(),
+                    pod_routing,
                 }),
             });
             for (j, p) in topo.pods.iter().filter(|p| &p.node == name).enumerate() {
                 check()?;
+                if !routed_by_kernel {
+                    // The runtime's part only: the agent wires the pod at deploy
+                    // (cluster::pods), from the address the pod keeps wherever it runs.
+                    let index = topo.pods.iter().position(|q| q.name == p.name).unwrap_or(0);
+                    let pns = format!("dph-{id}-{name}-{}", p.name);
+                    let pod_cg = node_cg.join(&p.name);
+                    rec(&|s| {
+                        s.netns.push(pns.clone());
+                        s.cgroups.push(pod_cg.clone());
+                    })?;
+                    sh(&["ip", "netns", "add", &pns])?;
+                    sh(&["ip", "-n", &pns, "link", "set", "lo", "up"])?;
+                    std::fs::create_dir_all(&pod_cg)
+                        .map_err(io("cannot create cgroup", &pod_cg))?;
+                    pods.push(Pod {
+                        name: p.name.clone(),
+                        node: name.clone(),
+                        ip: pod_address(index),
+                        netns: PathBuf::from(format!("/run/netns/{pns}")),
+                        cgroup: pod_cg,
+                    });
+                    continue;
+                }
                 let pj = j + 2; // .1 is the gateway
                 let pns = format!("dph-{id}-{name}-{}", p.name);
                 rec(&|s| s.netns.push(pns.clone()))?;
@@ -373,6 +415,7 @@ impl NetnsProvider {
         ])?;
         sh(&["ip", "-n", &ext, "link", "set", "eth0", "up"])?;
         Ok(Cluster {
+            pod_net: Default::default(),
             nodes,
             pods,
             external: Some(ExternalHost {

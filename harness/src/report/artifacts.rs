@@ -341,6 +341,14 @@ impl Consumer for Collector {
         collect(live, &dir);
         Some(dir)
     }
+
+    fn scenario_ending(&mut self, scenario: &str, iteration: u32, live: &Live) -> Option<PathBuf> {
+        let dir = self
+            .run_dir
+            .join("pods")
+            .join(format!("{scenario}-{iteration}"));
+        super::pods::write(&live.cluster, &dir).then_some(dir)
+    }
 }
 
 #[cfg(test)]

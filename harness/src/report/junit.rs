@@ -55,6 +55,7 @@ pub fn build(
         Property::new("seed", plan.seed.to_string()),
         Property::new("provider", plan.provider.clone()),
         Property::new("kernel", facts.kernel.clone()),
+        Property::new("routing", plan.routing.to_string()),
     ]);
     for n in &facts.nodes {
         suite.add_property(Property::new(

@@ -5,4 +5,5 @@ pub mod artifacts;
 pub mod github;
 pub mod history;
 pub mod junit;
+pub mod pods;
 pub mod progress;

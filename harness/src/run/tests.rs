@@ -93,6 +93,7 @@ impl Provider for FakeProvider {
             nodes,
             pods: Vec::new(),
             external: None,
+            pod_net: Default::default(),
         })
     }
     fn down(&mut self) -> Result<(), ProviderError> {

@@ -19,7 +19,7 @@ pub use must_catch::{MustCatch, KNOWN_MUTANTS};
 pub use scenario::Scenario;
 pub use service::{Protocol, ServiceSpec};
 pub use step::{FaultName, FaultStep, InvariantName, Needs, Step};
-pub use topology::{NodeSpec, TopologySpec};
+pub use topology::{NodeSpec, Routing, TopologySpec};
 
 /// A whole suite file.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]

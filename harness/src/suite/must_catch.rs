@@ -23,6 +23,9 @@ pub const KNOWN_MUTANTS: &[&str] = &[
     "bpffs-lost-pins-ignored",
     "map-pressure-flush",
     "upgrade-recreates-maps",
+    "arp-responder-off",
+    "ipcache-stale-on-move",
+    "endpoint-kept-on-delete",
 ];
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]

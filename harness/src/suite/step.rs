@@ -67,6 +67,9 @@ pub struct Needs {
     /// A fault step earlier in the scenario that sets `recover-within-s` (the bound the
     /// invariant judges the recovery after its heal against).
     pub recovery_bound: bool,
+    /// The agent wires pods (`topology.routing` native or vxlan); a scenario of a suite
+    /// with kernel routing is skipped with the reason.
+    pub pod_routing: bool,
 }
 
 /// A fault's name as suites write it. Which names exist is the fault registry's

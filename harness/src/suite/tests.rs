@@ -361,3 +361,34 @@ fn recovers_within_needs_a_bounded_fault_step_before_it() {
     )
     .expect("a bounded fault step before the check");
 }
+
+#[test]
+fn routing_defaults_to_kernel_and_a_wrong_one_is_located() {
+    let s = Suite::parse(Path::new("t.yaml"), GOOD, &Registry).expect("parses");
+    assert_eq!(s.topology.routing, Routing::Kernel);
+    let vx = GOOD.replace("topology:\n", "topology:\n  routing: vxlan\n");
+    let s = Suite::parse(Path::new("t.yaml"), &vx, &Registry).expect("parses");
+    assert_eq!(s.topology.routing, Routing::Vxlan);
+    let e = err(&GOOD.replace("topology:\n", "topology:\n  routing: ipip\n"));
+    assert!(
+        e.starts_with("t.yaml:3:12: at `topology.routing`: unknown variant `ipip`"),
+        "{e}"
+    );
+    assert!(e.contains("routing optional: kernel"), "{e}");
+}
+
+#[test]
+fn node_reboot_is_refused_where_the_agent_wires_pods() {
+    let text = GOOD
+        .replace("topology:\n", "topology:\n  routing: native\n")
+        .replace(
+            "      - check:\n",
+            "      - fault:\n          name: node-reboot\n      - check:\n",
+        );
+    let e = err(&text);
+    assert!(
+        e.contains("at `scenarios[0].steps[1].fault.name`")
+            && e.contains("fault node-reboot: it re-creates pods with kernel routes; not with topology.routing native"),
+        "{e}"
+    );
+}

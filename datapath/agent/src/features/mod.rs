@@ -172,6 +172,8 @@ pub enum Helper {
     L3CsumReplace,
     L4CsumReplace,
     RedirectNeigh,
+    Redirect,
+    SkbSetTunnelKey,
 }
 
 impl Helper {
@@ -190,6 +192,8 @@ impl Helper {
             Helper::L3CsumReplace => "bpf_l3_csum_replace",
             Helper::L4CsumReplace => "bpf_l4_csum_replace",
             Helper::RedirectNeigh => "bpf_redirect_neigh",
+            Helper::Redirect => "bpf_redirect",
+            Helper::SkbSetTunnelKey => "bpf_skb_set_tunnel_key",
         }
     }
 
@@ -203,6 +207,8 @@ impl Helper {
             Helper::SkbStoreBytes => 9,
             Helper::L3CsumReplace => 10,
             Helper::L4CsumReplace => 11,
+            Helper::SkbSetTunnelKey => 21,
+            Helper::Redirect => 23,
             Helper::SkbLoadBytes => 26,
             Helper::GetSocketCookie => 46,
             Helper::SockHashUpdate => 70,
@@ -214,7 +220,7 @@ impl Helper {
 }
 
 /// Which program type calls which helper, and the first release that allows the pair.
-pub const HELPERS_USED: [(ProgType, Helper, &str); 18] = [
+pub const HELPERS_USED: [(ProgType, Helper, &str); 20] = [
     (ProgType::CgroupSockAddr, Helper::MapLookupElem, "4.17"),
     (ProgType::CgroupSockAddr, Helper::MapUpdateElem, "4.17"),
     (ProgType::CgroupSockAddr, Helper::GetPrandomU32, "4.17"),
@@ -233,6 +239,9 @@ pub const HELPERS_USED: [(ProgType, Helper, &str); 18] = [
     (ProgType::SchedCls, Helper::L3CsumReplace, "4.1"),
     (ProgType::SchedCls, Helper::L4CsumReplace, "4.1"),
     (ProgType::SchedCls, Helper::RedirectNeigh, "5.10"),
+    // Pod networking (pods object): local redirect, ARP reply, VXLAN encapsulation.
+    (ProgType::SchedCls, Helper::Redirect, "4.4"),
+    (ProgType::SchedCls, Helper::SkbSetTunnelKey, "4.3"),
 ];
 
 /// One kernel feature the datapath uses.
@@ -339,6 +348,9 @@ impl Feature {
             }
             Feature::Helper(ProgType::CgroupSockAddr, _) => "socket-LB",
             Feature::Helper(ProgType::SockOps | ProgType::SkMsg, _) => "socket acceleration",
+            Feature::Helper(ProgType::SchedCls, Helper::Redirect | Helper::SkbSetTunnelKey) => {
+                "pod networking (--routing): local redirect, ARP replies, VXLAN encapsulation"
+            }
             Feature::Helper(ProgType::SchedCls, _) => "masquerade",
             Feature::BtfVmlinux => "nothing required (our objects carry no CO-RE relocations)",
         }

@@ -207,7 +207,11 @@ fn helper_table_matches_the_objects() {
     use std::collections::BTreeSet;
     let is_call = |i: &aya_obj::generated::bpf_insn| i.code == 0x85 && i.src_reg() == 0;
     let mut found = BTreeSet::new();
-    for bytes in [crate::ebpf_object::OBJECT, crate::masq::OBJECT] {
+    for bytes in [
+        crate::ebpf_object::OBJECT,
+        crate::masq::OBJECT,
+        crate::pods::OBJECT,
+    ] {
         if bytes.is_empty() {
             eprintln!("SKIPPED helper_table_matches_the_objects: built with AYA_BUILD_SKIP=1");
             return;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::node::SshNode;
 use super::{clean_leftovers, KernelSpec, NodeImage, QemuCluster, QemuConfig, QemuError};
+use crate::cluster::pods::{self, pod_address, pod_gateway, PodRouting, CLUSTER_CIDR};
 use crate::cluster::{Cluster, ClusterNode, ExternalHost, HostServer, NodeNet, Pod, Topology};
 use crate::node::Node;
 use crate::provider::{Cleaned, Facts, Limitation, NodeFacts, Provider, ProviderError, UpRequest};
@@ -147,18 +148,33 @@ impl Provider for QemuProvider {
         cluster
             .start_helpers(&req.binaries.dp_remote)
             .map_err(|e| provider_error(e, "starting the nodes' dp-remote helpers"))?;
-        cluster
-            .install_pod_routes()
-            .map_err(|e| provider_error(e, "routing the pod CIDRs"))?;
+        let routed_by_kernel = req.topology.routing.is_kernel();
+        // With the agent's pod datapath the agent routes pods; no per-node pod CIDR.
+        if routed_by_kernel {
+            cluster
+                .install_pod_routes()
+                .map_err(|e| provider_error(e, "routing the pod CIDRs"))?;
+        }
 
         let mut nodes = Vec::new();
         for vm in cluster.nodes() {
+            let pod_routing = (!routed_by_kernel).then(|| PodRouting {
+                mode: req.topology.routing,
+                gateway: pod_gateway(vm.index + 1),
+                pods_dir: PathBuf::from(format!("{NODE_STATE}/pods")),
+                ipcache_dir: PathBuf::from(format!("{NODE_STATE}/ipcache")),
+            });
             let net = NodeNet {
                 uplink: "eth0".into(),
                 addr: vm.cluster_ip,
-                pod_cidr: vm.pod_cidr.clone(),
-                cluster_cidr: "10.244.0.0/16".into(),
+                pod_cidr: if routed_by_kernel {
+                    vm.pod_cidr.clone()
+                } else {
+                    CLUSTER_CIDR.into()
+                },
+                cluster_cidr: CLUSTER_CIDR.into(),
                 pod_iface_prefix: "lxc".into(),
+                pod_routing: pod_routing.clone(),
             };
             let node: Arc<dyn Node> = Arc::new(SshNode::new(&vm.name, vm.ssh_slot()));
             let services_dir = PathBuf::from(format!("{NODE_STATE}/services"));
@@ -169,6 +185,8 @@ impl Provider for QemuProvider {
                     "-p",
                     &services_dir.to_string_lossy(),
                     &work_dir.to_string_lossy(),
+                    &format!("{NODE_STATE}/pods"),
+                    &format!("{NODE_STATE}/ipcache"),
                     PODS_CGROUP,
                 ],
                 Duration::from_secs(30),
@@ -212,11 +230,34 @@ impl Provider for QemuProvider {
             });
         }
         let cluster = &*cluster;
+        if !routed_by_kernel {
+            // The runtime's part only (a network namespace and a cgroup per pod); the agent
+            // wires them at deploy (cluster::pods), each from the address it keeps
+            // wherever it runs.
+            for (i, p) in pods.iter_mut().enumerate() {
+                p.ip = pod_address(i);
+            }
+            let made = crate::cluster::in_parallel(&pods, |p| -> Result<(), ProviderError> {
+                let cn = nodes.iter().find(|n| n.name() == p.node).ok_or_else(|| {
+                    ProviderError::Other {
+                        provider: NAME,
+                        what: format!("pod {} on an unknown node {}", p.name, p.node),
+                        source: None,
+                    }
+                })?;
+                pods::create_sandbox(cn, p).map_err(|e| ProviderError::Other {
+                    provider: NAME,
+                    what: format!("creating the sandbox of pod {}", p.name),
+                    source: Some(Box::new(e)),
+                })
+            });
+            made.into_iter().collect::<Result<Vec<()>, _>>()?;
+        }
         let made = crate::cluster::in_parallel(cluster.nodes(), |vm| {
             let mine: Vec<(&str, u8, &Path)> = pods
                 .iter()
                 .zip(&hosts)
-                .filter(|(p, _)| p.node == vm.name)
+                .filter(|(p, _)| routed_by_kernel && p.node == vm.name)
                 .map(|(p, h)| (p.name.as_str(), *h, p.cgroup.as_path()))
                 .collect();
             (vm.name.clone(), cluster.add_pods(&vm.name, &mine))
@@ -225,7 +266,10 @@ impl Provider for QemuProvider {
             let ips =
                 ips.map_err(|e| provider_error(e, &format!("creating the pods of {node}")))?;
             let mut ips = ips.into_iter();
-            for p in pods.iter_mut().filter(|p| p.node == node) {
+            for p in pods
+                .iter_mut()
+                .filter(|p| routed_by_kernel && p.node == node)
+            {
                 p.ip = ips.next().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
             }
         }
@@ -267,6 +311,7 @@ impl Provider for QemuProvider {
             _ => None,
         };
         Ok(Cluster {
+            pod_net: Default::default(),
             nodes,
             pods,
             external,

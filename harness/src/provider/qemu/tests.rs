@@ -384,6 +384,7 @@ fn the_provider_brings_up_vm_nodes_with_pods_and_takes_them_down() {
             },
         ],
         kernels: Default::default(),
+        routing: Default::default(),
     };
     // Any binaries do, in one directory as cargo puts them (the guests see it through
     // the binaries share, wherever it is: this one is under /tmp, hidden from them).

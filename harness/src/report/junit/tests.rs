@@ -16,6 +16,7 @@ fn plan() -> Plan {
         provider: "netns".into(),
         mutant: Some("stale-cgroup-prog".into()),
         repeat: None,
+        routing: crate::suite::Routing::Vxlan,
         kernels: Default::default(),
         kernel_args: Vec::new(),
         junit_properties: Vec::new(),
@@ -138,6 +139,10 @@ fn junit_shape() {
     let x = xml();
     assert!(x.contains(r#"<property name="seed" value="5"/>"#), "{x}");
     assert!(x.contains(r#"<property name="datapath-variant" value="stale-cgroup-prog"/>"#));
+    assert!(
+        x.contains(r#"<property name="routing" value="vxlan"/>"#),
+        "{x}"
+    );
     assert!(x.contains(r#"<testcase name="restart::one-program-per-hook""#));
     assert!(
         x.contains("<rerunFailure"),
