@@ -174,6 +174,7 @@ pub enum Helper {
     RedirectNeigh,
     Redirect,
     SkbSetTunnelKey,
+    KtimeGetNs,
 }
 
 impl Helper {
@@ -194,6 +195,7 @@ impl Helper {
             Helper::RedirectNeigh => "bpf_redirect_neigh",
             Helper::Redirect => "bpf_redirect",
             Helper::SkbSetTunnelKey => "bpf_skb_set_tunnel_key",
+            Helper::KtimeGetNs => "bpf_ktime_get_ns",
         }
     }
 
@@ -203,6 +205,7 @@ impl Helper {
             Helper::MapLookupElem => 1,
             Helper::MapUpdateElem => 2,
             Helper::MapDeleteElem => 3,
+            Helper::KtimeGetNs => 5,
             Helper::GetPrandomU32 => 7,
             Helper::SkbStoreBytes => 9,
             Helper::L3CsumReplace => 10,
@@ -220,7 +223,7 @@ impl Helper {
 }
 
 /// Which program type calls which helper, and the first release that allows the pair.
-pub const HELPERS_USED: [(ProgType, Helper, &str); 20] = [
+pub const HELPERS_USED: [(ProgType, Helper, &str); 21] = [
     (ProgType::CgroupSockAddr, Helper::MapLookupElem, "4.17"),
     (ProgType::CgroupSockAddr, Helper::MapUpdateElem, "4.17"),
     (ProgType::CgroupSockAddr, Helper::GetPrandomU32, "4.17"),
@@ -239,6 +242,8 @@ pub const HELPERS_USED: [(ProgType, Helper, &str); 20] = [
     (ProgType::SchedCls, Helper::L3CsumReplace, "4.1"),
     (ProgType::SchedCls, Helper::L4CsumReplace, "4.1"),
     (ProgType::SchedCls, Helper::RedirectNeigh, "5.10"),
+    // The masquerade's layout-2 NAT entries record when they were made.
+    (ProgType::SchedCls, Helper::KtimeGetNs, "4.1"),
     // Pod networking (pods object): local redirect, ARP reply, VXLAN encapsulation.
     (ProgType::SchedCls, Helper::Redirect, "4.4"),
     (ProgType::SchedCls, Helper::SkbSetTunnelKey, "4.3"),
