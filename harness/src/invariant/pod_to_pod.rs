@@ -22,12 +22,16 @@ pub struct PodToPod;
 /// The VXLAN devices of one node before and after the probes.
 pub struct Encap<'a> {
     pub node: &'a str,
+    /// Pods on this node probed, or were probed from, pods on another node: its dp_vxlan
+    /// must have carried packets. A node without pods (pod-churn can empty one) has
+    /// nothing to carry.
+    pub carries: bool,
     pub before: &'a [IpLink],
     pub after: &'a [IpLink],
 }
 
-/// Pure judgement of encapsulation: `vxlan` (every node's dp_vxlan counted tx and rx
-/// packets during the probes) or native (no VXLAN device anywhere). `None` for kernel
+/// Pure judgement of encapsulation: `vxlan` (every node with cross-node pod traffic
+/// counted tx and rx packets on dp_vxlan during the probes) or native (no VXLAN device anywhere). `None` for kernel
 /// routing (nothing to prove).
 pub fn judge_encap(mode: Routing, nodes: &[Encap<'_>]) -> Option<Judgement> {
     let mut bad = Vec::new();
@@ -57,6 +61,10 @@ pub fn judge_encap(mode: Routing, nodes: &[Encap<'_>]) -> Option<Judgement> {
                             a.tx.packets.saturating_sub(b.tx.packets),
                             a.rx.packets.saturating_sub(b.rx.packets),
                         );
+                        if !n.carries {
+                            seen.push(format!("{} (no pods) dp_vxlan +{tx} tx +{rx} rx", n.node));
+                            continue;
+                        }
                         if tx == 0 || rx == 0 {
                             bad.push(format!(
                                 "{}: dp_vxlan sent {tx} and received {rx} packets during the probes",
@@ -142,6 +150,9 @@ impl Invariant for PodToPod {
         };
         let nodes: std::collections::BTreeSet<&str> =
             ctx.cluster.pods.iter().map(|p| p.node.as_str()).collect();
+        // Every pod probes every other pod's server: a node carries cross-node traffic when
+        // it hosts a pod and another node hosts one too.
+        let carries = |node: &str| nodes.contains(node) && nodes.len() > 1;
         let js = std::thread::scope(|s| {
             let handles: Vec<_> = ctx
                 .cluster
@@ -184,6 +195,7 @@ impl Invariant for PodToPod {
                 .iter()
                 .map(|(n, b, a)| Encap {
                     node: n,
+                    carries: carries(n),
                     before: b,
                     after: a,
                 })
@@ -273,6 +285,7 @@ mod tests {
                 .expect("recorded output reads");
         let grew = [Encap {
             node: "node-a",
+            carries: true,
             before: &before,
             after: &after,
         }];
@@ -281,6 +294,7 @@ mod tests {
         assert!(j.summary.contains("node-a dp_vxlan +"), "{}", j.summary);
         let idle = [Encap {
             node: "node-a",
+            carries: true,
             before: &after,
             after: &after,
         }];
@@ -290,6 +304,16 @@ mod tests {
             j.evidence,
             vec!["node-a: dp_vxlan sent 0 and received 0 packets during the probes"]
         );
+        // A node pod-churn emptied carries nothing: idle is right there.
+        let emptied = [Encap {
+            node: "node-c",
+            carries: false,
+            before: &after,
+            after: &after,
+        }];
+        let j = judge_encap(Routing::Vxlan, &emptied).expect("judged");
+        assert_eq!(j.verdict, Verdict::Pass, "{j:?}");
+        assert!(j.summary.contains("node-c (no pods)"), "{}", j.summary);
         let j = judge_encap(Routing::Native, &grew).expect("judged");
         assert_eq!(
             j.evidence,
@@ -297,6 +321,7 @@ mod tests {
         );
         let none = [Encap {
             node: "node-a",
+            carries: true,
             before: &[],
             after: &[],
         }];
