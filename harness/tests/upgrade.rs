@@ -1,6 +1,9 @@
-//! The agent-upgrade fault interrupted: a SIGINT while the fault replaces a node's agent
-//! (between its stop, its start at the other layout, the dwell and the way back) ends the
-//! run with 130, after it tore the cluster down, leaving nothing of the run on the host.
+//! The agent-upgrade fault on the netns provider: `harness mutate upgrade` passes the
+//! correct datapath (held connections survive both migrations) and catches
+//! upgrade-recreates-maps by conn-disrupt, whose JUnit names the pod -> external
+//! connections that broke; and a SIGINT while the fault replaces a node's agent (between
+//! its stop, its start at the other layout, the dwell and the way back) ends the run with
+//! 130, after it tore the cluster down, leaving nothing of the run on the host.
 
 mod common;
 
@@ -13,6 +16,25 @@ fn harness() -> PathBuf {
 
 fn suite_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../suites/upgrade.yaml")
+}
+
+#[test]
+fn mutate_upgrade_catches_recreated_maps_by_the_connections_that_broke() {
+    use harness::invariant::conn_disrupt::NAME as ConnDisrupt;
+    if common::skip_unless_root("netns clusters (namespaces, cgroups, bpf, iptables)") {
+        return;
+    }
+    let _l = common::lock();
+    let dir = tempfile::tempdir().expect("temp dir");
+    const SEED: u64 = 5;
+    let report = common::mutate("upgrade", SEED, dir.path());
+    common::assert_caught_exactly(&report, SEED, &[("upgrade-recreates-maps", &[ConnDisrupt])]);
+    let junit = common::row_junit(&report, "upgrade-recreates-maps", SEED);
+    assert!(
+        junit.contains("held connections broke")
+            && junit.contains("host external 172.31.0.250:8080"),
+        "conn-disrupt names the broken pod -> external connections: {junit}"
+    );
 }
 
 #[test]
