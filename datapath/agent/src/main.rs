@@ -29,6 +29,7 @@ mod services;
 mod sockgc;
 mod status;
 mod sys;
+mod tc_attach;
 
 use std::{io::IsTerminal as _, process::ExitCode};
 

@@ -24,17 +24,12 @@ use std::{
     ffi::CString,
     fmt,
     net::Ipv4Addr,
-    os::fd::AsFd,
     path::{Path, PathBuf},
     str::FromStr,
 };
 
 use aya::{
-    programs::{
-        links::FdLink,
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-        LinkOrder, SchedClassifier, TcAttachType,
-    },
+    programs::{tc, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
@@ -48,7 +43,7 @@ use crate::{
     layout,
     maps::{BpfMap, MapError},
     masq_migrate::{self, MigrateError, NAT_MAPS},
-    sys::{self, Obj, SysError},
+    tc_attach::{self, TcAttachError},
 };
 
 /// The masquerade object built by build.rs (the eBPF crate's `masq` bin); empty with
@@ -97,26 +92,8 @@ pub enum MasqError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("{what} ({program})")]
-    Link {
-        what: &'static str,
-        program: &'static str,
-        #[source]
-        source: SysError,
-    },
-    #[error("pinning the {program} link at {path}")]
-    PinLink {
-        program: &'static str,
-        path: String,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    #[error("adding the clsact qdisc to {uplink}")]
-    Qdisc {
-        uplink: String,
-        #[source]
-        source: tc::TcError,
-    },
+    #[error(transparent)]
+    Tc(#[from] TcAttachError),
     #[error(transparent)]
     Map(#[from] MapError),
     #[error(transparent)]
@@ -404,14 +381,19 @@ pub fn start(bpffs: &Path, opts: &MasqOptions) -> Result<Masq, MasqError> {
             program: name,
             source,
         })?;
+        let hook = tc_attach::Hook {
+            device: &opts.uplink,
+            direction: attach_type,
+            program: name,
+        };
         match mode {
             TcMode::Clsact => {
-                attach_clsact(prog, &opts.uplink, attach_type, name)?;
+                tc_attach::attach_clsact(prog, &hook, TC_PRIORITY, TC_HANDLE)?;
                 // A tcx link of ours from an earlier run (other mode) goes now.
                 drop_tcx_pin(bpffs, dir_name)?;
             }
             _ => {
-                attach_tcx(prog, bpffs, &opts.uplink, attach_type, dir_name, name)?;
+                tc_attach::attach_tcx(prog, &hook, &link_pin(bpffs, dir_name))?;
                 // clsact filters of ours from an earlier run go now (none: NotFound).
                 detach_clsact(&opts.uplink, attach_type, name);
             }
@@ -484,173 +466,6 @@ fn prepare_pins(bpffs: &Path, max: u32) -> Result<(), MasqError> {
     Ok(())
 }
 
-fn attach_tcx(
-    prog: &mut SchedClassifier,
-    bpffs: &Path,
-    uplink: &str,
-    attach_type: TcAttachType,
-    dir_name: &str,
-    name: &'static str,
-) -> Result<(), MasqError> {
-    let pin = link_pin(bpffs, dir_name);
-    let link_err = |what| {
-        move |source| MasqError::Link {
-            what,
-            program: name,
-            source,
-        }
-    };
-    if pin.symlink_metadata().is_ok() {
-        // Ours if the pinned link's program is attached to this uplink in this direction.
-        let on_uplink: Vec<u32> = SchedClassifier::query_tcx(uplink, attach_type)
-            .map(|(_, progs)| progs.iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        let current = sys::obj_get(&pin).and_then(|fd| sys::link_info(fd.as_fd()).map(|i| (fd, i)));
-        match current {
-            Ok((fd, info)) if on_uplink.contains(&info.prog_id) => {
-                let old = sys::fd_by_id(Obj::Prog, info.prog_id)
-                    .map_err(link_err("opening the link's current program"))?;
-                let new = prog.fd().map_err(|source| MasqError::Program {
-                    what: "program fd",
-                    program: name,
-                    source,
-                })?;
-                sys::link_update(fd.as_fd(), new.as_fd(), old.as_fd())
-                    .map_err(link_err("updating the pinned tcx link"))?;
-                info!(
-                    program = name,
-                    link_id = info.id,
-                    old_prog = info.prog_id,
-                    "updated pinned tcx link"
-                );
-                return Ok(());
-            }
-            Ok((fd, info)) => {
-                warn!(
-                    program = name,
-                    link_id = info.id,
-                    "pinned tcx link is not on {uplink}; replacing it"
-                );
-                let _ = sys::link_detach(fd.as_fd());
-            }
-            Err(e) => warn!(
-                program = name,
-                "pinned tcx link unusable ({e}); replacing it"
-            ),
-        }
-        layout::unpin(&pin).map_err(|source| MasqError::Unpin {
-            path: pin.display().to_string(),
-            source,
-        })?;
-    }
-    let prog_err = |what| {
-        move |source| MasqError::Program {
-            what,
-            program: name,
-            source,
-        }
-    };
-    let id = prog
-        .attach_with_options(
-            uplink,
-            attach_type,
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        )
-        .map_err(prog_err("attaching with tcx"))?;
-    let link = prog
-        .take_link(id)
-        .map_err(prog_err("taking the tcx link"))?;
-    let link: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| MasqError::Link {
-            what: "the tcx attachment is not a bpf_link",
-            program: name,
-            source: SysError {
-                call: "tcx link",
-                io_error: std::io::Error::other(e.to_string()),
-            },
-        })?;
-    link.pin(&pin).map_err(|source| MasqError::PinLink {
-        program: name,
-        path: pin.display().to_string(),
-        source,
-    })?;
-    info!(program = name, pin = %pin.display(), "attached and pinned a tcx link");
-    Ok(())
-}
-
-fn attach_clsact(
-    prog: &mut SchedClassifier,
-    uplink: &str,
-    attach_type: TcAttachType,
-    name: &'static str,
-) -> Result<(), MasqError> {
-    match tc::qdisc_add_clsact(uplink) {
-        Ok(()) => {}
-        Err(tc::TcError::AlreadyAttached) => {}
-        // An earlier run (or someone else) added it: EEXIST somewhere in the chain.
-        Err(e) if is_eexist(&e) => {}
-        Err(source) => {
-            return Err(MasqError::Qdisc {
-                uplink: uplink.to_string(),
-                source,
-            })
-        }
-    }
-    let prog_err = |what| {
-        move |source| MasqError::Program {
-            what,
-            program: name,
-            source,
-        }
-    };
-    let handle = TcHandle::from(TC_HANDLE);
-    // Replace our filter in place if an earlier run left it (atomic for the traffic)...
-    let replaced = SchedClassifierLink::attached(uplink, attach_type, TC_PRIORITY, handle, None)
-        .ok()
-        .and_then(|old| prog.attach_to_link(old).ok());
-    let id = match replaced {
-        Some(id) => {
-            info!(program = name, "replaced the clsact filter in place");
-            id
-        }
-        // ... or create it.
-        None => prog
-            .attach_with_options(
-                uplink,
-                attach_type,
-                TcAttachOptions::Netlink(NlOptions {
-                    priority: TC_PRIORITY,
-                    handle,
-                    classid: None,
-                }),
-            )
-            .map_err(prog_err("attaching a clsact filter"))?,
-    };
-    // The filter must outlive the agent: take the link out of the program and forget it
-    // (dropping it would delete the filter). `cleanup` removes it by name.
-    let link = prog
-        .take_link(id)
-        .map_err(prog_err("taking the clsact link"))?;
-    std::mem::forget(link);
-    Ok(())
-}
-
-fn is_eexist(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::EEXIST))
-            || err.to_string().contains("File exists")
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 /// Remove clsact filters named `name` from `uplink`; returns how many kinds were removed
 /// (0 or 1). Missing qdisc or filter: nothing to do.
 fn detach_clsact(uplink: &str, attach_type: TcAttachType, name: &str) -> usize {
@@ -664,17 +479,7 @@ fn detach_clsact(uplink: &str, attach_type: TcAttachType, name: &str) -> usize {
 }
 
 fn drop_tcx_pin(bpffs: &Path, dir_name: &str) -> Result<bool, MasqError> {
-    let pin = link_pin(bpffs, dir_name);
-    if pin.symlink_metadata().is_err() {
-        return Ok(false);
-    }
-    if let Ok(fd) = sys::obj_get(&pin) {
-        let _ = sys::link_detach(fd.as_fd());
-    }
-    layout::unpin(&pin).map_err(|source| MasqError::Unpin {
-        path: pin.display().to_string(),
-        source,
-    })
+    Ok(tc_attach::drop_tcx_pin(&link_pin(bpffs, dir_name))?)
 }
 
 /// `/32` routes through `<prefix>*` interfaces: pod address -> interface name.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
+use super::{Fault, FaultError, FaultRecord, PlanContext, Site, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::live::Live;
 use crate::node::Exit;
@@ -149,31 +149,13 @@ impl AgentRestartMidAttach {
     fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError> {
         let p = &self.0;
         let node = p.node.clone();
-        let nerr = |what: &str| {
-            let node = node.clone();
-            let what = what.to_string();
-            move |source| FaultError::Node {
-                fault: NAME,
-                node,
-                what,
-                source: Box::new(source),
-            }
-        };
-        let not = |what: String| FaultError::NotProved {
-            fault: NAME,
-            node: node.clone(),
-            what,
-        };
-        let cn = live
-            .cluster
-            .node(&node)
-            .cloned()
-            .ok_or_else(|| not("no such node".into()))?;
+        let site = Site::new(NAME, &node);
+        let cn = site.cluster_node(live)?;
         let idx = live
             .agents
             .iter()
             .position(|a| a.node == node)
-            .ok_or_else(|| not("no agent deployed".into()))?;
+            .ok_or_else(|| site.not_proved("no agent deployed"))?;
         let mut rec = FaultRecord::default();
 
         // 1. SIGKILL the running agent at a planned moment.
@@ -183,9 +165,9 @@ impl AgentRestartMidAttach {
         let pid = live.agents[idx].pid();
         let exit = live.agents[idx]
             .kill(libc::SIGKILL)
-            .map_err(nerr("SIGKILL the agent"))?;
+            .map_err(site.node_error("SIGKILL the agent"))?;
         if exit != Some(Exit::Signal(libc::SIGKILL)) {
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "agent pid {pid:?} did not die by SIGKILL: {exit:?}"
             )));
         }
@@ -198,7 +180,7 @@ impl AgentRestartMidAttach {
 
         // 2. Change the services while it is down.
         live.set_backends(&p.service_change.service, &p.service_change.backends)
-            .map_err(nerr("write services"))?;
+            .map_err(site.node_error("write services"))?;
         rec.proof.push(format!(
             "service {} now has backends [{}] (written while the agent was down)",
             p.service_change.service,
@@ -208,11 +190,11 @@ impl AgentRestartMidAttach {
         // 3. Start at the failpoint: it must abort there.
         live.agents[idx]
             .start(&cn, Some(&p.failpoint))
-            .map_err(nerr("start at failpoint"))?;
+            .map_err(site.node_error("start at failpoint"))?;
         let stderr = live.agents[idx].current.as_ref().map(|r| r.stderr.clone());
         let exit = live.agents[idx]
             .wait_exit(Duration::from_secs(30))
-            .map_err(nerr("wait for failpoint"))?;
+            .map_err(site.node_error("wait for failpoint"))?;
         let log = stderr
             .and_then(|f| cn.node.read_file(&f).ok())
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -220,7 +202,7 @@ impl AgentRestartMidAttach {
         let line = format!("datapathd: failpoint {}: aborting", p.failpoint);
         if exit != Some(Exit::Signal(libc::SIGABRT)) || !log.contains(&line) {
             let _ = live.agents[idx].kill(libc::SIGKILL);
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "start with --failpoint {} ended with {exit:?}, log has `{line}`: {}",
                 p.failpoint,
                 log.contains(&line)
@@ -233,7 +215,9 @@ impl AgentRestartMidAttach {
         ));
 
         // 4. Start and SIGKILL it a few ms in (mid-attach, or just after).
-        live.agents[idx].start(&cn, None).map_err(nerr("start"))?;
+        live.agents[idx]
+            .start(&cn, None)
+            .map_err(site.node_error("start"))?;
         if !live
             .cancel
             .sleep(Duration::from_millis(p.start_kill_after_ms))
@@ -243,7 +227,7 @@ impl AgentRestartMidAttach {
         let out = live.agents[idx].current.as_ref().map(|r| r.stdout.clone());
         let exit = live.agents[idx]
             .kill(libc::SIGKILL)
-            .map_err(nerr("SIGKILL mid-start"))?;
+            .map_err(site.node_error("SIGKILL mid-start"))?;
         let was_ready = out
             .and_then(|f| cn.node.read_file(&f).ok())
             .is_some_and(|b| {
@@ -268,14 +252,14 @@ impl AgentRestartMidAttach {
         // 5. Start for good.
         live.agents[idx]
             .start(&cn, None)
-            .map_err(nerr("final start"))?;
+            .map_err(site.node_error("final start"))?;
         match live.agents[idx]
             .wait_ready(&cn, READY_TIMEOUT)
-            .map_err(nerr("wait ready"))?
+            .map_err(site.node_error("wait ready"))?
         {
             None => rec.proof.push("agent restarted and ready".into()),
             Some(e) => {
-                return Err(not(format!(
+                return Err(site.not_proved(format!(
                     "the final start ended with {e} before it was ready"
                 )))
             }

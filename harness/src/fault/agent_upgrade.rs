@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
+use super::{Fault, FaultError, FaultRecord, PlanContext, Site, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::cluster::ClusterNode;
 use crate::live::Live;
@@ -106,16 +106,8 @@ fn with_layout(args: &[String], layout: u32) -> Vec<String> {
 impl AgentUpgrade {
     fn inject(&self, live: &mut Live) -> Result<FaultRecord, FaultError> {
         let node = self.node.clone();
-        let not = |what: String| FaultError::NotProved {
-            fault: NAME,
-            node: node.clone(),
-            what,
-        };
-        let cn = live
-            .cluster
-            .node(&node)
-            .cloned()
-            .ok_or_else(|| not("no such node".into()))?;
+        let site = Site::new(NAME, &node);
+        let cn = site.cluster_node(live)?;
         if cn.net.is_none() {
             return Err(FaultError::Unsupported {
                 fault: NAME,
@@ -126,7 +118,7 @@ impl AgentUpgrade {
             .agents
             .iter()
             .position(|a| a.node == node)
-            .ok_or_else(|| not("no agent deployed".into()))?;
+            .ok_or_else(|| site.not_proved("no agent deployed"))?;
         let from = layout_of(&live.agents[idx].extra_args);
         let to = if from == NEWEST { OLDEST } else { NEWEST };
         let mut rec = FaultRecord::default();
@@ -149,31 +141,17 @@ impl AgentUpgrade {
         rec: &mut FaultRecord,
     ) -> Result<(), FaultError> {
         let node = self.node.clone();
-        let nerr = |what: &str| {
-            let node = node.clone();
-            let what = what.to_string();
-            move |source| FaultError::Node {
-                fault: NAME,
-                node,
-                what,
-                source: Box::new(source),
-            }
-        };
-        let not = |what: String| FaultError::NotProved {
-            fault: NAME,
-            node: node.clone(),
-            what,
-        };
+        let site = Site::new(NAME, &node);
         let pin = cn.bpffs.join(PROOF_MAP).display().to_string();
         let shape = |what: &str| -> Result<MapShape, FaultError> {
             bpf::map_shape(cn.node.as_ref(), &pin)
-                .map_err(|e| not(format!("reading {pin} {what}: {e}")))
+                .map_err(|e| site.not_proved(format!("reading {pin} {what}: {e}")))
         };
         let before = shape("before the switch")?;
         let old_pid = live.agents[idx].pid();
         let exit = live.agents[idx]
             .kill(libc::SIGTERM)
-            .map_err(nerr("SIGTERM the agent"))?;
+            .map_err(site.node_error("SIGTERM the agent"))?;
         rec.proof.push(format!(
             "agent pid {} at layout {from} stopped by SIGTERM: {exit:?}",
             old_pid.unwrap_or(0)
@@ -182,12 +160,12 @@ impl AgentUpgrade {
         live.agents[idx].extra_args = args;
         live.agents[idx]
             .start(cn, None)
-            .map_err(nerr("start at the other layout"))?;
+            .map_err(site.node_error("start at the other layout"))?;
         if let Some(e) = live.agents[idx]
             .wait_ready(cn, READY_TIMEOUT)
-            .map_err(nerr("wait ready"))?
+            .map_err(site.node_error("wait ready"))?
         {
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "the agent started at layout {to} ended with {e} before it was ready"
             )));
         }
@@ -198,7 +176,7 @@ impl AgentUpgrade {
             || after.bytes_value == before.bytes_value
             || after.max_entries == before.max_entries
         {
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "layout {from} -> {to} not visible: pid {old_pid:?} -> {new_pid:?}, {pin} {before:?} -> {after:?}"
             )));
         }

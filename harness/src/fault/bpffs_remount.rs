@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Fault, FaultError, Heal, PlanContext, Started};
+use super::{Fault, FaultError, Heal, PlanContext, Site, Started};
 use crate::live::Live;
 use crate::node::{shell_quote, Exit, Node};
 use crate::observe::bpf;
@@ -66,16 +66,8 @@ impl Fault for BpffsRemount {
         machines: Option<&'m mut dyn Machines>,
     ) -> Result<Started<'m>, FaultError> {
         let node = self.node.clone();
-        let not = |what: String| FaultError::NotProved {
-            fault: NAME,
-            node: node.clone(),
-            what,
-        };
-        let cn = live
-            .cluster
-            .node(&node)
-            .cloned()
-            .ok_or_else(|| not("no such node".into()))?;
+        let site = Site::new(NAME, &node);
+        let cn = site.cluster_node(live)?;
         let n: Arc<dyn Node> = cn.node.clone();
         let dir = cn.bpffs.clone();
 
@@ -93,7 +85,7 @@ impl Fault for BpffsRemount {
         }
         let before = pins(n.as_ref(), &dir)?;
         if before.is_empty() {
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "nothing is pinned under {}: is the datapath deployed?",
                 dir.display()
             )));
@@ -141,7 +133,7 @@ impl Fault for BpffsRemount {
                 Exit::Code(13) => "the marker is still there: the old bpffs was not unmounted",
                 _ => "the remount failed",
             };
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "{why} at {} ({}): {}",
                 target.display(),
                 out.exit,

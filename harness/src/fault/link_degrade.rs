@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::{Fault, FaultError, Heal, PlanContext, Started};
+use super::{Fault, FaultError, Heal, PlanContext, Site, Started};
 use crate::live::Live;
 use crate::observe::{probe, tc};
 use crate::provider::Machines;
@@ -74,11 +74,7 @@ impl Fault for LinkDegrade {
                     .into(),
             });
         };
-        let not = |what: String| FaultError::NotProved {
-            fault: NAME,
-            node: node.clone(),
-            what,
-        };
+        let site = Site::new(NAME, &node);
         let perr = |what: &str| {
             let (node, what) = (node.clone(), what.to_owned());
             move |source| FaultError::Provider {
@@ -88,11 +84,7 @@ impl Fault for LinkDegrade {
                 source: Box::new(source),
             }
         };
-        let cn = live
-            .cluster
-            .node(&node)
-            .cloned()
-            .ok_or_else(|| not("no such node".into()))?;
+        let cn = site.cluster_node(live)?;
         // A client on the node and a TCP server on another node: the degraded path.
         let from = live
             .cluster
@@ -100,20 +92,22 @@ impl Fault for LinkDegrade {
             .iter()
             .find(|x| x.node == node)
             .cloned()
-            .ok_or_else(|| not("no pod on the node to measure from".into()))?;
+            .ok_or_else(|| site.not_proved("no pod on the node to measure from"))?;
         let to = probe::pod_servers(&live.cluster, &live.services)
             .into_iter()
             .find(|t| t.node != node && t.proto == crate::suite::Protocol::Tcp)
-            .ok_or_else(|| not("no TCP pod server on another node to measure to".into()))?;
+            .ok_or_else(|| site.not_proved("no TCP pod server on another node to measure to"))?;
         let rtt = |what: &str| -> Result<u64, FaultError> {
             let r = probe::connect_each(&live.cluster, &from, std::slice::from_ref(&to))
-                .map_err(|e| not(format!("{what}: {}", e.report())))?;
+                .map_err(|e| site.not_proved(format!("{what}: {}", e.report())))?;
             let us = r
                 .first()
                 .and_then(|(_, a)| a.first())
                 .filter(|a| a.ok)
                 .map(|a| a.elapsed_us)
-                .ok_or_else(|| not(format!("{what}: {} -> {} failed: {r:?}", from.name, to.pod)))?;
+                .ok_or_else(|| {
+                    site.not_proved(format!("{what}: {} -> {} failed: {r:?}", from.name, to.pod))
+                })?;
             Ok(us)
         };
         let base = rtt("before")?;
@@ -156,11 +150,11 @@ impl Fault for LinkDegrade {
         let qdiscs = eth0(
             live.cluster
                 .node(&node)
-                .ok_or_else(|| not("no such node".into()))?,
+                .ok_or_else(|| site.not_proved("no such node"))?,
         )
-        .map_err(|e| not(format!("cannot read eth0's qdiscs: {e}")))?;
+        .map_err(|e| site.not_proved(format!("cannot read eth0's qdiscs: {e}")))?;
         if !tc::has_netem(&qdiscs) {
-            return Err(not(format!("no netem on eth0 after adding it: {qdiscs:?}")));
+            return Err(site.not_proved(format!("no netem on eth0 after adding it: {qdiscs:?}")));
         }
         // Loss may eat a SYN: several tries, the fastest counts.
         let mut slow = None;
@@ -170,10 +164,10 @@ impl Fault for LinkDegrade {
             }
         }
         let Some(slow) = slow else {
-            return Err(not("no connection got through the degraded link".into()));
+            return Err(site.not_proved("no connection got through the degraded link"));
         };
         if slow < u64::from(p.delay_ms) * 1000 {
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "{} -> {} took {slow} us with {delay} of netem delay",
                 from.name, to.pod
             )));

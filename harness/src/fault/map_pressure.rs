@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::{Fault, FaultError, Heal, PlanContext, Started};
+use super::{Fault, FaultError, Heal, PlanContext, Site, Started};
 use crate::cluster::service::{self, ServiceState};
 use crate::live::Live;
 use crate::node::Node;
@@ -111,23 +111,15 @@ impl Fault for MapPressure {
         _machines: Option<&'m mut dyn Machines>,
     ) -> Result<Started<'m>, FaultError> {
         let node = self.node.clone();
-        let not = |what: String| FaultError::NotProved {
-            fault: NAME,
-            node: node.clone(),
-            what,
-        };
-        let cn = live
-            .cluster
-            .node(&node)
-            .cloned()
-            .ok_or_else(|| not("no such node".into()))?;
+        let site = Site::new(NAME, &node);
+        let cn = site.cluster_node(live)?;
         let n: Arc<dyn Node> = cn.node.clone();
         let copied = live
             .services
             .iter()
             .find(|s| s.name == self.service)
             .cloned()
-            .ok_or_else(|| not(format!("no service {}", self.service)))?;
+            .ok_or_else(|| site.not_proved(format!("no service {}", self.service)))?;
         let change = ServiceState {
             name: format!("{}-pressure", copied.name),
             vip: self.new_vip,

@@ -71,6 +71,51 @@ pub enum FaultError {
     Interrupted,
 }
 
+/// A fault at work on one node: the errors it returns name both, and the node is looked
+/// up in the live cluster once.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub fault: &'static str,
+    pub node: String,
+}
+
+impl Site {
+    pub fn new(fault: &'static str, node: &str) -> Site {
+        Site {
+            fault,
+            node: node.to_owned(),
+        }
+    }
+
+    /// The fault could not be shown to have taken effect (or to have healed).
+    pub fn not_proved(&self, what: impl Into<String>) -> FaultError {
+        FaultError::NotProved {
+            fault: self.fault,
+            node: self.node.clone(),
+            what: what.into(),
+        }
+    }
+
+    /// For `map_err`: a command of the fault on the node failed while doing `what`.
+    pub fn node_error(&self, what: &str) -> impl FnOnce(crate::node::NodeError) -> FaultError {
+        let (fault, node, what) = (self.fault, self.node.clone(), what.to_owned());
+        move |source| FaultError::Node {
+            fault,
+            node,
+            what,
+            source: Box::new(source),
+        }
+    }
+
+    /// The node the fault acts on, as the live cluster has it.
+    pub fn cluster_node(&self, live: &Live) -> Result<crate::cluster::ClusterNode, FaultError> {
+        live.cluster
+            .node(&self.node)
+            .cloned()
+            .ok_or_else(|| self.not_proved("no such node"))
+    }
+}
+
 /// What planning a fault sees: the seeded generator (every choice comes from it, in plan
 /// order), the suite, and the backends each service has at this point of the scenario
 /// (faults that change services plan from, and update, this).

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Fault, FaultError, FaultRecord, PlanContext, Started};
+use super::{Fault, FaultError, FaultRecord, PlanContext, Site, Started};
 use crate::cluster::datapath::READY_TIMEOUT;
 use crate::cluster::{workload, Cluster};
 use crate::live::Live;
@@ -111,25 +111,8 @@ impl NodeReboot {
                     .into(),
             });
         };
-        let nerr = |what: &str| {
-            let (node, what) = (node.clone(), what.to_owned());
-            move |source| FaultError::Node {
-                fault: NAME,
-                node,
-                what,
-                source: Box::new(source),
-            }
-        };
-        let not = |what: String| FaultError::NotProved {
-            fault: NAME,
-            node: node.clone(),
-            what,
-        };
-        let cn = live
-            .cluster
-            .node(&node)
-            .cloned()
-            .ok_or_else(|| not("no such node".into()))?;
+        let site = Site::new(NAME, &node);
+        let cn = site.cluster_node(live)?;
         if live.cancel.is_cancelled() {
             return Err(FaultError::Interrupted);
         }
@@ -148,7 +131,7 @@ impl NodeReboot {
             })?;
         let after = boot_id(live, &node)?;
         if after == before || after.is_empty() {
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "boot id is still {before} after the reboot: the kernel did not restart"
             )));
         }
@@ -186,10 +169,10 @@ impl NodeReboot {
                 ],
                 Duration::from_secs(30),
             )
-            .map_err(nerr("listing the bpffs directory"))?
+            .map_err(site.node_error("listing the bpffs directory"))?
             .stdout_str();
         if !pins.trim().is_empty() {
-            return Err(not(format!(
+            return Err(site.not_proved(format!(
                 "{} still holds pins after the reboot: {}",
                 cn.bpffs.display(),
                 pins.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -202,7 +185,7 @@ impl NodeReboot {
 
         // 4. Re-deploy: services, the backends of the node's pods, the agent.
         live.write_services()
-            .map_err(nerr("writing the services"))?;
+            .map_err(site.node_error("writing the services"))?;
         let here = Cluster {
             nodes: live.cluster.nodes.clone(),
             pods: live
@@ -217,7 +200,7 @@ impl NodeReboot {
         };
         let n = live.servers.len();
         workload::start_servers(&here, &live.services, &mut live.servers, live.accelerate)
-            .map_err(nerr("restarting the node's backends"))?;
+            .map_err(site.node_error("restarting the node's backends"))?;
         rec.proof.push(format!(
             "{} backend servers restarted",
             live.servers.len() - n
@@ -226,19 +209,19 @@ impl NodeReboot {
             .agents
             .iter()
             .position(|a| a.node == node)
-            .ok_or_else(|| not("no agent deployed".into()))?;
+            .ok_or_else(|| site.not_proved("no agent deployed"))?;
         live.agents[idx]
             .start(&cn, None)
-            .map_err(nerr("starting the agent"))?;
+            .map_err(site.node_error("starting the agent"))?;
         match live.agents[idx]
             .wait_ready(&cn, READY_TIMEOUT)
-            .map_err(nerr("waiting for the agent"))?
+            .map_err(site.node_error("waiting for the agent"))?
         {
             None => rec
                 .proof
                 .push("agent started on the fresh kernel and ready".into()),
             Some(e) => {
-                return Err(not(format!(
+                return Err(site.not_proved(format!(
                     "the agent ended with {e} before it was ready after the reboot"
                 )))
             }

@@ -122,18 +122,8 @@ pub enum PodsError {
         #[source]
         source: crate::sys::SysError,
     },
-    #[error("pinning a tcx link at {path}")]
-    PinLink {
-        path: String,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    #[error("adding the clsact qdisc to {device}")]
-    Qdisc {
-        device: String,
-        #[source]
-        source: aya::programs::tc::TcError,
-    },
+    #[error(transparent)]
+    Tc(#[from] crate::tc_attach::TcAttachError),
     #[error(transparent)]
     Map(#[from] crate::maps::MapError),
     #[error(transparent)]

@@ -11,11 +11,7 @@ use std::{
 };
 
 use aya::{
-    programs::{
-        links::FdLink,
-        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
-        LinkOrder, SchedClassifier, TcAttachType,
-    },
+    programs::{tc, SchedClassifier, TcAttachType},
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
@@ -30,12 +26,7 @@ use super::{
     ip::{self, Ns},
     PodsError, Routing,
 };
-use crate::{
-    layout,
-    maps::BpfMap,
-    masq::TcMode,
-    sys::{self, Obj},
-};
+use crate::{layout, maps::BpfMap, masq::TcMode, sys, tc_attach};
 
 /// clsact filter priority and handle of the pod programs (fixed, so a restart finds and
 /// replaces them; the masquerade's handle is 0xd0).
@@ -187,13 +178,18 @@ impl Datapath {
         let id = self.program_id(name)?;
         let pin = link_pin(&self.bpffs, device);
         let prog = program(&mut self.ebpf, name)?;
+        let hook = tc_attach::Hook {
+            device,
+            direction: TcAttachType::Ingress,
+            program: name,
+        };
         match self.mode {
             TcMode::Clsact => {
-                attach_clsact(prog, device, name)?;
+                tc_attach::attach_clsact(prog, &hook, TC_PRIORITY, TC_HANDLE)?;
                 drop_tcx_pin(&pin);
             }
             _ => {
-                attach_tcx(prog, &pin, device, name, id)?;
+                tc_attach::attach_tcx(prog, &hook, &pin)?;
                 match sys::obj_get(&pin) {
                     Ok(fd) => {
                         self.links.insert(device.to_string(), fd);
@@ -371,161 +367,13 @@ fn prepare_pins(bpffs: &Path, max: u32) -> Result<(), PodsError> {
     Ok(())
 }
 
-fn attach_tcx(
-    prog: &mut SchedClassifier,
-    pin: &Path,
-    device: &str,
-    name: &'static str,
-    new_id: u32,
-) -> Result<(), PodsError> {
-    if pin.symlink_metadata().is_ok() {
-        let on_device: Vec<u32> = SchedClassifier::query_tcx(device, TcAttachType::Ingress)
-            .map(|(_, progs)| progs.iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        let current = sys::obj_get(pin).and_then(|fd| sys::link_info(fd.as_fd()).map(|i| (fd, i)));
-        match current {
-            Ok((_, info)) if info.prog_id == new_id && on_device.contains(&new_id) => return Ok(()),
-            Ok((fd, info)) if on_device.contains(&info.prog_id) => {
-                let link_err = |what| {
-                    move |source| PodsError::Link {
-                        what,
-                        program: name,
-                        source,
-                    }
-                };
-                let old = sys::fd_by_id(Obj::Prog, info.prog_id)
-                    .map_err(link_err("opening the link's current program"))?;
-                let new = prog.fd().map_err(|source| PodsError::Program {
-                    what: "program fd",
-                    program: name,
-                    source,
-                })?;
-                sys::link_update(fd.as_fd(), new.as_fd(), old.as_fd())
-                    .map_err(link_err("updating the pinned tcx link"))?;
-                info!(
-                    program = name,
-                    device,
-                    old_prog = info.prog_id,
-                    "updated pinned tcx link"
-                );
-                return Ok(());
-            }
-            Ok((fd, _)) => {
-                let _ = sys::link_detach(fd.as_fd());
-            }
-            Err(_) => {}
-        }
-        layout::unpin(pin).map_err(|source| PodsError::Unpin {
-            path: pin.display().to_string(),
-            source,
-        })?;
-    }
-    let prog_err = |what| {
-        move |source| PodsError::Program {
-            what,
-            program: name,
-            source,
-        }
-    };
-    let id = prog
-        .attach_with_options(
-            device,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::first()),
-        )
-        .map_err(prog_err("attaching with tcx"))?;
-    let link = prog
-        .take_link(id)
-        .map_err(prog_err("taking the tcx link"))?;
-    let link: FdLink = link
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| PodsError::Link {
-            what: "the tcx attachment is not a bpf_link",
-            program: name,
-            source: sys::SysError {
-                call: "tcx link",
-                io_error: std::io::Error::other(e.to_string()),
-            },
-        })?;
-    link.pin(pin).map_err(|source| PodsError::PinLink {
-        path: pin.display().to_string(),
-        source,
-    })?;
-    info!(program = name, device, "attached and pinned a tcx link");
-    Ok(())
-}
-
-fn attach_clsact(
-    prog: &mut SchedClassifier,
-    device: &str,
-    name: &'static str,
-) -> Result<(), PodsError> {
-    match tc::qdisc_add_clsact(device) {
-        Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
-        Err(e) if e.to_string().contains("exists") || is_eexist(&e) => {}
-        Err(source) => {
-            return Err(PodsError::Qdisc {
-                device: device.to_string(),
-                source,
-            })
-        }
-    }
-    let prog_err = |what| {
-        move |source| PodsError::Program {
-            what,
-            program: name,
-            source,
-        }
-    };
-    let handle = TcHandle::from(TC_HANDLE);
-    let replaced =
-        SchedClassifierLink::attached(device, TcAttachType::Ingress, TC_PRIORITY, handle, None)
-            .ok()
-            .and_then(|old| prog.attach_to_link(old).ok());
-    let id = match replaced {
-        Some(id) => id,
-        None => prog
-            .attach_with_options(
-                device,
-                TcAttachType::Ingress,
-                TcAttachOptions::Netlink(NlOptions {
-                    priority: TC_PRIORITY,
-                    handle,
-                    classid: None,
-                }),
-            )
-            .map_err(prog_err("attaching a clsact filter"))?,
-    };
-    // The filter must outlive the agent: forget the link (dropping it deletes the filter).
-    let link = prog
-        .take_link(id)
-        .map_err(prog_err("taking the clsact link"))?;
-    std::mem::forget(link);
-    Ok(())
-}
-
-fn is_eexist(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.raw_os_error() == Some(libc::EEXIST))
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
 /// Detach and unpin a tcx link pin of ours; true when there was one.
 pub fn drop_tcx_pin(pin: &Path) -> bool {
-    if pin.symlink_metadata().is_err() {
-        return false;
+    match tc_attach::drop_tcx_pin(pin) {
+        Ok(dropped) => dropped,
+        Err(e) => {
+            warn!("{e:#}");
+            true
+        }
     }
-    if let Ok(fd) = sys::obj_get(pin) {
-        let _ = sys::link_detach(fd.as_fd());
-    }
-    let _ = layout::unpin(pin);
-    true
 }
