@@ -708,6 +708,7 @@ pub fn render_text(s: &Status) -> String {
             bs.join(", ")
         ));
     }
+    out.push_str(&crate::pods::status::render_text(&s.pod_networking));
     if let Some(f) = &s.features {
         out.push_str(&f.render_text());
     }

@@ -216,3 +216,79 @@ fn attached_programs(device: &str, attach: &str) -> Vec<u32> {
         })
         .collect()
 }
+
+/// `status`'s text lines for pod networking: nothing when it is off.
+pub fn render_text(p: &PodsStatus) -> String {
+    let Some(routing) = &p.routing else {
+        return String::new();
+    };
+    let mut out = format!(
+        "pod routing {routing} gateway {}\n",
+        p.gateway.map_or("?".into(), |g| g.to_string())
+    );
+    for pod in &p.pods {
+        out.push_str(&format!(
+            "pod {} {} on {} (ifindex {}) prog {} by {}{}\n",
+            pod.name,
+            pod.address,
+            pod.host_veth,
+            pod.ifindex,
+            pod.program_id.map_or("none".into(), |id| id.to_string()),
+            pod.attach.as_deref().unwrap_or("?"),
+            if pod.wired { "" } else { ", not wired" }
+        ));
+        for problem in &pod.problems {
+            out.push_str(&format!("  {problem}\n"));
+        }
+    }
+    for e in &p.ipcache {
+        out.push_str(&format!("ipcache {} -> node {}\n", e.address, e.node_addr));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_lists_every_pod_and_ipcache_entry_and_nothing_when_off() {
+        let off = PodsStatus {
+            routing: None,
+            gateway: None,
+            pods: Vec::new(),
+            ipcache: Vec::new(),
+            devices: None,
+        };
+        assert_eq!(render_text(&off), "");
+        let on = PodsStatus {
+            routing: Some(Routing::Vxlan),
+            gateway: Some(Ipv4Addr::new(10, 244, 200, 1)),
+            pods: vec![PodStatus {
+                name: "web-a1".into(),
+                address: Ipv4Addr::new(10, 244, 0, 13),
+                netns: "/run/netns/web-a1".into(),
+                host_veth: "lxc2239e703b2da".into(),
+                ifindex: 9,
+                host_mac: None,
+                pod_mac: None,
+                program_id: None,
+                attach: None,
+                wired: false,
+                problems: vec!["no dp_from_cont on lxc2239e703b2da".into()],
+            }],
+            ipcache: vec![IpcacheStatus {
+                address: Ipv4Addr::new(10, 244, 0, 14),
+                node_addr: Ipv4Addr::new(172, 31, 0, 2),
+            }],
+            devices: None,
+        };
+        assert_eq!(
+            render_text(&on),
+            "pod routing vxlan gateway 10.244.200.1\n\
+             pod web-a1 10.244.0.13 on lxc2239e703b2da (ifindex 9) prog none by ?, not wired\n  \
+             no dp_from_cont on lxc2239e703b2da\n\
+             ipcache 10.244.0.14 -> node 172.31.0.2\n"
+        );
+    }
+}
