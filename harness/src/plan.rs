@@ -59,6 +59,9 @@ pub enum PlannedStep {
         /// dp_sockhash's capacity when the suite sets it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_sockhash: Option<u32>,
+        /// The agents' map layout when the suite sets one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_layout: Option<u32>,
     },
     Fault {
         #[serde(flatten)]
@@ -106,6 +109,7 @@ pub fn plan(
                     Step::Deploy(d) => PlannedStep::Deploy {
                         accelerate: d.accelerate,
                         max_sockhash: d.max_sockhash,
+                        agent_layout: d.agent_layout,
                     },
                     Step::WaitFor(w) => PlannedStep::WaitFor {
                         condition: w.condition,
@@ -167,16 +171,28 @@ impl PlannedStep {
     pub fn describe(&self) -> String {
         match self {
             PlannedStep::Deploy {
-                accelerate: false, ..
-            } => "deploy".into(),
-            PlannedStep::Deploy {
-                accelerate: true,
-                max_sockhash: None,
-            } => "deploy (socket acceleration node <-> local pods)".into(),
-            PlannedStep::Deploy {
-                accelerate: true,
-                max_sockhash: Some(n),
-            } => format!("deploy (socket acceleration node <-> local pods, sockhash of {n})"),
+                accelerate,
+                max_sockhash,
+                agent_layout,
+            } => {
+                let mut with = Vec::new();
+                if *accelerate {
+                    with.push(match max_sockhash {
+                        Some(n) => {
+                            format!("socket acceleration node <-> local pods, sockhash of {n}")
+                        }
+                        None => "socket acceleration node <-> local pods".into(),
+                    });
+                }
+                if let Some(l) = agent_layout {
+                    with.push(format!("agents at map layout {l}"));
+                }
+                if with.is_empty() {
+                    "deploy".into()
+                } else {
+                    format!("deploy ({})", with.join("; "))
+                }
+            }
             PlannedStep::Fault {
                 plan,
                 during,
@@ -384,13 +400,15 @@ mod tests {
             deploy,
             &PlannedStep::Deploy {
                 accelerate: true,
-                max_sockhash: None
+                max_sockhash: None,
+                agent_layout: None
             }
         );
         assert_eq!(
             serde_json::to_string(&PlannedStep::Deploy {
                 accelerate: false,
-                max_sockhash: None
+                max_sockhash: None,
+                agent_layout: None
             })
             .unwrap(),
             r#"{"step":"deploy"}"#,

@@ -400,7 +400,8 @@ impl Runner<'_> {
             PlannedStep::Deploy {
                 accelerate,
                 max_sockhash,
-            } => self.deploy(live, *accelerate, *max_sockhash),
+                agent_layout,
+            } => self.deploy(live, *accelerate, *max_sockhash, *agent_layout),
             PlannedStep::Fault {
                 plan,
                 during,
@@ -527,6 +528,7 @@ impl Runner<'_> {
         live: &mut Live,
         accelerate: bool,
         max_sockhash: Option<u32>,
+        agent_layout: Option<u32>,
     ) -> Result<Vec<String>, StepError> {
         live.accelerate = accelerate;
         live.write_services()?;
@@ -534,6 +536,11 @@ impl Runner<'_> {
         // pod's address once the pod is added, after the agents are ready.
         let agent_wires_pods = !self.plan.routing.is_kernel();
         let mut detail = Vec::new();
+        if let Some(l) = agent_layout {
+            detail.push(format!(
+                "every datapathd starts at map layout {l} (--layout {l})"
+            ));
+        }
         if !agent_wires_pods {
             detail.push(start_workload(live)?);
         }
@@ -563,6 +570,9 @@ impl Runner<'_> {
                     a.extra_args
                         .extend(["--max-sockhash".to_string(), n.to_string()]);
                 }
+            }
+            if let Some(l) = agent_layout {
+                a.extra_args.extend(["--layout".to_string(), l.to_string()]);
             }
             started.push((cn.clone(), a));
         }

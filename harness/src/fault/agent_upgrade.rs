@@ -3,7 +3,9 @@
 //! and doubles their capacity; datapath/README.md), and go back. On the planned node:
 //! SIGTERM the agent, start it at the other layout, wait until it is ready, stay there a
 //! planned while (held connections keep running through the migrated maps), then SIGTERM
-//! it again and start it at the layout it had. Each switch is proved by the judge's own
+//! it again and start it at the layout it had. Deployed at layout 1 (`deploy.agent-layout`,
+//! suites/upgrade.yaml) that is an upgrade and the downgrade back; at the newest, the
+//! other way round. Each switch is proved by the judge's own
 //! eyes: the pinned `dp_masq_fwd` as bpftool sees it has a new map id, the other value
 //! size and capacity, and the agent's pid changed.
 //!
@@ -153,8 +155,9 @@ impl AgentUpgrade {
             .kill(libc::SIGTERM)
             .map_err(site.node_error("SIGTERM the agent"))?;
         rec.proof.push(format!(
-            "agent pid {} at layout {from} stopped by SIGTERM: {exit:?}",
-            old_pid.unwrap_or(0)
+            "agent pid {} at layout {from} stopped by SIGTERM: {}",
+            old_pid.unwrap_or(0),
+            exit.map_or("it did not end".to_string(), |e| e.to_string())
         ));
         let args = with_layout(&live.agents[idx].extra_args, to);
         live.agents[idx].extra_args = args;

@@ -221,6 +221,14 @@ impl Suite {
                     }
                     _ => {}
                 }
+                if d.agent_layout == Some(0) {
+                    return bad(
+                        format!("scenarios[{i}].steps[{j}].deploy.agent-layout"),
+                        "agent-layout",
+                        "agent-layout counts from 1 (datapathd run --layout)".into(),
+                        step::EXPECTED,
+                    );
+                }
             }
             for (j, st) in sc.steps.iter().enumerate() {
                 let bounded_before = sc.steps[..j]

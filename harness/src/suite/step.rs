@@ -3,7 +3,8 @@
 
 pub const EXPECTED: &str = "a step is one of: {deploy: {accelerate: false (optional; true: sockops/sockmap \
 acceleration of node <-> local pod TCP), \
-max-sockhash: N (optional, with accelerate: the sockhash's capacity)}} | {fault: {name: FAULT (`harness list` names them), \
+max-sockhash: N (optional, with accelerate: the sockhash's capacity), \
+agent-layout: N (optional: the agents' map layout, datapathd run --layout)}} | {fault: {name: FAULT (`harness list` names them), \
 node: NAME (optional; default: chosen from the seed), during: [INVARIANT, ...] (optional: judged while the fault is active), \
 recover-within-s: SECONDS (optional: the bound of a later recovers-within)}} | \
 {wait-for: {condition: agents-ready|services-reachable, timeout-s: 30}} | \
@@ -32,6 +33,11 @@ pub struct DeployStep {
     /// enough for a foreign writer to fill it with real sockets (map-pressure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sockhash: Option<u32>,
+    /// The map layout (`datapathd run --layout N`) every agent starts with: an older
+    /// release's, so that agent-upgrade upgrades first and downgrades back. Absent: the
+    /// agent's default (its newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_layout: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]

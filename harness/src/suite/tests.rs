@@ -54,7 +54,8 @@ fn good_minimal_suite() {
         s.scenarios[0].steps[0],
         Step::Deploy(step::DeployStep {
             accelerate: false,
-            max_sockhash: None
+            max_sockhash: None,
+            agent_layout: None
         })
     );
     assert_eq!(
@@ -190,12 +191,13 @@ fn deploy_accelerate_parses_and_defaults_off() {
         s.scenarios[0].steps[0],
         Step::Deploy(step::DeployStep {
             accelerate: true,
-            max_sockhash: None
+            max_sockhash: None,
+            agent_layout: None
         })
     );
     let e = err(&GOOD.replace("- deploy: {}", "- deploy: {accelerated: true}"));
     assert!(
-        e.contains("at `scenarios[0].steps[0].deploy.accelerated`: unknown field `accelerated`, expected `accelerate` or `max-sockhash`"),
+        e.contains("at `scenarios[0].steps[0].deploy.accelerated`: unknown field `accelerated`, expected one of `accelerate`, `max-sockhash`, `agent-layout`"),
         "{e}"
     );
 }
@@ -226,8 +228,33 @@ fn max_sockhash_needs_acceleration_and_is_located() {
         s.scenarios[0].steps[0],
         Step::Deploy(step::DeployStep {
             accelerate: true,
-            max_sockhash: Some(64)
+            max_sockhash: Some(64),
+            agent_layout: None
         })
+    );
+}
+
+#[test]
+fn agent_layout_parses_and_zero_is_located() {
+    let s = Suite::parse(
+        Path::new("t.yaml"),
+        &GOOD.replace("- deploy: {}", "- deploy: {agent-layout: 1}"),
+        &Registry,
+    )
+    .expect("parses");
+    assert_eq!(
+        s.scenarios[0].steps[0],
+        Step::Deploy(step::DeployStep {
+            accelerate: false,
+            max_sockhash: None,
+            agent_layout: Some(1)
+        })
+    );
+    let e = err(&GOOD.replace("- deploy: {}", "- deploy: {agent-layout: 0}"));
+    assert!(e.starts_with("t.yaml:"), "{e}");
+    assert!(
+        e.contains("scenarios[0].steps[0].deploy.agent-layout") && e.contains("counts from 1"),
+        "{e}"
     );
 }
 

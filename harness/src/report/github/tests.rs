@@ -55,6 +55,7 @@ fn events() -> Vec<Event> {
             step: PlannedStep::Deploy {
                 accelerate: false,
                 max_sockhash: None,
+                agent_layout: None,
             },
             ms: 1500,
             at_ms: 1500,
