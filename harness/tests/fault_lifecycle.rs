@@ -44,34 +44,6 @@ fn kinds(h: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-/// Nothing on the host carries the run's marker any more.
-fn assert_nothing_of(marker: &str) {
-    let netns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    let netns = String::from_utf8_lossy(&netns.stdout);
-    assert!(!netns.contains(marker), "namespaces left: {netns}");
-    let links = Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .expect("ip link");
-    let links = String::from_utf8_lossy(&links.stdout);
-    let short = marker.trim_start_matches("dph-");
-    assert!(!links.contains(short), "interfaces left: {links}");
-    for dir in ["/sys/fs/cgroup", "/sys/fs/bpf"] {
-        let left: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.contains(marker))
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(left.is_empty(), "{dir}: {left:?} left");
-    }
-}
-
 #[test]
 fn a_fault_from_the_registry_is_listed_and_validated() {
     let out = Command::new(harness())
@@ -188,5 +160,5 @@ fn interrupted_while_a_fault_is_active_the_run_heals_it_and_leaves_nothing() {
         .and_then(|e| e.iter().find_map(|e| e["marker"].as_str()))
         .expect("the run's marker")
         .to_owned();
-    assert_nothing_of(&marker);
+    common::assert_nothing_of(&marker);
 }

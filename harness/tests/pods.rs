@@ -202,15 +202,5 @@ fn sigint_in_the_middle_of_pod_churn_exits_130_and_leaves_nothing() {
         log.contains("host-clean-after-down: Pass nothing of the run remains on the host"),
         "{log}"
     );
-    let netns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    let netns = String::from_utf8_lossy(&netns.stdout);
-    assert!(!netns.contains(&marker), "namespaces left: {netns}");
-    let id = marker.trim_start_matches("dph-");
-    for root in ["/sys/fs/cgroup", "/sys/fs/bpf"] {
-        let left = Path::new(root).join(format!("dp-harness-{id}"));
-        assert!(!left.exists(), "{} left", left.display());
-    }
+    common::assert_nothing_of(&marker);
 }

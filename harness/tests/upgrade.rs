@@ -71,26 +71,5 @@ fn interrupted_during_an_agent_upgrade_the_run_cleans_up_and_exits_130() {
         .find_map(|e| e["marker"].as_str())
         .expect("the run's marker")
         .to_owned();
-    let netns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns");
-    let netns = String::from_utf8_lossy(&netns.stdout);
-    assert!(!netns.contains(&marker), "namespaces left: {netns}");
-    let short = marker.trim_start_matches("dph-");
-    let links = Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .expect("ip link");
-    let links = String::from_utf8_lossy(&links.stdout);
-    assert!(!links.contains(short), "interfaces left: {links}");
-    let bpf: Vec<String> = std::fs::read_dir("/sys/fs/bpf")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.contains(short))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(bpf.is_empty(), "/sys/fs/bpf: {bpf:?} left");
+    common::assert_nothing_of(&marker);
 }

@@ -150,3 +150,33 @@ pub fn interrupt_when(mut cmd: Command, when: &str) -> (Option<i32>, Vec<String>
     let status = child.wait().expect("the harness ends");
     (status.code(), seen)
 }
+
+/// Nothing of the run with `marker` (`dph-<id>`) is left on the host: no network
+/// namespace, no interface, no cgroup or bpffs directory (`dp-harness-<id>`).
+#[allow(dead_code)] // only the tests that interrupt a run use it
+pub fn assert_nothing_of(marker: &str) {
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(!netns.contains(marker), "namespaces left: {netns}");
+    let id = marker.trim_start_matches("dph-");
+    let links = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains(id), "interfaces left: {links}");
+    for dir in ["/sys/fs/cgroup", "/sys/fs/bpf"] {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.contains(id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir}: {left:?} left");
+    }
+}
